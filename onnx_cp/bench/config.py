@@ -1,0 +1,88 @@
+"""The settings of one benchmark, shared by the Python API and ``onnx-cp bench``.
+
+Every check names the offending value and the option that fixes it, so the CLI can print
+the message as is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import onnxruntime as ort
+
+from onnx_cp.errors import OnnxCpError
+
+OPT_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = MappingProxyType({
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+})
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How sessions are built and how many times they run.
+
+    threads: onnxruntime intra-op threads per session (inter-op is 1, execution sequential).
+    warmup: untimed runs per model before measuring. runs: timed runs per model.
+    input_shapes: full shapes for graph inputs with dynamic dimensions (name -> dims).
+    batch: the size of a dynamic first dimension when ``input_shapes`` does not fix it.
+    opt_level: onnxruntime graph optimization level, one of ``OPT_LEVELS``.
+    seed: seeds the random inputs.
+    """
+
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 50
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    batch: int = 1
+    opt_level: str = "all"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("threads", self.threads, 1, "1 (the default) or the number of cores to use")
+        _at_least("warmup", self.warmup, 0, "10 (the default) or 0 to skip warm-up")
+        _at_least("runs", self.runs, 1, "50 (the default) or more for steadier medians")
+        _at_least("batch", self.batch, 1, "1 (the default)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise OnnxCpError(f"--seed {self.seed!r} is not an integer; pass e.g. --seed 0", usage=True)
+        if self.opt_level not in OPT_LEVELS:
+            raise OnnxCpError(
+                f"--opt-level {self.opt_level!r} is unknown; use one of {', '.join(OPT_LEVELS)}",
+                usage=True,
+            )
+        shapes = {}
+        for name, dims in dict(self.input_shapes or {}).items():
+            dims = tuple(dims)
+            if not dims or not all(isinstance(d, int) and d >= 1 for d in dims):
+                raise OnnxCpError(
+                    f"--input-shape {name}={'x'.join(map(str, dims))} needs positive integer dimensions; "
+                    f"write it like {name}=1x3x224x224",
+                    usage=True,
+                )
+            shapes[name] = dims
+        object.__setattr__(self, "input_shapes", MappingProxyType(shapes))
+
+    def session_options(self) -> ort.SessionOptions:
+        """Options for one CPU session: these threads, this optimization level, sequential."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = OPT_LEVELS[self.opt_level]
+        return options
+
+    def to_dict(self) -> dict:
+        return {
+            "threads": self.threads, "warmup": self.warmup, "runs": self.runs, "batch": self.batch,
+            "opt_level": self.opt_level, "seed": self.seed,
+            "input_shapes": {name: list(dims) for name, dims in self.input_shapes.items()},
+            "onnxruntime": ort.__version__,
+        }
+
+
+def _at_least(name: str, value, minimum: int, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise OnnxCpError(f"--{name} {value!r} must be an integer >= {minimum}; pass {fix}", usage=True)

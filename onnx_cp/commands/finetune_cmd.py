@@ -1,0 +1,191 @@
+"""``onnx-cp finetune``: train a rewritten model end to end, export it back to ONNX, compare accuracy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.model_io import check_output_path, load_model, save_model
+
+_DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model expects) and y (N int "
+              "labels), an .npy of x alone (then --teacher is needed), or a folder with one subfolder "
+              "of images per class.")
+
+
+@click.command("finetune", cls=ProjectCommand)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the fine-tuned model.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Training data. " + _DATA_HELP)
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="Validation data (same formats), for per-epoch and before/after accuracy.")
+@click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The model before the rewrite: distill from its outputs as well as the labels.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate (cosine decay).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=4.0, show_default=True, type=float,
+              help="Distillation temperature (softens the teacher's and the model's logits).")
+@click.option("--distill-weight", default=0.5, show_default=True, type=float,
+              help="With labels and --teacher: loss = (1 - w) * cross-entropy + w * distillation.")
+@click.option("--weight-decay", default=0.0, show_default=True, type=float, help="AdamW weight decay.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds initial state and shuffling.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available, else cpu].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and onnxruntime [default: their choice].")
+@input_shape_option
+@click.option("--mean", default=None, metavar="M[,M,M]",
+              help="Image folders: per-channel mean subtracted after scaling pixels to [0, 1].")
+@click.option("--std", default=None, metavar="S[,S,S]", help="Image folders: per-channel std divided by.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the training report and accuracies as JSON.")
+@click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no table.")
+def finetune_command(model: Path, output: Path, data: Path, val: Path | None, teacher: Path | None, epochs: int,
+                     lr: float, batch_size: int, temperature: float, distill_weight: float, weight_decay: float,
+                     seed: int, device: str | None, threads: int | None, input_shapes, mean, std,
+                     report_path: Path | None, overwrite: bool, quiet: bool) -> None:
+    """Fine-tune MODEL (a rewritten model) on --data and write it to -o with the same CP structure."""
+    from onnx_cp.evaluate import evaluate
+    from onnx_cp.finetune import FinetuneConfig, finetune_with_report
+    from onnx_cp.finetune._deps import require_torch
+
+    config = FinetuneConfig(epochs=epochs, lr=lr, temperature=temperature, distill_weight=distill_weight,
+                            weight_decay=weight_decay, seed=seed, device=device)
+    check_output_path(output, protect=model, overwrite=overwrite)
+    torch, _ = require_torch()
+    if threads:
+        torch.set_num_threads(threads)
+    source = load_model(model)
+    teacher_model = load_model(teacher) if teacher is not None else None
+    shape = _image_shape(source, parse_input_shapes(input_shapes))
+    x, y, classes = _load(data, shape, mean, std, None)
+    xv, yv, _ = _load(val, shape, mean, std, classes) if val is not None else (None, None, None)
+    if y is None and teacher_model is None:
+        raise OnnxCpError(f"{data}: holds no labels; pass an .npz with x and y, or --teacher to distill from",
+                          usage=True)
+
+    # Accuracy is measured on --val, else on the training data (labelled so in the table).
+    ex, ey, where = (xv, yv, str(val)) if yv is not None else (x, y, f"{data} (training data)")
+    accuracy: dict[str, object] = {}
+    if ey is not None:
+        if teacher_model is not None:
+            accuracy["before rewrite (teacher)"] = evaluate(teacher_model, ex, ey, threads=threads)
+        accuracy["after rewrite (input)"] = evaluate(source, ex, ey, threads=threads)
+
+    generator = torch.Generator().manual_seed(seed)
+    train_set = _dataset(torch, x, y)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+    val_loader = (torch.utils.data.DataLoader(_dataset(torch, xv, yv), batch_size=max(batch_size, 256))
+                  if yv is not None else None)
+    console = make_console(stderr=True, quiet=quiet)
+    with _Bars(console, quiet) as bars:
+        result = finetune_with_report(source, loader, teacher=teacher_model, val_loader=val_loader,
+                                      callback=bars.update, **_settings(config))
+    save_model(result.model, output, overwrite=overwrite, protect=model)
+    if ey is not None:
+        accuracy["after fine-tuning"] = evaluate(result.model, ex, ey, threads=threads)
+    report = result.report
+    if report_path:
+        payload = {"model": str(model), "output": str(output), "data": str(data), "accuracy_on": where,
+                   "accuracy": {k: {"top1": a.top1, "top5": a.top5, "count": a.count} for k, a in accuracy.items()},
+                   "report": report.to_dict()}
+        report_path.write_text(json.dumps(payload, indent=2))
+    if not quiet:
+        _render(make_console(), accuracy, where, report)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if not quiet:
+        click.echo(f"wrote {output}")
+
+
+def _settings(config) -> dict:
+    return {name: getattr(config, name) for name in
+            ("epochs", "lr", "temperature", "distill_weight", "weight_decay", "seed", "device")}
+
+
+def _image_shape(model, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
+    """C x H x W for image folders: --input-shape, else the model's static input shape."""
+    inits = {t.name for t in model.graph.initializer}
+    inp = next((i for i in model.graph.input if i.name not in inits), None)
+    if inp is None:
+        return None
+    if inp.name in shapes:
+        return shapes[inp.name][-3:]
+    if shapes:
+        raise OnnxCpError(f"--input-shape names {sorted(shapes)} but the model's input is {inp.name!r}",
+                          usage=True)
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
+    return tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else None
+
+
+def _load(path: Path, shape, mean, std, classes):
+    """(x, y or None, class names or None) from an .npz/.npy or an image folder."""
+    from onnx_cp.evaluate import load_dataset
+    from onnx_cp.finetune.data import load_image_folder, parse_floats
+
+    if path.is_dir():
+        if shape is None:
+            raise OnnxCpError(f"{path}: reading images needs their size; the model's input is dynamic, so "
+                              "pass --input-shape NAME=1x3x224x224", usage=True)
+        return load_image_folder(path, shape, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+                                 classes=classes)
+    if mean is not None or std is not None:
+        raise OnnxCpError("--mean/--std apply to image folders only; store .npz data already normalized",
+                          usage=True)
+    x, y = load_dataset(path)
+    return x, y, None
+
+
+def _dataset(torch, x, y):
+    tensors = [torch.from_numpy(x)] + ([torch.from_numpy(y)] if y is not None else [])
+    return torch.utils.data.TensorDataset(*tensors)
+
+
+class _Bars:
+    """One rich progress bar per epoch: batches done, running loss and accuracy, validation accuracy."""
+
+    def __init__(self, console, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
+                                 disable=quiet)
+        self.tasks: dict[int, object] = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, step) -> None:
+        if step.epoch not in self.tasks:
+            self.tasks[step.epoch] = self.progress.add_task(f"epoch {step.epoch}/{step.epochs}",
+                                                            total=step.batches, stats="")
+        stats = f"loss {step.loss:.4f}"
+        if step.accuracy is not None:
+            stats += f"  acc {step.accuracy:.2%}"
+        if step.val_accuracy is not None:
+            stats += f"  val {step.val_accuracy:.2%}"
+        self.progress.update(self.tasks[step.epoch], completed=step.batch, stats=stats)
+
+
+def _render(console, accuracy: dict, where: str, report) -> None:
+    from rich.table import Table
+
+    if accuracy:
+        table = Table(title=f"accuracy on {where}", title_justify="left")
+        for col, justify in (("model", "left"), ("top-1", "right"), ("top-5", "right"), ("images", "right")):
+            table.add_column(col, justify=justify)
+        for name, acc in accuracy.items():
+            table.add_row(name, f"{acc.top1:.2%}", f"{acc.top5:.2%}", str(acc.count))
+        console.print(table)
+    how = " + ".join(k for k, on in (("labels", report.labelled), ("distillation", report.distilled)) if on)
+    console.print(f"fine-tuned {len(report.epochs)} epoch(s), {report.steps} steps ({how}) on {report.device} "
+                  f"in {report.seconds:.1f} s; exported model matches torch within "
+                  f"{report.export_difference:.2g}")

@@ -1,0 +1,73 @@
+"""``onnx-cp rewrite``: replace Convs with their CP form and write the faster model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
+from onnx_cp.config import RewriteConfig
+from onnx_cp.decompose import METHODS
+from onnx_cp.model_io import check_output_path, save_model
+from onnx_cp.report import render_rewrite
+from onnx_cp.rewrite import rewrite_with_report
+
+
+@click.command("rewrite", cls=ProjectCommand)
+@click.argument("model", type=click.Path(dir_okay=True, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Where to write the rewritten model.")
+@click.option("--rank", "ranks", multiple=True, required=True, metavar="R|FRACTION|GLOB=R",
+              help="CP rank per layer (per group): 64; 0.25 = a quarter of the layer's multiply-adds; "
+                   "'conv2*=200' for matching layers only. Repeatable; later rules win.")
+@click.option("--layers", multiple=True, metavar="GLOB",
+              help="Rewrite only Convs whose node or weight name matches (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching Convs alone (repeatable).")
+@click.option("--method", type=click.Choice(METHODS), default="nls", show_default=True,
+              help="CP solver: nls (Gauss-Newton) or als (tensorly ALS baseline).")
+@click.option("--max-iter", default=500, show_default=True, help="Solver iterations per layer.")
+@click.option("--max-time", type=float, default=None, help="Solver time budget per layer, seconds.")
+@click.option("--stabilize", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Degeneracy correction: auto applies it when terms cancel.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the solver.")
+@click.option("--no-rank-cap", is_flag=True,
+              help="Keep ranks whose CP form costs more multiply-adds than the original Conv.")
+@click.option("--realize", type=click.Choice(["auto", "cp4", "cp3"]), default="auto", show_default=True,
+              help="CP form: cp4 (1x1, kh x 1, 1 x kw, 1x1), cp3 (1x1, kh x kw depthwise, 1x1), or auto: "
+                   "time both and the original layer in onnxruntime and keep the fastest.")
+@click.option("--threads", default=1, show_default=True, help="onnxruntime threads that auto times with.")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+              show_default=True, help="onnxruntime graph optimization level that auto times with.")
+@input_shape_option
+@click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
+              help="Also write the per-layer report as JSON.")
+@click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
+@click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
+def rewrite_command(model, output, ranks, layers, exclude, method, max_iter, max_time, stabilize,
+                    seed, no_rank_cap, realize, threads, opt_level, input_shapes, report_path, overwrite,
+                    quiet) -> None:
+    """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
+    config = RewriteConfig(ranks=tuple(ranks), layers=layers, exclude=exclude, method=method,
+                           max_iter=max_iter, max_time=max_time, stabilize=stabilize, seed=seed,
+                           cap_rank=not no_rank_cap, realize=realize, threads=threads, opt_level=opt_level,
+                           input_shapes=parse_input_shapes(input_shapes))
+    # Refuse a bad output before spending minutes on fits.
+    check_output_path(Path(output), protect=model, overwrite=overwrite)
+    console = make_console(stderr=True, quiet=quiet)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("fitting", total=None)
+
+        def progress(layer: str, done: int, total: int) -> None:
+            bar.update(task, description=f"fitting {layer}" if layer else "done", completed=done,
+                       total=total)
+
+        result = rewrite_with_report(model, config, progress=progress)
+    save_model(result.model, output, overwrite=overwrite, protect=model)
+    if report_path:
+        Path(report_path).write_text(result.report.to_json())
+    if not quiet:
+        render_rewrite(result.report, make_console())
+        click.echo(f"wrote {output}")
+

@@ -1,0 +1,133 @@
+"""The one configuration object shared by the CLI and the Python API."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from onnx_cp.decompose import METHODS, FitOptions
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.bench.config import OPT_LEVELS
+from onnx_cp.layer_timing import TimingOptions
+from onnx_cp.realize import REALIZATIONS
+
+
+@dataclass(frozen=True)
+class RankRule:
+    """``value`` applies to layers matching ``pattern`` (None: every layer).
+
+    An int is the CP rank per group; a float in (0, 1) is the share of the layer's
+    multiply-adds that the CP form may cost.
+    """
+
+    pattern: str | None
+    value: int | float
+
+    def matches(self, names: tuple[str, ...]) -> bool:
+        return self.pattern is None or any(fnmatch.fnmatchcase(n, self.pattern) for n in names if n)
+
+
+def parse_rank(text: str | int | float) -> RankRule:
+    """``'200'``, ``'0.25'``, ``'conv2=200'`` or ``'layer3.*=0.5'`` -> RankRule."""
+    if isinstance(text, bool):
+        raise OnnxCpError(f"--rank {text!r} is not a number", usage=True)
+    if isinstance(text, (int, float)):
+        pattern, raw = None, str(text)
+    else:
+        pattern, sep, raw = str(text).rpartition("=")
+        pattern = pattern.strip() if sep else None
+        if sep and not pattern:
+            raise OnnxCpError(f"--rank {text!r} has an empty layer pattern; write it like 'conv2=200'",
+                              usage=True)
+    raw = raw.strip()
+    try:
+        value: int | float = int(raw)
+    except ValueError:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise OnnxCpError(f"--rank {text!r}: {raw!r} is not a number; give an integer rank such "
+                              "as 64, or a fraction of the layer's cost such as 0.25", usage=True) from None
+        if not 0.0 < value < 1.0:
+            raise OnnxCpError(f"--rank {text!r}: a fractional rank must lie in (0, 1), got {value}",
+                              usage=True)
+    else:
+        if value < 1:
+            raise OnnxCpError(f"--rank {text!r}: the rank must be at least 1, got {value}", usage=True)
+    return RankRule(pattern, value)
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """What to rewrite and how. Validated on construction, so bad values fail before any work.
+
+    ranks: rank rules, later ones override earlier ones for the layers they match; the first
+        rule without a pattern is the default. Strings are parsed by ``parse_rank``.
+    layers / exclude: glob patterns matched against the Conv node's name and its weight's name.
+    cap_rank: lower any rank whose CP form would cost more multiply-adds than the original.
+    realize: cp4, cp3, or auto (time each form and the original alone in onnxruntime, keep the
+        fastest; the original Conv stays when no CP form beats it).
+    threads / opt_level: the onnxruntime session that ``auto`` times layers in.
+    """
+
+    ranks: tuple[RankRule | str | int | float, ...] = ()
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    method: str = "nls"
+    max_iter: int = 500
+    tol: float = 1e-9
+    max_time: float | None = None
+    stabilize: str = "auto"
+    degeneracy_threshold: float = 10.0
+    seed: int = 0
+    cap_rank: bool = True
+    realize: str = "auto"
+    threads: int = 1
+    opt_level: str = "all"
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        ranks = self.ranks
+        if isinstance(ranks, (str, int, float, RankRule)):
+            ranks = (ranks,)
+        rules = tuple(r if isinstance(r, RankRule) else parse_rank(r) for r in ranks)
+        if not rules:
+            raise OnnxCpError("no rank given; pass --rank, e.g. --rank 64 or --rank 0.25", usage=True)
+        if not any(r.pattern is None for r in rules) and not self.layers:
+            # Per-layer ranks alone select the layers they name.
+            object.__setattr__(self, "layers", tuple(r.pattern for r in rules))
+        object.__setattr__(self, "ranks", rules)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.method not in METHODS:
+            raise OnnxCpError(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}",
+                              usage=True)
+        if self.realize not in (*REALIZATIONS, "auto"):
+            raise OnnxCpError(f"--realize {self.realize!r}: choose one of "
+                              f"{', '.join(REALIZATIONS)}, auto", usage=True)
+        if self.threads < 1:
+            raise OnnxCpError(f"--threads must be at least 1, got {self.threads}", usage=True)
+        if self.opt_level not in OPT_LEVELS:
+            raise OnnxCpError(f"--opt-level {self.opt_level!r}: choose one of {', '.join(OPT_LEVELS)}",
+                              usage=True)
+        if self.stabilize not in ("auto", "always", "never"):
+            raise OnnxCpError(f"--stabilize {self.stabilize!r}: choose auto, always or never", usage=True)
+        if self.max_iter < 1:
+            raise OnnxCpError(f"--max-iter must be at least 1, got {self.max_iter}", usage=True)
+        if self.max_time is not None and not self.max_time > 0:
+            raise OnnxCpError(f"--max-time must be positive, got {self.max_time}", usage=True)
+
+    def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
+        chosen = None
+        for rule in self.ranks:
+            if rule.matches(names):
+                chosen = rule
+        return chosen
+
+    def timing_options(self) -> TimingOptions:
+        return TimingOptions(threads=self.threads, opt_level=self.opt_level)
+
+    def fit_options(self) -> FitOptions:
+        return FitOptions(method=self.method, max_iter=self.max_iter, tol=self.tol,
+                          max_time=self.max_time, stabilize=self.stabilize,
+                          degeneracy_threshold=self.degeneracy_threshold)

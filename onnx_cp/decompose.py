@@ -1,0 +1,88 @@
+"""The boundary between the rewriter and the solvers: a kernel in, balanced CP factors out.
+
+The rewriter sees only ``fit_kernel`` and ``KernelFit``; which solver ran, and how, stays here.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+METHODS = ("nls", "als")
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    """A rank-R CP model of one kernel: ``kernel ~= sum_r prod_n factors[n][:, r]``."""
+
+    factors: tuple[np.ndarray, ...]  # float64, one (dim_n, rank) matrix per mode, scale balanced
+    rel_error: float  # ||kernel - cp|| / ||kernel||
+    degeneracy: float  # sum of squared rank-one term norms / ||cp||^2 (1 when terms are orthogonal)
+    max_term_norm: float  # largest rank-one term norm, relative to ||kernel||
+    stabilized: bool
+    seconds: float
+
+
+# (kernel, rank, seed) -> KernelFit; tests inject their own to check the realization alone.
+Fitter = Callable[[np.ndarray, int, int], KernelFit]
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    method: str = "nls"
+    max_iter: int = 500
+    tol: float = 1e-9
+    max_time: float | None = None
+    stabilize: str = "auto"  # auto | always | never
+    degeneracy_threshold: float = 10.0
+
+
+def fit_kernel(kernel: np.ndarray, rank: int, seed: int, options: FitOptions) -> KernelFit:
+    """Fit a rank-``rank`` CP model to ``kernel`` with the configured solver."""
+    from onnx_cp import solver
+
+    start = time.perf_counter()
+    tensor = np.asarray(kernel, dtype=np.float64)
+    common = dict(max_iter=options.max_iter, tol=options.tol, random_state=seed)
+    if options.method == "nls":
+        cp = solver.cp_nls(tensor, rank, max_time=options.max_time,
+                           stabilize=options.stabilize == "always", **common)
+    elif options.method == "als":
+        cp = solver.cp_als(tensor, rank, **common)
+    else:
+        raise ValueError(f"unknown method {options.method!r}; choose one of {METHODS}")
+    stabilized = options.stabilize == "always" and options.method == "nls"
+    measure = solver.degeneracy(cp)
+    if (options.stabilize == "auto" and options.method == "nls"
+            and measure.measure > options.degeneracy_threshold):
+        # Phan et al.: same fit error, much smaller (cancelling) rank-one terms.
+        cp = solver.cp_nls(tensor, rank, init=cp, max_iter=options.max_iter, tol=options.tol,
+                           max_time=options.max_time, stabilize=True, random_state=seed)
+        measure = solver.degeneracy(cp)
+        stabilized = True
+    factors = balance(cp.weights, cp.factors)
+    return KernelFit(
+        factors=factors,
+        rel_error=float(solver.relative_error(tensor, cp)),
+        degeneracy=float(measure.measure),
+        max_term_norm=float(measure.max_term_norm),
+        stabilized=stabilized,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def balance(weights: np.ndarray | None, factors) -> tuple[np.ndarray, ...]:
+    """Spread each term's scale evenly over the modes, so no factor is huge (matters in float16)."""
+    mats = [np.asarray(f, dtype=np.float64) for f in factors]
+    rank = mats[0].shape[1]
+    scale = np.ones(rank) if weights is None else np.asarray(weights, dtype=np.float64).copy()
+    for m in mats:
+        norms = np.linalg.norm(m, axis=0)
+        scale = scale * norms
+        m /= np.where(norms > 0, norms, 1.0)
+    sign = np.sign(scale)
+    root = np.abs(scale) ** (1.0 / len(mats))
+    mats[0] *= sign
+    return tuple(m * root for m in mats)

@@ -1,0 +1,28 @@
+"""Fine-tuning after the rewrite: train the CP-form network in torch, export it back to ONNX.
+
+    from onnx_cp.finetune import finetune
+    tuned = finetune("fast.onnx", loader, epochs=3, lr=1e-3, teacher="orig.onnx")
+    onnx_cp.save_model(tuned, "tuned.onnx")
+
+``to_torch`` / ``to_onnx`` are the two conversions on their own. torch and onnx2torch (the
+``finetune`` extra) are imported when a function needs them, so importing this package, or
+``onnx_cp``, works without them.
+"""
+from onnx_cp.finetune.convert import ExportNotes, op_counts, structure_changes, to_onnx, to_torch
+from onnx_cp.finetune.data import load_image_folder
+from onnx_cp.finetune.normalize import normalize
+from onnx_cp.finetune.train import (
+    EpochStats,
+    FinetuneConfig,
+    FinetuneReport,
+    FinetuneResult,
+    Step,
+    finetune,
+    finetune_with_report,
+)
+
+__all__ = [
+    "EpochStats", "ExportNotes", "FinetuneConfig", "FinetuneReport", "FinetuneResult", "Step", "finetune",
+    "finetune_with_report", "load_image_folder", "normalize", "op_counts", "structure_changes", "to_onnx",
+    "to_torch",
+]

@@ -1,0 +1,322 @@
+"""ONNX -> torch (normalize + onnx2torch) and back (torch.onnx.export), keeping the graph's names.
+
+    module = to_torch("fast.onnx")          # a torch.fx.GraphModule, in eval mode
+    ...                                     # train it
+    tuned = to_onnx(module, like="fast.onnx", example=x[:8])
+
+onnx2torch names each submodule after the ONNX node it came from (dots become slashes), and
+the TorchScript exporter names each exported node ``/<submodule>/<op>``. ``to_onnx`` uses that
+to give every node that maps one-to-one back its original name, output names and weight names,
+so the exported graph reads like the input and the rewriter's ``onnx_cp`` metadata (which
+lists node names) stays true.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+import onnx
+
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.finetune._deps import require_torch
+from onnx_cp.finetune.normalize import normalize
+from onnx_cp.model_io import load_model
+
+METADATA_KEY = "onnx_cp"
+# The TorchScript exporter's opset range (torch.onnx._constants in torch 2.x).
+_MIN_OPSET, _MAX_OPSET = 7, 20
+_NUMPY_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                 onnx.TensorProto.FLOAT16: np.float16}
+ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+
+
+@dataclass
+class ExportNotes:
+    """What ``to_onnx`` could not carry over exactly; empty lists mean nothing was lost."""
+
+    renamed: int = 0  # nodes given back their original names
+    unmatched: list[str] = field(default_factory=list)  # original nodes without a 1:1 exported node
+    metadata: list[str] = field(default_factory=list)  # changes to the onnx_cp metadata entry
+    # original node name -> the exported nodes that compute it (after renaming)
+    nodes_of: dict[str, list[str]] = field(default_factory=dict)
+
+
+def to_torch(model: ModelLike):
+    """A torch module (``torch.fx.GraphModule``, eval mode) computing what ``model`` computes.
+
+    The graph is normalized first (``onnx_cp.finetune.normalize``) so onnx2torch can read every
+    Conv's weights. Raises OnnxCpError when onnx2torch has no converter for an operator.
+    """
+    torch, onnx2torch = require_torch()
+    graph = normalize(load_model(model))
+    opset = _default_opset(graph)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            module = onnx2torch.convert(graph)
+    except NotImplementedError as exc:
+        raise OnnxCpError(f"onnx2torch {_version(onnx2torch)} cannot convert the model ({exc}); re-export "
+                          f"it at another opset (it is at {opset}) or without that operator") from None
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise OnnxCpError(f"onnx2torch {_version(onnx2torch)} failed on the model ({type(exc).__name__}: "
+                          f"{exc}); check it with 'onnx-cp inspect' and onnx.checker") from None
+    assert isinstance(module, torch.nn.Module)
+    return module.eval()
+
+
+def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
+            notes: ExportNotes | None = None) -> onnx.ModelProto:
+    """Export ``module`` (from ``to_torch(like)``, perhaps trained) with ``like``'s interface.
+
+    Input and output names, dynamic dimensions and ``metadata_props`` come from ``like``; nodes
+    that map one-to-one to ``like``'s nodes get their names back. ``example`` is an input batch
+    (a tensor or array); without it one is made from ``like``'s input shape, which must then be
+    static apart from the batch. ``opset`` defaults to ``like``'s, within the exporter's 7..20.
+    ``notes``, when given, is filled with what could not be carried over exactly.
+    """
+    torch, _ = require_torch()
+    like = load_model(like)
+    reference = normalize(like)
+    inputs = _runtime_inputs(reference.graph)
+    if len(inputs) != 1:
+        raise OnnxCpError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); fine-tuning "
+                          "supports models with one image input")
+    if opset is None:
+        opset = min(max(_default_opset(like), _MIN_OPSET), _MAX_OPSET)
+    device = _device_of(module)
+    x = example_input(like) if example is None else fit_batch(like, example)
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device)
+    dynamic = {v.name: _dynamic_dims(v) for v in [*inputs, *reference.graph.output]}
+    dynamic = {name: dims for name, dims in dynamic.items() if dims}
+    was_training = module.training
+    module.eval()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter is chosen on purpose (it keeps one ONNX node per module);
+            # its deprecation and tracer warnings say nothing about this model.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[inputs[0].name],
+                              output_names=[o.name for o in reference.graph.output],
+                              dynamic_axes=dynamic or None, do_constant_folding=True)
+    finally:
+        module.train(was_training)
+    exported = onnx.load_from_string(buffer.getvalue())
+    notes = notes if notes is not None else ExportNotes()
+    _restore_names(exported, reference, notes)
+    _carry_metadata(exported, like, notes)
+    return exported
+
+
+def example_input(model: onnx.ModelProto, batch: int = 2) -> np.ndarray:
+    """Zeros of the model's input shape (the batch dimension set to ``batch`` when dynamic)."""
+    inp = _runtime_inputs(model.graph)[0]
+    tensor = inp.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+    if dims and dims[0] == 0:
+        dims[0] = batch
+    if not dims or any(d <= 0 for d in dims):
+        raise OnnxCpError(f"input {inp.name!r} has a dynamic shape {_dims(tensor)} beyond the batch; "
+                          "pass an example batch to to_onnx")
+    return np.zeros(dims, _NUMPY_DTYPES.get(tensor.elem_type, np.float32))
+
+
+def fit_batch(model: onnx.ModelProto, x):
+    """``x`` cut or repeated to the model's batch size when that is fixed; as it is otherwise."""
+    dim = _runtime_inputs(model.graph)[0].type.tensor_type.shape.dim
+    fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
+    if fixed <= 0 or len(x) == fixed:
+        return x
+    return x[np.arange(fixed) % len(x)]  # repeats samples when x is shorter
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    """How many nodes of each operator the top-level graph has."""
+    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                   for n in model.graph.node)
+
+
+def structure_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[str, int]:
+    """Operator count differences after - before (only the operators whose count changed).
+
+    Both graphs are normalized first: Constant nodes and Identity nodes on weights cost nothing
+    at run time, and the exporter adds Identity nodes where weights happen to be equal.
+    """
+    a, b = op_counts(normalize(before)), op_counts(normalize(after))
+    return {op: b[op] - a[op] for op in sorted(set(a) | set(b)) if a[op] != b[op]}
+
+
+def max_difference(model: onnx.ModelProto, module, x) -> tuple[float, float]:
+    """(largest |onnxruntime - torch| over the first output, largest |torch|) on batch ``x``."""
+    torch, _ = require_torch()
+    import onnxruntime as ort
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            ref = module(torch.as_tensor(x).to(_device_of(module)))
+    finally:
+        module.train(was_training)
+    ref = first_output(ref).detach().cpu().numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = session.run(None, {name: np.asarray(torch.as_tensor(x).cpu().numpy())})[0]
+    if got.shape != ref.shape:
+        return float("inf"), float(np.max(np.abs(ref), initial=0.0))
+    return float(np.max(np.abs(got - ref), initial=0.0)), float(np.max(np.abs(ref), initial=0.0))
+
+
+def first_output(out):
+    """A module's first output (onnx2torch returns a tuple for models with several outputs)."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _restore_names(exported: onnx.ModelProto, reference: onnx.ModelProto, notes: ExportNotes) -> None:
+    """Rename nodes, their outputs and their weights back to ``reference``'s where they map 1:1."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    by_module = {unique: node.proto for unique, node in OnnxGraph(reference.graph).nodes.items()}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in exported.graph.node:
+        module = _owning_module(node.name, by_module)
+        if module is not None:
+            groups.setdefault(module, []).append(node)
+    ref_inits = {t.name for t in reference.graph.initializer}
+    exp_inits = {t.name for t in exported.graph.initializer}
+    graph = exported.graph
+    index = {id(n): k for k, n in enumerate(graph.node)}
+    node_names: dict[int, str] = {}
+    tensors: dict[str, str] = {}
+    for module, original in by_module.items():
+        got = groups.get(module, [])
+        if len(got) != 1 or got[0].op_type != original.op_type or len(got[0].output) != len(original.output):
+            notes.unmatched.append(original.name or module)
+            continue
+        node = got[0]
+        if original.name:
+            node_names[index[id(node)]] = original.name
+        for new, old in zip(original.output, node.output):
+            if new and old:
+                tensors[old] = new
+        for new, old in zip(original.input, node.input):
+            if old in exp_inits and new in ref_inits:
+                tensors.setdefault(old, new)
+    tensors = _collision_free(tensors, {n: n for n in _tensor_names(graph)})
+    node_names = _collision_free(node_names, {k: n.name for k, n in enumerate(graph.node)})
+    for k, node in enumerate(graph.node):
+        if k in node_names:
+            node.name = node_names[k]
+            notes.renamed += 1
+        for field_name in ("input", "output"):
+            values = [tensors.get(v, v) for v in getattr(node, field_name)]
+            container = getattr(node, field_name)
+            del container[:]
+            container.extend(values)
+    for item in [*graph.initializer, *graph.value_info, *graph.input, *graph.output]:
+        item.name = tensors.get(item.name, item.name)
+    for module, original in by_module.items():
+        if original.name:
+            notes.nodes_of[original.name] = [n.name for n in groups.get(module, [])]
+
+
+def _owning_module(node_name: str, modules: dict) -> str | None:
+    """The onnx2torch submodule whose scope ``/<module>/...`` produced this exported node."""
+    parts = node_name.lstrip("/").split("/")
+    for end in range(len(parts) - 1, 0, -1):  # longest prefix first
+        candidate = "/".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _collision_free(renames: dict, current: dict) -> dict:
+    """Drop renames until the final names are unique (``current``: key -> name in use now)."""
+    accepted = dict(renames)
+    while True:
+        final = Counter(accepted.get(key, name) for key, name in current.items())
+        bad = [key for key, new in accepted.items() if final[new] > 1]
+        if not bad:
+            return accepted
+        for key in bad:
+            del accepted[key]
+
+
+def _tensor_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {v.name for v in [*graph.input, *graph.output,
+                                                                      *graph.value_info]}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    names.discard("")
+    return names
+
+
+def _carry_metadata(exported: onnx.ModelProto, like: onnx.ModelProto, notes: ExportNotes) -> None:
+    """Copy ``like``'s metadata_props; keep the onnx_cp layer map true to the exported node names."""
+    present = {n.name for n in exported.graph.node}
+    for prop in like.metadata_props:
+        value = prop.value
+        if prop.key == METADATA_KEY:
+            value = _remap_layers(value, present, notes)
+        exported.metadata_props.add(key=prop.key, value=value)
+
+
+def _remap_layers(raw: str, present: set[str], notes: ExportNotes) -> str:
+    try:
+        data = json.loads(raw)
+        layers = data["layers"]
+    except (ValueError, KeyError, TypeError):
+        notes.metadata.append(f"metadata {METADATA_KEY!r} is unreadable; copied as it was")
+        return raw
+    for layer in layers if isinstance(layers, list) else []:
+        nodes = layer.get("nodes") if isinstance(layer, dict) else None
+        if not isinstance(nodes, list):
+            continue
+        missing = [n for n in nodes if n not in present]
+        if not missing:
+            continue
+        remapped = [m for n in nodes for m in ([n] if n in present else notes.nodes_of.get(n, []))]
+        notes.metadata.append(f"layer {layer.get('node')!r}: nodes {missing} were exported under other "
+                              f"names; the metadata now lists {remapped}")
+        layer["nodes"] = remapped
+    return json.dumps(data)
+
+
+def _runtime_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def _dynamic_dims(value: onnx.ValueInfoProto) -> dict[int, str]:
+    """{axis: name} of the dimensions without a fixed size."""
+    dims = value.type.tensor_type.shape.dim
+    return {k: d.dim_param or f"{value.name}_dim{k}" for k, d in enumerate(dims) if not d.HasField("dim_value")}
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), _MAX_OPSET)
+
+
+def _device_of(module):
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return "cpu"
+
+
+def _dims(tensor) -> str:
+    return "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                    for d in tensor.shape.dim)
+
+
+def _version(module) -> str:
+    return getattr(module, "__version__", "")

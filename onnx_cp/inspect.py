@@ -1,0 +1,52 @@
+"""``inspect``: every convolution of a model, its cost, and whether CP can rewrite it."""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import onnx
+
+from onnx_cp.discover import find_convs, site_report
+from onnx_cp.model_io import load_model
+from onnx_cp.report import LayerReport, RewriteReport
+from onnx_cp.shapes import infer_shapes
+
+
+def inspect_model(model: onnx.ModelProto | str | os.PathLike,
+                  input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> RewriteReport:
+    """A report with one row per convolution; ``status`` is 'eligible' or 'ineligible'."""
+    model = load_model(model)
+    shapes, notes = infer_shapes(model, input_shapes or {})
+    layers: list[LayerReport] = []
+    for site in find_convs(model, shapes):
+        layer = site_report(site)
+        layer.status = "eligible" if site.eligible else "ineligible"
+        layer.reason = site.reason
+        layers.append(layer)
+    return RewriteReport(layers, method="inspect", notes=notes)
+
+
+def render_inspect(report: RewriteReport, console) -> None:
+    from rich.table import Table
+
+    from onnx_cp.report import human
+
+    table = Table(title="convolutions", title_justify="left")
+    for col in ("layer", "weight", "kernel", "stride", "pads", "dilation", "group", "weight shape",
+                "MACs", "params", "CP"):
+        table.add_column(col, overflow="fold")
+    for l in report.layers:
+        table.add_row(
+            l.node, l.weight or "-", "x".join(map(str, l.kernel)) if l.kernel else "-",
+            _fmt(l.strides), _fmt(l.pads), _fmt(l.dilations), str(l.group or "-"),
+            "x".join(map(str, l.weight_shape)) if l.weight_shape else "-", human(l.macs_before), human(l.params_before),
+            "[green]eligible[/green]" if l.status == "eligible" else f"[dim]{l.reason}[/dim]")
+    console.print(table)
+    eligible = sum(l.status == "eligible" for l in report.layers)
+    console.print(f"{eligible} of {len(report.layers)} convolutions are eligible for CP")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def _fmt(values) -> str:
+    return ",".join(map(str, values)) if values else "-"

@@ -1,0 +1,138 @@
+"""What a rewrite did, layer by layer: JSON for machines, a rich table for people."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    node: str
+    op_type: str
+    weight: str | None
+    status: str  # rewritten | kept | skipped | ineligible
+    reason: str | None = None
+    kernel: list[int] | None = None
+    strides: list[int] | None = None
+    pads: list[int] | None = None
+    dilations: list[int] | None = None
+    group: int | None = None
+    weight_shape: list[int] | None = None
+    in_shape: list[int] | None = None
+    out_shape: list[int] | None = None
+    macs_before: int | None = None
+    params_before: int | None = None
+    rank: int | None = None
+    rank_requested: int | float | None = None
+    rank_capped: bool = False
+    rel_error: float | None = None
+    degeneracy: float | None = None
+    max_term_norm: float | None = None
+    stabilized: bool | None = None
+    fit_seconds: float | None = None
+    macs_after: int | None = None
+    params_after: int | None = None
+    realization: str | None = None  # cp4 | cp3 | original (auto kept the Conv)
+    timings_ms: dict[str, float] | None = None  # auto: each candidate alone in onnxruntime
+    new_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RewriteReport:
+    layers: list[LayerReport]
+    method: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rewritten(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.status == "rewritten"]
+
+    def totals(self) -> dict:
+        """Conv multiply-adds and parameters over the whole model, before and after."""
+        def total(key_before: str, key_after: str) -> tuple[int | None, int | None]:
+            before = after = 0
+            for layer in self.layers:
+                b = getattr(layer, key_before)
+                a = getattr(layer, key_after) if layer.status == "rewritten" else b
+                if b is None or a is None:
+                    if layer.op_type == "Conv" and layer.reason is None:
+                        return None, None
+                    continue
+                before, after = before + b, after + a
+            return before, after
+
+        macs = total("macs_before", "macs_after")
+        params = total("params_before", "params_after")
+        return {
+            "conv_macs_before": macs[0], "conv_macs_after": macs[1],
+            "conv_params_before": params[0], "conv_params_after": params[1],
+            "layers_rewritten": len(self.rewritten),
+            "layers_total": len(self.layers),
+        }
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "totals": self.totals(), "notes": self.notes,
+                "layers": [asdict(layer) for layer in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def metadata(self) -> dict:
+        """The provenance that bench and later rewrites read back from the model."""
+        return {"version": 1, "method": self.method, "layers": [
+            {"node": l.node, "nodes": l.new_nodes, "rank": l.rank, "realization": l.realization, "macs_before": l.macs_before,
+             "macs_after": l.macs_after, "rel_error": l.rel_error} for l in self.rewritten]}
+
+
+def human(n: int | float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n)) if float(n).is_integer() else f"{n:.3g}"
+
+
+def ratio(before: int | None, after: int | None) -> str:
+    if not before or not after:
+        return "?"
+    return f"{before / after:.2f}x"
+
+
+def render_rewrite(report: RewriteReport, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"onnx-cp rewrite ({report.method})", title_justify="left")
+    for col, justify in (("layer", "left"), ("kernel", "left"), ("form", "left"), ("rank", "right"),
+                         ("kernel err", "right"), ("degen.", "right"), ("MACs", "right"),
+                         ("MACs after", "right"), ("params", "right"), ("params after", "right"),
+                         ("fit s", "right"), ("note", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for l in report.layers:
+        kernel = "x".join(map(str, l.kernel)) if l.kernel else "-"
+        if l.group and l.group > 1:
+            kernel += f" g{l.group}"
+        if l.status == "rewritten":
+            note = "rank capped" if l.rank_capped else ""
+            if l.stabilized:
+                note = (note + "; " if note else "") + "stabilized"
+            if l.timings_ms:
+                speedup = l.timings_ms["original"] / l.timings_ms[l.realization]
+                note = (note + "; " if note else "") + f"{speedup:.2f}x faster alone"
+            table.add_row(l.node, kernel, l.realization, str(l.rank) + ("*" if l.rank_capped else ""),
+                          f"{l.rel_error:.4f}", f"{l.degeneracy:.2f}", human(l.macs_before),
+                          human(l.macs_after), human(l.params_before), human(l.params_after),
+                          f"{l.fit_seconds:.2f}", note)
+        else:
+            table.add_row(l.node, kernel, "conv", "-", "-", "-", human(l.macs_before), human(l.macs_before),
+                          human(l.params_before), human(l.params_before), "-",
+                          f"[dim]{l.status}: {l.reason}[/dim]")
+    t = report.totals()
+    table.add_section()
+    table.add_row("total", "", "", "", "", "", human(t["conv_macs_before"]), human(t["conv_macs_after"]),
+                  human(t["conv_params_before"]), human(t["conv_params_after"]), "",
+                  f"{t['layers_rewritten']} of {t['layers_total']} rewritten; Conv MACs "
+                  f"{ratio(t['conv_macs_before'], t['conv_macs_after'])} fewer")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")

@@ -1,0 +1,128 @@
+"""Starting points for the CP solvers: SVD, random, a few ALS sweeps, or a given CP model.
+
+All functions work on the solver's unit-norm float64 copy of the tensor and return
+balanced factor lists (see ``_kernels.balance``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from ._cp import factors_from_cp
+from ._kernels import Matricization, balance, gramians, group_mttkrp, hadamard_except
+
+# ALS sweeps behind init="als": enough to leave the SVD start's bad basin, cheap next to NLS.
+ALS_INIT_SWEEPS = 5
+# A warm start with fewer terms than asked gets its new terms at this fraction of the
+# tensor norm: small enough to barely move the error, large enough to have a gradient.
+PAD_TERM_NORM = 1e-3
+
+
+def solve_gram(y: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """``y @ inv(gram)`` for a symmetric positive semi-definite R x R ``gram``.
+
+    A relative ridge of 1e-12 keeps the Cholesky factorization alive when the Gramian is
+    singular (more terms than the other modes can separate); least squares is the fallback.
+    """
+    ridge = 1e-12 * max(float(np.trace(gram)) / gram.shape[0], 1e-300)
+    try:
+        c = scipy.linalg.cho_factor(gram + ridge * np.eye(gram.shape[0]), check_finite=False)
+        return scipy.linalg.cho_solve(c, y.T, check_finite=False).T
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(gram, y.T, rcond=None)[0].T
+
+
+def fit_weights(mat: Matricization, t2: np.ndarray, factors: list[np.ndarray]) -> list[np.ndarray]:
+    """Rescale the terms by the least-squares weights for fixed column directions.
+
+    Both SVD and random starts have arbitrary term scales; solving the R x R normal
+    equations for the weights costs one MTTKRP and removes that arbitrariness.
+    """
+    y0 = mat.left_mttkrps(t2, factors, modes=[0])[0]
+    m = np.sum(y0 * factors[0], axis=0)
+    h = hadamard_except(gramians(factors), set())
+    ridge = 1e-10 * max(float(np.trace(h)) / h.shape[0], 1e-300)
+    try:
+        w = scipy.linalg.solve(h + ridge * np.eye(h.shape[0]), m, assume_a="pos")
+    except np.linalg.LinAlgError:
+        w = np.linalg.lstsq(h, m, rcond=None)[0]
+    out = list(factors)
+    out[0] = factors[0] * w
+    return balance(out)
+
+
+def svd_factors(tensor: np.ndarray, rank: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Leading left singular vectors of each unfolding; random unit columns beyond a mode's size."""
+    factors = []
+    for n, size in enumerate(tensor.shape):
+        a = np.moveaxis(tensor, n, 0).reshape(size, -1)
+        k = min(rank, size)
+        # Eigenvectors of the (size x size) Gram matrix: cheap for conv kernels' channel counts.
+        _, vecs = scipy.linalg.eigh(a @ a.T, subset_by_index=[size - k, size - 1])
+        u = vecs[:, ::-1]
+        if k < rank:
+            pad = rng.standard_normal((size, rank - k))
+            u = np.hstack([u, pad / np.linalg.norm(pad, axis=0)])
+        factors.append(u)
+    return factors
+
+
+def random_factors(shape: tuple[int, ...], rank: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.standard_normal((s, rank)) / np.sqrt(s) for s in shape]
+
+
+def als_sweeps(mat: Matricization, t2: np.ndarray, factors: list[np.ndarray], n_sweeps: int):
+    """``n_sweeps`` ALS sweeps, two large products per sweep (left group, then right group)."""
+    factors = list(factors)
+    k, n_modes = mat.k, len(factors)
+    for _ in range(n_sweeps):
+        grams = gramians(factors)
+        w = t2 @ mat.kr_right(factors)
+        for i in range(k):
+            y = group_mttkrp(w, factors[:k], i)
+            factors[i] = solve_gram(y, hadamard_except(grams, {i}))
+            grams[i] = factors[i].T @ factors[i]
+        w = t2.T @ mat.kr_left(factors)
+        for j in range(n_modes - k):
+            i = k + j
+            y = group_mttkrp(w, factors[k:], j)
+            factors[i] = solve_gram(y, hadamard_except(grams, {i}))
+            grams[i] = factors[i].T @ factors[i]
+        factors = balance(factors)
+    return factors
+
+
+def resize_rank(factors: list[np.ndarray], rank: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Fit a warm start to ``rank`` terms: keep the largest terms, or add small random ones."""
+    have = factors[0].shape[1]
+    if have == rank:
+        return factors
+    if have > rank:
+        norms = np.prod([np.linalg.norm(u, axis=0) for u in factors], axis=0)
+        keep = np.sort(np.argsort(-norms, kind="stable")[:rank])
+        return [u[:, keep] for u in factors]
+    extra = random_factors(tuple(u.shape[0] for u in factors), rank - have, rng)
+    col = PAD_TERM_NORM ** (1.0 / len(factors))
+    extra = [e / np.linalg.norm(e, axis=0) * col for e in extra]
+    return [np.hstack([u, e]) for u, e in zip(factors, extra)]
+
+
+def initialize(tensor, mat, rank, init, rng, scale: float) -> list[np.ndarray]:
+    """Balanced starting factors for the unit-norm ``tensor`` (see cp_nls's ``init``).
+
+    ``scale`` is the norm the caller divided out of the tensor; a CP init is in the
+    caller's units and is divided by it too.
+    """
+    t2 = mat.matrix(tensor)
+    if isinstance(init, str):
+        if init == "svd":
+            return fit_weights(mat, t2, svd_factors(tensor, rank, rng))
+        if init == "random":
+            return fit_weights(mat, t2, random_factors(tensor.shape, rank, rng))
+        if init == "als":
+            start = fit_weights(mat, t2, svd_factors(tensor, rank, rng))
+            return als_sweeps(mat, t2, start, ALS_INIT_SWEEPS)
+        raise ValueError(f"init must be 'svd', 'random', 'als' or a CPTensor, got {init!r}")
+    factors = factors_from_cp(init, tensor.shape)
+    factors[0] = factors[0] / scale
+    return balance(resize_rank(factors, rank, rng))
