@@ -145,8 +145,6 @@ def test_tf2onnx_nhwc_model_rewrites_and_matches():
     assert output_difference(model, result.model, {"input_1:0": x}) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="cp_nls stagnates on kernels whose last mode has size 1 (kh x 1); "
-                   "fix in onnx_cp/solver or fit the squeezed kernel in decompose.fit_kernel")
 def test_a_tall_kh_by_1_kernel_fits_exactly_at_full_rank():
     # Keras Conv2D(kernel_size=(5, 1)); Inception v3 is full of 7x1 kernels. Rank 40 = 8*5*1
     # admits an exact fit (ALS finds it; so does NLS on the same kernel stored as 1x5).

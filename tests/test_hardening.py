@@ -382,12 +382,10 @@ def test_a_grouped_conv_with_one_zero_group_has_a_finite_error():
     assert relative_difference(run(model, {"x": x})[0], run(result.model, {"x": x})[0]) < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="onnx_cp/solver/als.py: tensorly's SVD init returns fewer columns "
-                   "than the rank when a mode's unfolding has fewer columns than the rank")
 @pytest.mark.parametrize("shape, rank", [((1, 1, 1, 2), 2), ((2, 1, 1, 3), 3), ((1, 1, 2, 2), 3)])
 def test_als_at_a_rank_above_a_small_kernels_other_modes(shape, rank):
-    # A 2-output, 1-input 1x3 Conv at rank 3 with --no-rank-cap: ALS raises ValueError (or
-    # LinAlgError), which the CLI reports as an internal error. NLS fits these exactly.
+    # A 2-output, 1-input 1x3 Conv at rank 3 with --no-rank-cap: tensorly's own SVD start
+    # would give too few columns here, so cp_als starts from cp_nls's padded SVD start.
     weight = x_like(shape)
     model = conv_model((1, shape[1], 4, 4), weight)
     result = rewrite_with_report(model, RewriteConfig(ranks=(rank,), method="als", max_iter=5,
@@ -748,14 +746,10 @@ def test_the_input_is_byte_identical_after_every_command(model_path, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".") or p.endswith(".tmp")]
 
 
-# The CLI writes --report (rewrite) and --json/--markdown/--html (bench) with a plain
-# Path.write_text after the work: they may replace the input model, and a missing folder
-# fails only after the model was written. model_io.check_output_path / save_text do it right.
-NEEDS_COMMAND_FIX = pytest.mark.xfail(strict=True, reason="commands/rewrite_cmd.py and bench_cmd.py must "
-                                      "check report paths up front and write them with model_io.save_text")
+# Reports (rewrite --report, bench --json/--markdown/--html) are checked before the work and
+# written atomically; they may never replace an input model.
 
 
-@NEEDS_COMMAND_FIX
 def test_a_report_path_equal_to_the_input_is_refused(model_path, tmp_path):
     before = model_path.read_bytes()
     result = invoke("rewrite", model_path, "--rank", "3", "-o", tmp_path / "out.onnx", "--report", model_path,
@@ -764,7 +758,6 @@ def test_a_report_path_equal_to_the_input_is_refused(model_path, tmp_path):
     one_line_error(result, 2, "input model")
 
 
-@NEEDS_COMMAND_FIX
 def test_a_report_in_a_missing_folder_is_refused_before_writing_the_model(model_path, tmp_path):
     out = tmp_path / "out.onnx"
     result = invoke("rewrite", model_path, "--rank", "3", "-o", out, "--report", tmp_path / "no" / "r.json",
@@ -773,7 +766,6 @@ def test_a_report_in_a_missing_folder_is_refused_before_writing_the_model(model_
     assert not out.exists()
 
 
-@NEEDS_COMMAND_FIX
 def test_a_bench_report_never_replaces_a_model(model_path):
     before = model_path.read_bytes()
     result = invoke("bench", model_path, "--runs", "1", "--warmup", "0", "--json", model_path)

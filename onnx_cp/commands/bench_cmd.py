@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from onnx_cp.bench import BenchConfig, OPT_LEVELS, render_html, render_json, render_markdown, render_terminal, run_bench
 from onnx_cp.commands.options import ProjectCommand, parse_input_shapes
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.model_io import check_output_path, save_text
 
 
 @click.command("bench", cls=ProjectCommand)
@@ -45,6 +46,8 @@ def bench_command(models: tuple[str, ...], threads: int, warmup: int, runs: int,
                (("--json", json_path), ("--markdown", markdown_path), ("--html", html_path)) if path]
     for option, path in outputs:
         _check_writable(option, path, allow_stdout=option == "--json")
+        if path != "-":
+            check_output_path(path, protect=list(models), option=option)
 
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -66,7 +69,7 @@ def bench_command(models: tuple[str, ...], threads: int, warmup: int, runs: int,
         if path == "-":
             click.echo(text)
         else:
-            Path(path).write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+            save_text(text + ("" if text.endswith("\n") else "\n"), path, protect=list(models), option=option)
 
 
 def _progress() -> Progress:

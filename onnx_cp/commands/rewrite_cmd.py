@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.config import RewriteConfig
 from onnx_cp.decompose import METHODS
-from onnx_cp.model_io import check_output_path, save_model
+from onnx_cp.model_io import check_output_path, save_model, save_text
 from onnx_cp.report import render_rewrite
 from onnx_cp.rewrite import rewrite_with_report
 
@@ -54,6 +54,8 @@ def rewrite_command(model, output, ranks, layers, exclude, method, max_iter, max
                            input_shapes=parse_input_shapes(input_shapes))
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
+    if report_path:
+        check_output_path(report_path, protect=[model, output], option="--report")
     console = make_console(stderr=True, quiet=quiet)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
@@ -66,7 +68,7 @@ def rewrite_command(model, output, ranks, layers, exclude, method, max_iter, max
         result = rewrite_with_report(model, config, progress=progress)
     save_model(result.model, output, overwrite=overwrite, protect=model)
     if report_path:
-        Path(report_path).write_text(result.report.to_json())
+        save_text(result.report.to_json(), report_path, protect=[model, output])
     if not quiet:
         render_rewrite(result.report, make_console())
         click.echo(f"wrote {output}")

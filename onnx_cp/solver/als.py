@@ -6,6 +6,7 @@ It gives ALS the same signature conventions, callback and output normalization a
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -13,6 +14,7 @@ from tensorly.cp_tensor import CPTensor
 from tensorly.decomposition import parafac
 
 from ._cp import factors_from_cp, to_cptensor, zero_cptensor
+from ._init import svd_factors
 from ._validate import as_rank, as_tensor, check_positive
 from .state import SolverState
 
@@ -69,6 +71,12 @@ def cp_als(
             raise ValueError(f"cp_als init has rank {factors[0].shape[1]} but rank={rank}")
         init = CPTensor((np.ones(rank), factors))
     norm = float(np.linalg.norm(t))
+    narrow = _svd_too_narrow(t.shape, rank)
+    if init == "svd" and narrow:
+        # tensorly's SVD start returns fewer columns than the rank when a mode's unfolding has
+        # fewer columns than that; start from cp_nls's SVD start, padded with random columns.
+        rng = np.random.default_rng(random_state if isinstance(random_state, (int, np.integer)) else None)
+        init = CPTensor((np.ones(rank), svd_factors(t, rank, rng)))
     if norm == 0.0:
         if callback is not None:
             callback(SolverState(0, 0.0, time.perf_counter() - t_start))
@@ -83,11 +91,22 @@ def cp_als(
 
     # return_errors=True: tensorly only computes the error it hands to the callback when
     # tol is nonzero or errors are returned, and tol=0 must still work.
-    cp, _ = parafac(
-        t, rank, n_iter_max=max_iter, init=init, tol=tol, random_state=random_state,
-        return_errors=True, callback=None if callback is None else tl_callback,
-    )
+    with warnings.catch_warnings():
+        # tensorly warns whenever the rank exceeds a mode's size and then pads the start itself.
+        warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
+        cp, _ = parafac(
+            t, rank, n_iter_max=max_iter, init=init, tol=tol, random_state=random_state,
+            return_errors=True, callback=None if callback is None else tl_callback,
+            # More terms than a mode's unfolding has columns make ALS's normal equations singular;
+            # a vanishing ridge keeps them solvable without moving the fit.
+            l2_reg=1e-12 * norm**2 if narrow else 0,
+        )
     weights, factors = cp
     factors = [np.asarray(f, dtype=np.float64) for f in factors]
     factors[0] = factors[0] * np.asarray(weights, dtype=np.float64)
     return to_cptensor(factors, 1.0, dtype)
+
+
+def _svd_too_narrow(shape: tuple[int, ...], rank: int) -> bool:
+    total = int(np.prod(shape))
+    return any(total // n < rank for n in shape)

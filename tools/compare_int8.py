@@ -1,0 +1,148 @@
+"""float32 vs INT8 vs CP vs CP + INT8 in onnxruntime's CPU execution provider, in one run.
+
+    python tools/compare_int8.py models/mnist_cnn.onnx --cp mnist_cp.onnx \\
+        --data models/mnist_test.npz
+    python tools/compare_int8.py assets/nudenet_320n.onnx --cp nudenet_cp.onnx \\
+        --input-shape images=1x3x320x320
+
+INT8 is onnxruntime's static quantization in QDQ format (per-channel int8 weights, uint8
+activations, MinMax calibration) of the float32 model and of the CP model, calibrated on the
+first ``--calib-count`` images of ``--data`` (random inputs when no data is given). All four
+models are timed in alternation (onnx_cp.bench.measure_latency), so drift hits them alike.
+Beside each: top-1 accuracy on ``--data`` when it has labels, and always the agreement with
+the float32 original on the evaluation inputs (share of equal top-1 predictions and the
+relative difference of the outputs).
+
+Prints a Markdown table; ``--out FILE`` also writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from onnx_cp.bench import measure_latency  # noqa: E402
+from onnx_cp.commands.options import parse_input_shapes  # noqa: E402
+from onnx_cp.evaluate import load_dataset  # noqa: E402
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an array of inputs, one at a time."""
+
+    def __init__(self, name: str, x: np.ndarray):
+        self._items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+def quantize(model_path: Path, out: Path, input_name: str, calib: np.ndarray) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared), str(out), _Reader(input_name, calib),
+        quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return out
+
+
+def first_output(model_path: Path, name: str, x: np.ndarray, threads: int) -> np.ndarray:
+    """The model's first output for every input, run one at a time (any output shape)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(share of equal argmax predictions, ||other - reference|| / ||reference||)."""
+    ref2, oth2 = reference.reshape(len(reference), -1), other.reshape(len(other), -1)
+    same = float(np.mean(ref2.argmax(1) == oth2.argmax(1)))
+    return same, float(np.linalg.norm(oth2 - ref2) / np.linalg.norm(ref2))
+
+
+def inputs(args, model: onnx.ModelProto) -> tuple[str, np.ndarray, np.ndarray | None]:
+    graph_inputs = {i.name for i in model.graph.initializer}
+    name = next(i.name for i in model.graph.input if i.name not in graph_inputs)
+    if args.data is not None:
+        x, y = load_dataset(args.data)
+        return name, x[:args.eval_count], None if y is None else y[:args.eval_count]
+    shapes = parse_input_shapes(args.input_shape)
+    if name not in shapes:
+        sys.exit(f"error: without --data, give the input shape: --input-shape {name}=1x3x224x224")
+    shape = shapes[name]
+    rng = np.random.default_rng(0)
+    x = rng.random((args.eval_count, *shape[1:]), dtype=np.float32)
+    return name, x, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="the float32 original")
+    parser.add_argument("--cp", type=Path, required=True, help="its onnx-cp rewrite")
+    parser.add_argument("--data", type=Path, help=".npz with x (and y for accuracy)")
+    parser.add_argument("--input-shape", action="append", default=[], help="NAME=1x3x224x224 without --data")
+    parser.add_argument("--calib-count", type=int, default=200)
+    parser.add_argument("--eval-count", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    original = onnx.load(args.model)
+    name, x, y = inputs(args, original)
+    calib = x[:args.calib_count]
+    shapes = {name: (1, *x.shape[1:])}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {
+            "float32": args.model,
+            "INT8": quantize(args.model, tmp / "int8.onnx", name, calib),
+            "CP": args.cp,
+            "CP + INT8": quantize(args.cp, tmp / "cp_int8.onnx", name, calib),
+        }
+        print("timing ...", flush=True)
+        stats = measure_latency(list(models.values()), threads=args.threads, runs=args.runs,
+                                warmup=20, input_shapes=shapes)
+        outputs = {label: first_output(path, name, x, args.threads) for label, path in models.items()}
+
+    reference = outputs["float32"]
+    base = stats[0].median
+    header = ["model", "latency ms (median)", "speed-up", "top-1 agreement with float32",
+              "output rel. difference"]
+    if y is not None:
+        header.insert(3, "top-1 accuracy")
+    rows = []
+    for (label, out), st in zip(outputs.items(), stats):
+        same, diff = agreement(reference, out)
+        row = [label, f"{st.median:.3f}", f"{base / st.median:.2f}x", f"{same:.2%}", f"{diff:.4f}"]
+        if y is not None:
+            row.insert(3, f"{float(np.mean(out.reshape(len(out), -1).argmax(1) == y)):.2%}")
+        rows.append(row)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    table = "\n".join(lines)
+    settings = (f"{args.threads} thread(s), batch 1, {args.runs} alternated runs per model; "
+                f"{len(x)} evaluation inputs, {len(calib)} calibration inputs")
+    print(table + "\n\n" + settings)
+    if args.out is not None:
+        args.out.write_text(table + "\n\n" + settings + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
