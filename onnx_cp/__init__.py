@@ -7,10 +7,11 @@ from onnx_cp.config import RankRule, RewriteConfig, parse_rank
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.inspect import inspect_model
 from onnx_cp.model_io import load_model, save_model
+from onnx_cp.ranks.options import RankSelection
 from onnx_cp.rewrite import RewriteResult, rewrite, rewrite_with_report
 
 __all__ = [
-    "OnnxCpError", "RankRule", "RewriteConfig", "RewriteResult", "inspect_model", "load_model",
+    "OnnxCpError", "RankRule", "RankSelection", "RewriteConfig", "RewriteResult", "inspect_model", "load_model",
     "parse_rank", "rewrite", "rewrite_with_report", "save_model", "cp_nls", "cp_als",
 ]
 

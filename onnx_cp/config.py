@@ -9,6 +9,7 @@ from onnx_cp.decompose import METHODS, FitOptions
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.bench.config import OPT_LEVELS
 from onnx_cp.layer_timing import TimingOptions
+from onnx_cp.ranks.options import RankSelection
 from onnx_cp.realize import REALIZATIONS
 
 
@@ -68,6 +69,8 @@ class RewriteConfig:
     realize: cp4, cp3, or auto (time each form and the original alone in onnxruntime, keep the
         fastest; the original Conv stays when no CP form beats it).
     threads / opt_level: the onnxruntime session that ``auto`` times layers in.
+    selection: choose ranks automatically (--max-error, --target-speedup, --budget-macs);
+        --rank rules with a pattern then fix the ranks of the layers they match.
     """
 
     ranks: tuple[RankRule | str | int | float, ...] = ()
@@ -85,15 +88,23 @@ class RewriteConfig:
     threads: int = 1
     opt_level: str = "all"
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    selection: RankSelection | None = None
 
     def __post_init__(self):
         ranks = self.ranks
         if isinstance(ranks, (str, int, float, RankRule)):
             ranks = (ranks,)
         rules = tuple(r if isinstance(r, RankRule) else parse_rank(r) for r in ranks)
-        if not rules:
-            raise OnnxCpError("no rank given; pass --rank, e.g. --rank 64 or --rank 0.25", usage=True)
-        if not any(r.pattern is None for r in rules) and not self.layers:
+        if self.selection is not None:
+            plain = [r for r in rules if r.pattern is None]
+            if plain:
+                raise OnnxCpError(f"--rank {plain[0].value} sets every layer's rank, and "
+                                  f"{self.selection.describe()} chooses them; give one of the two "
+                                  "(per-layer rules such as 'conv1=16' may stay)", usage=True)
+        elif not rules:
+            raise OnnxCpError("no rank given; pass --rank (e.g. --rank 64 or --rank 0.25), --max-error, "
+                              "--target-speedup or --budget-macs", usage=True)
+        if self.selection is None and not any(r.pattern is None for r in rules) and not self.layers:
             # Per-layer ranks alone select the layers they name.
             object.__setattr__(self, "layers", tuple(r.pattern for r in rules))
         object.__setattr__(self, "ranks", rules)

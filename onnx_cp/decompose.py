@@ -39,15 +39,21 @@ class FitOptions:
     degeneracy_threshold: float = 10.0
 
 
-def fit_kernel(kernel: np.ndarray, rank: int, seed: int, options: FitOptions) -> KernelFit:
-    """Fit a rank-``rank`` CP model to ``kernel`` with the configured solver."""
+def fit_kernel(kernel: np.ndarray, rank: int, seed: int, options: FitOptions,
+               init: KernelFit | None = None) -> KernelFit:
+    """Fit a rank-``rank`` CP model to ``kernel`` with the configured solver.
+
+    ``init``: a fit of the same kernel at a neighbouring rank to start from (nls only; the
+    solver adds small terms or drops the smallest to reach ``rank``).
+    """
     from onnx_cp import solver
 
     start = time.perf_counter()
     tensor = np.asarray(kernel, dtype=np.float64)
     common = dict(max_iter=options.max_iter, tol=options.tol, random_state=seed)
     if options.method == "nls":
-        cp = solver.cp_nls(tensor, rank, max_time=options.max_time,
+        start_from = "svd" if init is None else (np.ones(init.factors[0].shape[1]), list(init.factors))
+        cp = solver.cp_nls(tensor, rank, init=start_from, max_time=options.max_time,
                            stabilize=options.stabilize == "always", **common)
     elif options.method == "als":
         cp = solver.cp_als(tensor, rank, **common)

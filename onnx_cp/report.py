@@ -34,6 +34,8 @@ class LayerReport:
     params_after: int | None = None
     realization: str | None = None  # cp4 | cp3 | original (auto kept the Conv)
     timings_ms: dict[str, float] | None = None  # auto: each candidate alone in onnxruntime
+    proxy_error: float | None = None  # rank selection: relative error of the layer's output maps
+    cost: float | None = None  # rank selection: cost at the chosen rank (MACs or ms, see rank_selection)
     new_nodes: list[str] = field(default_factory=list)
 
 
@@ -42,6 +44,7 @@ class RewriteReport:
     layers: list[LayerReport]
     method: str
     notes: list[str] = field(default_factory=list)
+    rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
 
     @property
     def rewritten(self) -> list[LayerReport]:
@@ -72,7 +75,7 @@ class RewriteReport:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
-                "layers": [asdict(layer) for layer in self.layers]}
+                "rank_selection": self.rank_selection, "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -103,11 +106,24 @@ def render_rewrite(report: RewriteReport, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"onnx-cp rewrite ({report.method})", title_justify="left")
-    for col, justify in (("layer", "left"), ("kernel", "left"), ("form", "left"), ("rank", "right"),
-                         ("kernel err", "right"), ("degen.", "right"), ("MACs", "right"),
-                         ("MACs after", "right"), ("params", "right"), ("params after", "right"),
-                         ("fit s", "right"), ("note", "left")):
+    selection = report.rank_selection
+    columns = [("layer", "left"), ("kernel", "left"), ("form", "left"), ("rank", "right"),
+               ("kernel err", "right"), ("degen.", "right"), ("MACs", "right"),
+               ("MACs after", "right"), ("params", "right"), ("params after", "right"),
+               ("fit s", "right"), ("note", "left")]
+    if selection:
+        columns[5:5] = [("proxy", "right"), ("cost" + (" ms" if selection.get("cost") == "latency" else ""),
+                                             "right")]
+    for col, justify in columns:
         table.add_column(col, justify=justify, overflow="fold")
+
+    def extra(l: LayerReport) -> list[str]:
+        if not selection:
+            return []
+        return ["-" if l.proxy_error is None else f"{l.proxy_error:.4f}",
+                "-" if l.cost is None else
+                f"{l.cost:.3f}" if selection.get("cost") == "latency" else human(l.cost)]
+
     for l in report.layers:
         kernel = "x".join(map(str, l.kernel)) if l.kernel else "-"
         if l.group and l.group > 1:
@@ -120,19 +136,40 @@ def render_rewrite(report: RewriteReport, console) -> None:
                 speedup = l.timings_ms["original"] / l.timings_ms[l.realization]
                 note = (note + "; " if note else "") + f"{speedup:.2f}x faster alone"
             table.add_row(l.node, kernel, l.realization, str(l.rank) + ("*" if l.rank_capped else ""),
-                          f"{l.rel_error:.4f}", f"{l.degeneracy:.2f}", human(l.macs_before),
+                          f"{l.rel_error:.4f}", *extra(l), f"{l.degeneracy:.2f}", human(l.macs_before),
                           human(l.macs_after), human(l.params_before), human(l.params_after),
                           f"{l.fit_seconds:.2f}", note)
         else:
-            table.add_row(l.node, kernel, "conv", "-", "-", "-", human(l.macs_before), human(l.macs_before),
+            table.add_row(l.node, kernel, "conv", "-", "-", *(["-", "-"] if selection else []), "-",
+                          human(l.macs_before), human(l.macs_before),
                           human(l.params_before), human(l.params_before), "-",
                           f"[dim]{l.status}: {l.reason}[/dim]")
     t = report.totals()
     table.add_section()
-    table.add_row("total", "", "", "", "", "", human(t["conv_macs_before"]), human(t["conv_macs_after"]),
+    table.add_row("total", "", "", "", "", *(["", ""] if selection else []), "", human(t["conv_macs_before"]),
+                  human(t["conv_macs_after"]),
                   human(t["conv_params_before"]), human(t["conv_params_after"]), "",
                   f"{t['layers_rewritten']} of {t['layers_total']} rewritten; Conv MACs "
                   f"{ratio(t['conv_macs_before'], t['conv_macs_after'])} fewer")
     console.print(table)
+    if selection:
+        console.print(describe_selection(selection))
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def describe_selection(s: dict) -> str:
+    """One line on how the ranks were chosen: budget, predicted and measured speed-up, output error."""
+    if s.get("mode") == "max-error":
+        return f"ranks: smallest with kernel error <= {s['max_error']}"
+    unit = "ms" if s.get("cost") == "latency" else "MACs"
+    text = (f"ranks: {s['mode']} by {unit}; model cost {human(s['total_before'])} -> {human(s['total_after'])} "
+            f"(target {human(s['target_total'])}), predicted {s['predicted_speedup']:.2f}x")
+    measured = s.get("measured")
+    if measured:
+        text += (f", measured {measured['measured_speedup']:.2f}x ({measured['original_ms']:.1f} -> "
+                 f"{measured['rewritten_ms']:.1f} ms)")
+    text += f"; final-output error on calibration inputs {s['output_error']:.4f}"
+    if s.get("search_trials"):
+        text += f" (greedy {s['greedy_output_error']:.4f}, {s['search_trials']} search trials)"
+    return text

@@ -53,13 +53,22 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     shapes, notes = infer_shapes(model, config.input_shapes)
     sites = find_convs(model, shapes)
     chosen = select(sites, config)
+    options = config.fit_options()
+    warm_fitter = ((lambda kernel, rank, seed, init: fit_kernel(kernel, rank, seed, options, init=init))
+                   if fitter is None else (lambda kernel, rank, seed, init: fitter(kernel, rank, seed)))
     if fitter is None:
-        options = config.fit_options()
         fitter = lambda kernel, rank, seed: fit_kernel(kernel, rank, seed, options)  # noqa: E731
 
     layers: list[LayerReport] = []
     planned: list[_Planned] = []
     cache: dict[tuple[str, int], list[KernelFit]] = {}
+    ranked = None
+    if config.selection is not None:  # ranks chosen by an error bound or a budget (onnx_cp.ranks)
+        from onnx_cp.ranks.plan import plan_ranks
+
+        ranked = plan_ranks(model, sites, chosen, shapes, config, warm_fitter, progress)
+        cache.update(ranked.fits(sites))
+        notes.extend(ranked.notes)
     for k, site in enumerate(sites):
         layer = site_report(site)
         layers.append(layer)
@@ -69,7 +78,9 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
         if id(site) not in chosen:
             layer.status, layer.reason = "skipped", "not selected by --layers/--exclude"
             continue
-        rank, capped, requested, why = choose_rank(site, config)
+        rank, capped, requested, why = ranked.rank(site) if ranked else choose_rank(site, config)
+        if ranked:
+            layer.proxy_error, layer.cost = ranked.choices[id(site)].proxy, ranked.choices[id(site)].cost
         if rank is None:
             layer.status, layer.reason = "skipped", why
             continue
@@ -99,6 +110,10 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
         plan.layer.status = "rewritten"
         plan.layer.macs_after, plan.layer.params_after = after.macs, after.params
     report = RewriteReport(layers, config.method, notes)
+    if ranked:
+        from onnx_cp.ranks.plan import finish
+
+        report.rank_selection = finish(ranked, model, final, config)
     _record_metadata(final, report)
     try:
         onnx.checker.check_model(final) if final.ByteSize() < 2**31 - 1 else None
@@ -120,7 +135,7 @@ class _Planned:
 
 def _record_fit(layer: LayerReport, site: ConvSite, rank: int, capped: bool, requested,
                 fits: list[KernelFit]) -> None:
-    norm2 = [float(np.sum(np.square(g.astype(np.float64)))) for g in _groups(site)]
+    norm2 = [float(np.sum(np.square(g.astype(np.float64)))) for g in groups_of(site)]
     total = sum(norm2)
     layer.rank, layer.rank_capped, layer.rank_requested = rank, capped, requested
     layer.rel_error = math.sqrt(sum(f.rel_error**2 * n for f, n in zip(fits, norm2)) / total) if total else 0.0
@@ -209,13 +224,7 @@ def choose_rank(site: ConvSite, config: RewriteConfig) -> tuple[int | None, bool
     rule = config.rank_rule(site.names)
     if rule is None:
         return None, False, None, "no --rank rule matches this layer"
-    spec = site.spec
-    in_shape = site.in_shape or (1, spec.in_channels, 1, 1)
-    out_shape = site.out_shape or (1, spec.out_channels, 1, 1)
-    before = site.cost.macs if site.cost.macs is not None else \
-        spec.out_channels * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
-    kind = "cp4" if config.realize == "auto" else config.realize  # auto: the cheaper form
-    per_rank = cp_cost(kind, spec, 1, in_shape, out_shape, False).macs or 1
+    before, per_rank = rank_unit_cost(site, config.realize)
     cap = before // per_rank if config.cap_rank else None
     if isinstance(rule.value, float):
         rank = max(1, int(rule.value * before // per_rank))
@@ -228,14 +237,31 @@ def choose_rank(site: ConvSite, config: RewriteConfig) -> tuple[int | None, bool
     return rank, False, rule.value, ""
 
 
-def _groups(site: ConvSite) -> list[np.ndarray]:
+def rank_unit_cost(site: ConvSite, realize: str) -> tuple[int, int]:
+    """(the Conv's multiply-adds, those of its CP form per unit of rank); before // per_rank is the cap."""
+    spec = site.spec
+    in_shape = site.in_shape or (1, spec.in_channels, 1, 1)
+    out_shape = site.out_shape or (1, spec.out_channels, 1, 1)
+    before = site.cost.macs if site.cost.macs is not None else \
+        spec.out_channels * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
+    kind = "cp4" if realize == "auto" else realize  # auto: the cheaper form
+    return before, cp_cost(kind, spec, 1, in_shape, out_shape, False).macs or 1
+
+
+def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.ModelProto:
+    """``model`` with each ``(site, rank, per-group factors)`` of ``layers`` in ``kind`` form."""
+    return _build(model, [_Planned(site, site_report(site), rank, factors, kind)
+                          for site, rank, factors in layers])
+
+
+def groups_of(site: ConvSite) -> list[np.ndarray]:
     w = site.weight.value
     per = site.spec.out_per_group
     return [w[g * per:(g + 1) * per] for g in range(site.spec.group)]
 
 
 def _fit_groups(site: ConvSite, rank: int, seed: int, fitter: Fitter) -> list[KernelFit]:
-    return [fitter(np.asarray(g, dtype=np.float64), rank, seed + i) for i, g in enumerate(_groups(site))]
+    return [fitter(np.asarray(g, dtype=np.float64), rank, seed + i) for i, g in enumerate(groups_of(site))]
 
 
 def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],

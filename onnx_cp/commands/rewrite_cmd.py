@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.config import RewriteConfig
 from onnx_cp.decompose import METHODS
+from onnx_cp.ranks.options import RankSelection
 from onnx_cp.model_io import check_output_path, save_model, save_text
 from onnx_cp.report import render_rewrite
 from onnx_cp.rewrite import rewrite_with_report
@@ -18,9 +19,22 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="Where to write the rewritten model.")
-@click.option("--rank", "ranks", multiple=True, required=True, metavar="R|FRACTION|GLOB=R",
+@click.option("--rank", "ranks", multiple=True, metavar="R|FRACTION|GLOB=R",
               help="CP rank per layer (per group): 64; 0.25 = a quarter of the layer's multiply-adds; "
                    "'conv2*=200' for matching layers only. Repeatable; later rules win.")
+@click.option("--max-error", type=float, default=None, metavar="E",
+              help="Choose per layer the smallest rank whose relative kernel error is at most E.")
+@click.option("--target-speedup", type=float, default=None, metavar="S",
+              help="Choose ranks so the whole model gets S times faster, hurting its outputs least.")
+@click.option("--budget-macs", type=float, default=None, metavar="N",
+              help="Choose ranks so the whole model costs at most N multiply-adds (e.g. 5e9).")
+@click.option("--calib", type=click.Path(path_type=str), default=None,
+              help="Calibration inputs for the rank proxy: .npz (array x), .npy, or a folder of images.")
+@click.option("--calib-count", default=8, show_default=True, help="Calibration inputs used at most.")
+@click.option("--search", default=0, show_default=True, metavar="N",
+              help="Refine the allocation with N Bayesian-optimization trials (optuna) on the proxy.")
+@click.option("--cost", type=click.Choice(["macs", "latency"]), default="macs", show_default=True,
+              help="What --target-speedup counts: multiply-adds, or per-layer times measured in onnxruntime.")
 @click.option("--layers", multiple=True, metavar="GLOB",
               help="Rewrite only Convs whose node or weight name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching Convs alone (repeatable).")
@@ -44,11 +58,16 @@ from onnx_cp.rewrite import rewrite_with_report
               help="Also write the per-layer report as JSON.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
-def rewrite_command(model, output, ranks, layers, exclude, method, max_iter, max_time, stabilize,
-                    seed, no_rank_cap, realize, threads, opt_level, input_shapes, report_path, overwrite,
-                    quiet) -> None:
+def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, search,
+                    cost, layers, exclude, method, max_iter, max_time, stabilize, seed, no_rank_cap, realize,
+                    threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
     """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
-    config = RewriteConfig(ranks=tuple(ranks), layers=layers, exclude=exclude, method=method,
+    selection = None
+    if max_error is not None or target_speedup is not None or budget_macs is not None:
+        selection = RankSelection(max_error=max_error, target_speedup=target_speedup,
+                                  budget_macs=None if budget_macs is None else int(budget_macs), calib=calib,
+                                  calib_count=calib_count, search=search, cost=cost, seed=seed)
+    config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
                            max_iter=max_iter, max_time=max_time, stabilize=stabilize, seed=seed,
                            cap_rank=not no_rank_cap, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes))

@@ -1,0 +1,88 @@
+"""Calibration inputs for the data-aware proxy: an .npz or .npy file, a folder of images, or random."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from onnx_cp.errors import OnnxCpError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise OnnxCpError(f"rank selection feeds one input, but the model has {len(inputs)} "
+                          f"({', '.join(i.name for i in inputs)})")
+    arg = inputs[0]
+    if arg.name in shapes:
+        return arg.name, tuple(shapes[arg.name])
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in arg.type.tensor_type.shape.dim]
+    if any(d is None for d in dims[1:]):
+        shown = "x".join("N" if d is None else str(d) for d in dims)
+        raise OnnxCpError(f"input {arg.name!r} has dynamic dimensions ({shown}); fix them with "
+                          f"--input-shape {arg.name}=1x3x224x224 (your model's size)", usage=True)
+    return arg.name, (1, *dims[1:])
+
+
+def load_calibration(model: onnx.ModelProto, path: str | None, count: int, seed: int,
+                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[dict[str, np.ndarray]], str | None]:
+    """Up to ``count`` single-sample feeds, and a note when they are random."""
+    name, shape = _input_shape(model, shapes)
+    sample = (1, *shape[1:])
+    if path is None:
+        rng = np.random.default_rng(seed)
+        feeds = [{name: rng.standard_normal(sample).astype(np.float32)} for _ in range(count)]
+        return feeds, (f"no --calib given: the proxy used {count} random inputs, which say little about "
+                       "real data; pass --calib images/ or calib.npz")
+    data = _read(Path(path), sample)
+    if data.ndim == len(sample) - 1:
+        data = data[None]
+    if tuple(data.shape[1:]) != tuple(sample[1:]):
+        raise OnnxCpError(f"--calib {path}: samples have shape {list(data.shape[1:])}, the model's input "
+                          f"{name!r} wants {list(sample[1:])}")
+    return [{name: data[i:i + 1].astype(np.float32)} for i in range(min(count, len(data)))], None
+
+
+def _read(path: Path, sample: tuple[int, ...]) -> np.ndarray:
+    if not path.exists():
+        raise OnnxCpError(f"--calib {path}: no such file or folder", usage=True)
+    if path.is_dir():
+        return _images(path, sample)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                if "x" not in archive.files:
+                    raise OnnxCpError(f"--calib {path}: the .npz needs an array 'x' (N, C, H, W); it has "
+                                      f"{', '.join(archive.files) or 'none'}")
+                return np.asarray(archive["x"])
+        if path.suffix == ".npy":
+            return np.load(path)
+    except (ValueError, OSError) as exc:
+        raise OnnxCpError(f"--calib {path}: cannot read it ({exc})") from None
+    raise OnnxCpError(f"--calib {path}: give an .npz (array x), an .npy, or a folder of images", usage=True)
+
+
+def _images(folder: Path, sample: tuple[int, ...]) -> np.ndarray:
+    """RGB images resized to the input's H x W, scaled to [0, 1], as N x 3 x H x W."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxCpError("--calib with a folder of images needs Pillow: pip install pillow") from None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise OnnxCpError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+    if len(sample) != 4 or sample[1] != 3:
+        raise OnnxCpError(f"--calib {folder}: images need an input of shape 1x3xHxW, the model has {list(sample)}")
+    height, width = sample[2], sample[3]
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            rgb = image.convert("RGB").resize((width, height))
+        arrays.append(np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    return np.stack(arrays)

@@ -1,0 +1,95 @@
+"""What a layer costs at a rank, and the whole model's cost: multiply-adds or measured latency.
+
+The target is for the whole model, so the layers that are not rewritten (Convs left alone,
+Gemm/MatMul and, for latency, everything else onnxruntime runs) count at their full cost:
+``budget for the chosen layers = total / speed-up - fixed``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnx_cp.conv import attributes, cp_cost
+from onnx_cp.discover import ConvSite
+
+
+def rank_cost_macs(site: ConvSite, rank: int) -> int:
+    return cp_cost("cp4", site.spec, rank, site.in_shape, site.out_shape, False).macs
+
+
+def model_macs(model: onnx.ModelProto, sites: Sequence[ConvSite], shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Multiply-adds per inference of every Conv (known shapes), Gemm and MatMul."""
+    total = sum(s.cost.macs for s in sites if s.cost is not None and s.cost.macs is not None)
+    for node in model.graph.node:
+        if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if not a or not out:
+            continue
+        k = a[0] if node.op_type == "Gemm" and attributes(node).get("transA", 0) else a[-1]
+        total += int(np.prod(out)) * int(k)
+    return int(total)
+
+
+@dataclass
+class LatencyModel:
+    """Per-layer latency as measured in place: original time, and ``a + b * rank`` for the CP form."""
+
+    total_ms: float
+    original_ms: dict[str, float]  # Conv output name -> ms
+    affine: dict[str, tuple[float, float]]  # Conv output name -> (a, b)
+
+    def cost(self, site: ConvSite, rank: int | None) -> float:
+        out = site.node.output[0]
+        if rank is None:
+            return self.original_ms[out]
+        a, b = self.affine[out]
+        return max(1e-6, a + b * rank)
+
+
+# models -> per model (total ms, {Conv output name: ms})
+Profiler = Callable[[Sequence[onnx.ModelProto]], list[tuple[float, dict[str, float]]]]
+
+
+def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tuple[int, ...]],
+                         warmup: int = 2, runs: int = 10) -> Profiler:
+    def measure(models):
+        from onnx_cp.bench import profile_nodes
+
+        profiles = profile_nodes(list(models), threads=threads, warmup=warmup, runs=runs,
+                                 input_shapes=dict(shapes), opt_level=opt_level)
+        return [(p.total_ms, {out: layer.ms for layer in p.layers for out in layer.outputs}) for p in profiles]
+
+    return measure
+
+
+def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[int, int],
+                          high: Mapping[int, int], build: Callable, profiler: Profiler) -> LatencyModel:
+    """Profile the model as it is, with every site at its ``low`` rank and at its ``high`` rank.
+
+    The variants get random factors: time does not depend on the values.
+    """
+    rng = np.random.default_rng(0)
+
+    def variant(ranks: Mapping[int, int]) -> onnx.ModelProto:
+        layers = []
+        for site in sites:
+            r = ranks[id(site)]
+            shape = (site.spec.out_per_group, site.spec.in_per_group, *site.spec.kernel)
+            factors = [tuple(rng.standard_normal((d, r)) * 0.1 for d in shape) for _ in range(site.spec.group)]
+            layers.append((site, r, factors))
+        return build(model, layers)
+
+    (total, base), (_, lo), (_, hi) = profiler([model, variant(low), variant(high)])
+    original, affine = {}, {}
+    for site in sites:
+        out = site.node.output[0]
+        original[out] = base.get(out, 0.0)
+        r0, r1 = low[id(site)], high[id(site)]
+        t0, t1 = lo.get(out, 0.0), hi.get(out, 0.0)
+        slope = max(0.0, (t1 - t0) / (r1 - r0)) if r1 != r0 else 0.0
+        affine[out] = (max(0.0, t0 - slope * r0), slope)
+    return LatencyModel(total, original, affine)

@@ -1,0 +1,75 @@
+"""How ranks are chosen automatically: one frozen object, part of RewriteConfig."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx_cp.errors import OnnxCpError
+
+COSTS = ("macs", "latency")
+
+
+@dataclass(frozen=True)
+class RankSelection:
+    """Exactly one of ``max_error``, ``target_speedup`` and ``budget_macs``.
+
+    max_error: per layer, the smallest rank whose relative kernel error is at most this.
+    target_speedup: the whole model must get this much faster (by ``cost``: multiply-adds,
+        or measured per-layer latency); the layers that are not rewritten count at full cost.
+    budget_macs: the whole model's multiply-adds (Conv, Gemm, MatMul) after the rewrite.
+    calib: .npz (array ``x``), .npy, or a folder of images for the data-aware proxy;
+        None: random inputs (with a note in the report).
+    calib_count: how many calibration inputs the proxy uses at most.
+    search: Bayesian-optimization trials (optuna) that refine the greedy allocation.
+    candidates: ranks fitted per layer for the error and cost curves.
+    measure: time the original and the rewritten model when a speed-up is targeted, and
+        re-allocate (at most ``rounds`` times) when the measured speed-up falls short.
+    """
+
+    max_error: float | None = None
+    target_speedup: float | None = None
+    budget_macs: int | None = None
+    calib: str | None = None
+    calib_count: int = 8
+    search: int = 0
+    cost: str = "macs"
+    candidates: int = 6
+    measure: bool = True
+    rounds: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        given = [n for n, v in (("--max-error", self.max_error), ("--target-speedup", self.target_speedup),
+                                ("--budget-macs", self.budget_macs)) if v is not None]
+        if len(given) != 1:
+            raise OnnxCpError(f"give exactly one of --max-error, --target-speedup, --budget-macs, got "
+                              f"{', '.join(given) or 'none'}", usage=True)
+        if self.max_error is not None and not 0.0 < self.max_error < 1.0:
+            raise OnnxCpError(f"--max-error must lie in (0, 1) (a relative kernel error), got {self.max_error}",
+                              usage=True)
+        if self.target_speedup is not None and not self.target_speedup > 1.0:
+            raise OnnxCpError(f"--target-speedup must be above 1, got {self.target_speedup}", usage=True)
+        if self.budget_macs is not None and self.budget_macs < 1:
+            raise OnnxCpError(f"--budget-macs must be a positive number of multiply-adds, got {self.budget_macs}",
+                              usage=True)
+        if self.cost not in COSTS:
+            raise OnnxCpError(f"--cost {self.cost!r}: choose one of {', '.join(COSTS)}", usage=True)
+        if self.cost == "latency" and self.budget_macs is not None:
+            raise OnnxCpError("--budget-macs counts multiply-adds; use it with --cost macs, or give "
+                              "--target-speedup for a latency budget", usage=True)
+        if self.search < 0:
+            raise OnnxCpError(f"--search must be 0 or more trials, got {self.search}", usage=True)
+        if self.calib_count < 1:
+            raise OnnxCpError(f"--calib-count must be at least 1, got {self.calib_count}", usage=True)
+        if self.candidates < 2:
+            raise OnnxCpError(f"--candidates must be at least 2, got {self.candidates}", usage=True)
+
+    @property
+    def mode(self) -> str:
+        if self.max_error is not None:
+            return "max-error"
+        return "target-speedup" if self.target_speedup is not None else "budget-macs"
+
+    def describe(self) -> str:
+        value = {"max-error": self.max_error, "target-speedup": self.target_speedup,
+                 "budget-macs": self.budget_macs}[self.mode]
+        return f"--{self.mode} {value}"

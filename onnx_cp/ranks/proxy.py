@@ -1,0 +1,91 @@
+"""The data-aware damage proxy (after PARS): errors of feature maps on calibration inputs.
+
+- layer error: ||conv(x, K - K_cp)|| / ||conv(x, K) + b|| over the calibration inputs x that
+  reach the layer in the original model (the residual kernel in a one-node model with the
+  Conv's own attributes, so strides, pads, dilations and groups are exact);
+- output error: ||f_cp(x) - f(x)|| / ||f(x)|| over every float output of the whole model.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnx_cp.ranks.fitting import LayerFit
+
+_TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.float16): onnx.TensorProto.FLOAT16,
+          np.dtype(np.float64): onnx.TensorProto.DOUBLE}
+
+
+def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], threads: int = 1,
+        ) -> list[list[np.ndarray]]:
+    """Every output of ``model`` for each feed."""
+    sess = session(model, threads)
+    return [sess.run(None, feed) for feed in feeds]
+
+
+def capture(model: onnx.ModelProto, tensors: Sequence[str], feeds, dtype=np.float32,
+            threads: int = 1) -> dict[str, np.ndarray]:
+    """The values of inner ``tensors`` over the feeds, concatenated along the batch axis."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    wanted = list(dict.fromkeys(tensors))
+    probe.graph.output.extend(helper.make_tensor_value_info(t, _TYPES[np.dtype(dtype)], None)
+                              for t in wanted if t not in have)
+    sess = session(probe, threads)
+    runs = [sess.run(wanted, feed) for feed in feeds]
+    return {t: np.concatenate([r[i] for r in runs]) for i, t in enumerate(wanted)}
+
+
+def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.ModelProto:
+    """x -> Conv(weight) with ``node``'s attributes and no bias."""
+    elem = _TYPES[np.dtype(weight.dtype)]
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="residual")
+    conv.attribute.extend(node.attribute)
+    graph = helper.make_graph([conv], "residual", [helper.make_tensor_value_info("x", elem, None)],
+                              [helper.make_tensor_value_info("y", elem, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 11))])
+
+
+def cp_kernel(fit: LayerFit) -> np.ndarray:
+    """The kernel a layer's CP factors rebuild (groups stacked along the output channels)."""
+    return np.concatenate([np.einsum("tr,sr,yr,xr->tsyx", *f.factors) for f in fit.fits], axis=0)
+
+
+def layer_errors(node: onnx.NodeProto, weight: np.ndarray, fits: Sequence[LayerFit], inputs: np.ndarray,
+                 outputs: np.ndarray, opset: int, threads: int = 1) -> list[float]:
+    """Relative error of the layer's output feature maps for each fit, on the captured inputs."""
+    norm = float(np.linalg.norm(outputs.astype(np.float64)))
+    errors = []
+    for fit in fits:
+        residual = (weight.astype(np.float64) - cp_kernel(fit)).astype(inputs.dtype)
+        sess = session(residual_conv(node, residual, opset), threads)
+        delta = sess.run(None, {"x": inputs})[0]
+        errors.append(float(np.linalg.norm(delta.astype(np.float64))) / norm if norm else 0.0)
+    return errors
+
+
+def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]) -> float:
+    """sqrt(sum ||out - ref||^2 / sum ||ref||^2) over every float output of every feed."""
+    num = den = 0.0
+    for got, want in zip(outputs, reference):
+        for a, b in zip(got, want):
+            if not np.issubdtype(np.asarray(b).dtype, np.floating):
+                continue
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            num += float(np.sum(np.square(a64 - b64)))
+            den += float(np.sum(np.square(b64)))
+    return float(np.sqrt(num / den)) if den else 0.0

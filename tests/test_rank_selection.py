@@ -1,0 +1,276 @@
+"""Rank selection: --rank forms and caps, --max-error, the budget allocator, --target-speedup end to end."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from builders import cp_kernel, relative_difference, run, zero_fitter
+from onnx_cp import OnnxCpError, RankSelection, RewriteConfig, rewrite_with_report
+from onnx_cp.decompose import FitOptions
+from onnx_cp.ranks import allocate, smallest_rank, uniform_error
+from onnx_cp.ranks.calibration import load_calibration
+from onnx_cp.ranks.fitting import fit_layer, solver_fitter
+from onnx_cp.ranks.plan import candidate_ranks
+from onnx_cp.ranks.refine import repair
+
+FAST = FitOptions(max_iter=60, tol=1e-10)
+
+
+def chain_model(seed=0, channels=(4, 8, 16, 8), size=12):
+    """x -> conv_a -> Relu -> conv_b -> Relu -> conv_c -> y, 3x3 kernels, pads 1, random weights."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    current = "x"
+    for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        name = "conv_" + "abc"[i]
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (9 * cin))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(
+            rng.standard_normal(cout).astype(np.float32) * 0.1, f"{name}_b")]
+        out = "y" if i == len(channels) - 2 else f"{name}_out"
+        nodes.append(helper.make_node("Conv", [current, f"{name}_w", f"{name}_b"], [out], name=name,
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        current = out
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"{name}_relu"], name=f"{name}_relu"))
+            current = f"{name}_relu"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, channels[0], size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def layer(result, name):
+    return next(l for l in result.report.layers if l.node == name)
+
+
+# --- --rank forms, overrides and caps ---------------------------------------------------------
+
+def test_rank_overrides_apply_per_layer_and_later_rules_win():
+    config = RewriteConfig(ranks=(4, "conv_*=6", "conv_b=3"), realize="cp4")
+    result = rewrite_with_report(chain_model(), config, fitter=zero_fitter)
+    assert [layer(result, n).rank for n in ("conv_a", "conv_b", "conv_c")] == [6, 3, 6]
+
+
+def test_fractional_rank_is_that_share_of_the_layers_macs():
+    result = rewrite_with_report(chain_model(), RewriteConfig(ranks=(0.25,), realize="cp4"), fitter=zero_fitter)
+    for l in result.report.rewritten:
+        assert l.macs_after <= 0.25 * l.macs_before
+        per_rank = l.macs_after / l.rank
+        assert l.macs_after + per_rank > 0.25 * l.macs_before  # the largest such rank
+
+
+def test_ranks_above_the_cap_are_capped_and_marked():
+    result = rewrite_with_report(chain_model(), RewriteConfig(ranks=(1000,), realize="cp4"), fitter=zero_fitter)
+    for l in result.report.rewritten:
+        assert l.rank_capped and l.rank_requested == 1000
+        assert l.macs_after <= l.macs_before
+
+
+@pytest.mark.parametrize("spec", ["nothing*=4", "conv_z=2"])
+def test_rank_rule_matching_no_layer_is_an_error_naming_it(spec):
+    with pytest.raises(OnnxCpError, match=spec.split("=")[0].replace("*", r"\*")):
+        rewrite_with_report(chain_model(), RewriteConfig(ranks=(4, spec)), fitter=zero_fitter)
+
+
+@pytest.mark.parametrize("spec", ["=4", "conv_a=", "conv_a=x", "1.5", "0", "conv_a=-3"])
+def test_bad_rank_specs_are_usage_errors_quoting_them(spec):
+    with pytest.raises(OnnxCpError) as info:
+        RewriteConfig(ranks=(spec,))
+    assert info.value.usage and repr(spec) in str(info.value)
+
+
+def test_selection_needs_exactly_one_mode_and_no_plain_rank():
+    with pytest.raises(OnnxCpError, match="exactly one"):
+        RankSelection(max_error=0.1, target_speedup=2.0)
+    with pytest.raises(OnnxCpError, match="--rank 8"):
+        RewriteConfig(ranks=(8,), selection=RankSelection(target_speedup=2.0))
+    RewriteConfig(ranks=("conv_a=2",), selection=RankSelection(target_speedup=2.0))  # an override is fine
+
+
+# --- --max-error --------------------------------------------------------------------------------
+
+def test_max_error_finds_the_smallest_admissible_rank_of_an_exact_rank_kernel():
+    kernel, _ = cp_kernel(np.random.default_rng(3), (12, 10, 3, 3), 5)
+    fitter = solver_fitter(FAST)
+    result = smallest_rank(lambda r, warm: fit_layer([kernel], r, 0, fitter, warm), 1e-4, limit=40)
+    assert result.rank == 5
+    assert result.tried[5].rel_error <= 1e-4
+    assert all(f.rel_error > 1e-4 for r, f in result.tried.items() if r < 5)
+
+
+def test_max_error_search_warm_starts_from_the_nearest_smaller_rank():
+    starts = []
+
+    def fake(rank, warm):
+        starts.append((rank, warm.rank if warm else None))
+        from onnx_cp.ranks.fitting import LayerFit
+        return LayerFit(rank, (), max(0.0, 1 - rank / 20))  # error <= 0.1 from rank 18
+
+    result = smallest_rank(fake, 0.1, limit=64)
+    assert result.rank == 18
+    assert starts[:6] == [(1, None), (2, 1), (4, 2), (8, 4), (16, 8), (32, 16)]
+    assert all(w is not None and w < r for r, w in starts[1:])
+
+
+def test_max_error_keeps_a_layer_no_rank_can_reach(tmp_path):
+    config = RewriteConfig(selection=RankSelection(max_error=1e-6), max_iter=20, stabilize="never", realize="cp4")
+    result = rewrite_with_report(chain_model(), config)
+    for name in ("conv_a", "conv_b", "conv_c"):
+        l = layer(result, name)
+        assert l.status == "skipped" and "kernel error" in l.reason
+
+
+def test_max_error_rewrite_meets_the_bound_on_every_layer():
+    config = RewriteConfig(selection=RankSelection(max_error=0.5), max_iter=40, stabilize="never", realize="cp4")
+    result = rewrite_with_report(chain_model(), config)
+    assert result.report.rewritten
+    for l in result.report.rewritten:
+        assert l.rel_error <= 0.5
+
+
+# --- the allocator --------------------------------------------------------------------------------
+
+def brute_force(costs, damages, budget):
+    best = None
+    for picks in itertools.product(*[range(len(c)) for c in costs]):
+        cost = sum(c[k] for c, k in zip(costs, picks))
+        damage = sum(d[k] for d, k in zip(damages, picks))
+        if cost <= budget and (best is None or damage < best[0] - 1e-12):
+            best = (damage, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allocator_meets_its_budget_exactly_on_synthetic_curves(seed):
+    rng = np.random.default_rng(seed)
+    costs = [sorted(rng.integers(1, 40, size=4).tolist()) for _ in range(5)]
+    damages = [sorted(rng.uniform(0, 1, size=4).tolist(), reverse=True) for _ in range(5)]
+    budget = int(sum(c[1] for c in costs))
+    picks = allocate(costs, damages, budget)
+    spent = sum(c[k] for c, k in zip(costs, picks))
+    damage = sum(d[k] for d, k in zip(damages, picks))
+    best_damage, _ = brute_force(costs, damages, budget)
+    assert spent <= budget
+    assert damage == pytest.approx(best_damage)
+
+
+def test_allocator_spends_the_whole_budget_when_that_is_best():
+    # cost 10 + 20 + 30 = 60 is the only way to get zero damage
+    costs = [[1, 10], [2, 20], [3, 30]]
+    damages = [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    assert allocate(costs, damages, 60) == [1, 1, 1]
+    picks = allocate(costs, damages, 59)
+    assert sum(c[k] for c, k in zip(costs, picks)) <= 59 and picks == [0, 1, 1]
+
+
+def test_allocator_with_real_valued_costs_never_exceeds_the_budget():
+    rng = np.random.default_rng(0)
+    costs = [sorted(rng.uniform(1e6, 1e8, size=6)) for _ in range(8)]
+    damages = [sorted(rng.uniform(0, 1, size=6), reverse=True) for _ in range(8)]
+    budget = 0.4 * sum(c[-1] for c in costs)
+    picks = allocate(costs, damages, budget)
+    assert sum(c[k] for c, k in zip(costs, picks)) <= budget
+
+
+def test_allocator_refuses_an_unreachable_budget():
+    with pytest.raises(OnnxCpError, match="below the cheapest"):
+        allocate([[5, 9]], [[1.0, 0.0]], 4)
+
+
+def test_uniform_error_and_repair_stay_within_budget():
+    costs = [[1, 2, 4], [1, 3, 9]]
+    errors = [[0.5, 0.2, 0.05], [0.6, 0.3, 0.1]]
+    picks = uniform_error(errors, costs, 6)
+    assert sum(c[k] for c, k in zip(costs, picks)) <= 6 and picks == [1, 1]
+    options = [(c, [e * e for e in err]) for c, err in zip(costs, errors)]
+    fixed = repair([2, 2], options, 6)
+    assert sum(c[k] for c, k in zip(costs, fixed)) <= 6
+
+
+def test_candidate_ranks_are_multiples_of_16_on_large_layers():
+    ranks = candidate_ranks(2000, 0.25, 6)
+    assert all(r % 16 == 0 for r in ranks) and len(ranks) >= 4 and max(ranks) <= 2000
+    assert candidate_ranks(20, 0.25, 6)[0] >= 1
+
+
+# --- calibration and --target-speedup end to end ------------------------------------------------
+
+def test_calibration_reads_npz_npy_and_warns_on_random(tmp_path):
+    model = chain_model()
+    x = np.random.default_rng(0).standard_normal((3, 4, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    np.save(tmp_path / "c.npy", x)
+    for path in ("c.npz", "c.npy"):
+        feeds, note = load_calibration(model, str(tmp_path / path), 8, 0, {})
+        assert len(feeds) == 3 and note is None and np.array_equal(feeds[2]["x"][0], x[2])
+    feeds, note = load_calibration(model, None, 2, 0, {})
+    assert len(feeds) == 2 and "random" in note
+    np.savez(tmp_path / "bad.npz", y=x)
+    with pytest.raises(OnnxCpError, match="array 'x'"):
+        load_calibration(model, str(tmp_path / "bad.npz"), 8, 0, {})
+    with pytest.raises(OnnxCpError, match="wants"):
+        load_calibration(model, str(tmp_path / "c.npy"), 8, 0, {"x": (1, 4, 10, 10)})
+
+
+@pytest.mark.parametrize("search", [0, 4])
+def test_target_speedup_gives_a_valid_model_within_budget(tmp_path, search):
+    model = chain_model(channels=(8, 32, 32, 16))
+    x = np.random.default_rng(1).standard_normal((4, 8, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    selection = RankSelection(target_speedup=2.0, calib=str(tmp_path / "calib.npz"), search=search,
+                              measure=False, candidates=4)
+    config = RewriteConfig(selection=selection, max_iter=30, stabilize="never", realize="cp4")
+    result = rewrite_with_report(model, config)
+    onnx.checker.check_model(result.model, full_check=True)
+    summary = result.report.rank_selection
+    assert summary["total_after"] <= summary["target_total"] * (1 + 1e-9)
+    assert summary["predicted_speedup"] >= 2.0 - 1e-9
+    assert result.report.rewritten
+    for l in result.report.rewritten:
+        assert l.proxy_error is not None and l.cost == l.macs_after
+    feeds = {"x": x[:1]}
+    want, got = run(model, feeds)[0], run(result.model, feeds)[0]
+    assert got.shape == want.shape and relative_difference(want, got) < 1.0
+    assert "output_error" in summary and "rank_selection" in result.report.to_json()
+
+
+def test_budget_macs_keeps_a_ruled_layer_at_its_rank():
+    model = chain_model(channels=(8, 32, 32, 16))
+    result0 = rewrite_with_report(model, RewriteConfig(ranks=(0.9,), realize="cp4"), fitter=zero_fitter)
+    total = sum(l.macs_before for l in result0.report.layers)
+    selection = RankSelection(budget_macs=int(total * 0.5), measure=False, candidates=3, calib_count=2)
+    config = RewriteConfig(ranks=("conv_a=3",), selection=selection, max_iter=20, stabilize="never", realize="cp4")
+    result = rewrite_with_report(model, config)
+    assert layer(result, "conv_a").rank == 3
+    assert result.report.rank_selection["total_after"] <= total * 0.5
+    assert any("random inputs" in n for n in result.report.notes)
+
+
+def test_unreachable_target_is_an_error_saying_how_far_it_can_go():
+    config = RewriteConfig(selection=RankSelection(target_speedup=50.0, measure=False), layers=("conv_b",),
+                           max_iter=10, stabilize="never", realize="cp4")
+    with pytest.raises(OnnxCpError, match="out of reach.*at most"):
+        rewrite_with_report(chain_model(), config)
+
+
+def test_cli_target_speedup_writes_a_model_and_a_report(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_cp.cli import cli as main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(chain_model(channels=(8, 32, 32, 16)), src)
+    out = tmp_path / "o.onnx"
+    res = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--budget-macs", "200000",
+                                    "--max-iter", "20", "--realize", "cp4", "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "budget-macs" in (tmp_path / "r.json").read_text()
+    res = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--overwrite", "--rank", "8",
+                                    "--max-error", "0.1"])
+    assert res.exit_code == 2 and "--rank 8" in res.output
