@@ -374,3 +374,27 @@ def test_bench_refuses_missing_and_non_onnx_files(tmp_path):
     result = CliRunner().invoke(bench_command, [str(text)])
     assert result.exit_code == 2 and f"'{text}' is not an ONNX model" in result.stderr
     assert "pass an .onnx file" in result.stderr
+
+
+def test_transform_summary_names_layout_ops_fusions_and_absorbed_ops():
+    from onnx import helper
+
+    from onnx_cp.bench.transforms import describe_transforms
+
+    def graph(nodes):
+        return helper.make_graph(nodes, "g", [], [])
+
+    original = graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+                      helper.make_node("Conv", ["r", "w2"], ["c2"]), helper.make_node("Relu", ["c2"], ["y"])])
+    optimized = graph([helper.make_node("ReorderInput", ["x"], ["xi"], domain="com.microsoft.nchwc"),
+                       helper.make_node("Conv", ["xi", "w"], ["r"], domain="com.microsoft.nchwc"),
+                       helper.make_node("ReorderOutput", ["r"], ["ro"], domain="com.microsoft.nchwc"),
+                       helper.make_node("FusedConv", ["ro", "w2"], ["y"], domain="com.microsoft")])
+    lines = describe_transforms(original, optimized, "m.onnx")
+    assert lines == (
+        "m.onnx: onnxruntime's NCHWc layout ran Conv x1, with ReorderInput x1, ReorderOutput x1 converting "
+        "to and from it",
+        "m.onnx: onnxruntime fused nodes into FusedConv x1",
+        "m.onnx: ops absorbed or folded by onnxruntime (count before minus after): Relu x2",
+    )
+    assert describe_transforms(original, original, "m.onnx") == ()

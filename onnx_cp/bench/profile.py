@@ -17,6 +17,7 @@ from onnx_cp.bench.metadata import CpLayer, read_cp_layers
 from onnx_cp.bench.runner import Callback, alternate
 from onnx_cp.bench.source import ModelLike, ModelSource, load_models
 from onnx_cp.bench.trace import TraceRuns, load_trace, split_runs
+from onnx_cp.bench.transforms import describe_transforms
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ def profile_sources(sources: Sequence[ModelSource], config: BenchConfig, *,
         for source, session, optimized, extra in zip(sources, sessions, optimized_paths, notes):
             trace = split_runs(load_trace(session.end_profiling()), skip=config.warmup)
             graph = onnx.load(str(optimized), load_external_data=False).graph if optimized else None
+            if graph is not None:
+                extra = extra + list(describe_transforms(source.proto.graph, graph, source.label))
             cp_layers, meta_notes = read_cp_layers(source.proto)
             attribution = Attribution(source.proto, cp_layers, graph)
             profiles.append(aggregate(trace, attribution, label=source.label, cp_layers=cp_layers,
