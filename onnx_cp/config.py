@@ -66,6 +66,8 @@ class RewriteConfig:
         rule without a pattern is the default. Strings are parsed by ``parse_rank``.
     layers / exclude: glob patterns matched against the Conv node's name and its weight's name.
     cap_rank: lower any rank whose CP form would cost more multiply-adds than the original.
+    align_ranks: round ranks that onnx-cp computes (fractions, caps) down to a multiple of 16
+        (8 below 16), which onnxruntime's NCHWc layout needs; integer ranks are used as given.
     realize: cp4, cp3, or auto (time each form and the original alone in onnxruntime, keep the
         fastest; the original Conv stays when no CP form beats it).
     threads / opt_level: the onnxruntime session that ``auto`` times layers in.
@@ -84,6 +86,7 @@ class RewriteConfig:
     degeneracy_threshold: float = 10.0
     seed: int = 0
     cap_rank: bool = True
+    align_ranks: bool = True
     realize: str = "auto"
     threads: int = 1
     opt_level: str = "all"

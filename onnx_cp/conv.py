@@ -169,3 +169,18 @@ def cp_cost(kind: str, spec: ConvSpec, rank: int, in_shape: tuple[int, ...] | No
             macs += n * g * r * ho * wo * kw
     macs += n * ho * wo * spec.out_channels * r  # expand
     return Cost(macs, params)
+
+
+def align_rank(rank: int) -> int:
+    """Round a computed rank down to a multiple of 16 (of 8 below 16; unchanged below 8).
+
+    onnxruntime's NCHWc layout (the fast path for Conv on x86) takes a Conv only when its
+    channel counts are multiples of the SIMD block, 8 with AVX2 and 16 with AVX-512. A CP
+    chain whose rank is off the block leaves that path and runs about half as fast (measured:
+    the nudenet detector's 128x128x3x3 head conv in cp3 form, rank 112 in 0.104 ms, rank 113 in
+    0.193 ms, 1 thread, AVX2).
+    """
+    for block in (16, 8):
+        if rank >= block:
+            return rank // block * block
+    return rank

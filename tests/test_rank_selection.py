@@ -58,11 +58,29 @@ def test_rank_overrides_apply_per_layer_and_later_rules_win():
 
 
 def test_fractional_rank_is_that_share_of_the_layers_macs():
-    result = rewrite_with_report(chain_model(), RewriteConfig(ranks=(0.25,), realize="cp4"), fitter=zero_fitter)
+    config = RewriteConfig(ranks=(0.25,), realize="cp4", align_ranks=False)
+    result = rewrite_with_report(chain_model(), config, fitter=zero_fitter)
     for l in result.report.rewritten:
         assert l.macs_after <= 0.25 * l.macs_before
         per_rank = l.macs_after / l.rank
         assert l.macs_after + per_rank > 0.25 * l.macs_before  # the largest such rank
+
+
+def test_computed_ranks_are_aligned_for_onnxruntimes_blocked_layout():
+    plain = rewrite_with_report(chain_model(), RewriteConfig(ranks=(0.25,), realize="cp4", align_ranks=False),
+                                fitter=zero_fitter)
+    aligned = rewrite_with_report(chain_model(), RewriteConfig(ranks=(0.25,), realize="cp4"), fitter=zero_fitter)
+    for p, a in zip(plain.report.rewritten, aligned.report.rewritten):
+        block = 16 if p.rank >= 16 else 8 if p.rank >= 8 else 1
+        assert a.rank == p.rank // block * block
+        assert a.macs_after <= 0.25 * a.macs_before
+
+
+@pytest.mark.parametrize("rank, expected", [(1, 1), (7, 7), (8, 8), (15, 8), (16, 16), (31, 16), (113, 112)])
+def test_align_rank(rank, expected):
+    from onnx_cp.conv import align_rank
+
+    assert align_rank(rank) == expected
 
 
 def test_ranks_above_the_cap_are_capped_and_marked():

@@ -47,6 +47,9 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--seed", default=0, show_default=True, help="Random seed of the solver.")
 @click.option("--no-rank-cap", is_flag=True,
               help="Keep ranks whose CP form costs more multiply-adds than the original Conv.")
+@click.option("--no-rank-align", is_flag=True,
+              help="Keep computed ranks (fractions, caps) as they are instead of rounding them down to a "
+                   "multiple of 16 (8 below 16) for onnxruntime's NCHWc layout.")
 @click.option("--realize", type=click.Choice(["auto", "cp4", "cp3"]), default="auto", show_default=True,
               help="CP form: cp4 (1x1, kh x 1, 1 x kw, 1x1), cp3 (1x1, kh x kw depthwise, 1x1), or auto: "
                    "time both and the original layer in onnxruntime and keep the fastest.")
@@ -59,7 +62,7 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
 def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, search,
-                    cost, layers, exclude, method, max_iter, max_time, stabilize, seed, no_rank_cap, realize,
+                    cost, layers, exclude, method, max_iter, max_time, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
     """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
     selection = None
@@ -69,7 +72,7 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                                   calib_count=calib_count, search=search, cost=cost, seed=seed)
     config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
                            max_iter=max_iter, max_time=max_time, stabilize=stabilize, seed=seed,
-                           cap_rank=not no_rank_cap, realize=realize, threads=threads, opt_level=opt_level,
+                           cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes))
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
