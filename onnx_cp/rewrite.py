@@ -97,7 +97,9 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
 
     if config.realize == "auto" and planned:
         notes.extend(_choose_forms(model, planned, config, timer))
-    final = _build(model, planned)
+    # load_model gave us a private copy: unless rank selection still needs the original
+    # (to measure the speed-up), the final model is built in it, so a model is held once.
+    final = _build(model, planned, in_place=ranked is None)
     for plan in planned:
         plan.layer.realization = plan.kind
         if plan.kind == "original":
@@ -146,10 +148,13 @@ def _record_fit(layer: LayerReport, site: ConvSite, rank: int, capped: bool, req
     layer.fit_seconds = sum(f.seconds for f in fits)
 
 
-def _build(model: onnx.ModelProto, planned: list[_Planned]) -> onnx.ModelProto:
-    """A copy of ``model`` with each planned layer realized in its form (original: untouched)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def _build(model: onnx.ModelProto, planned: list[_Planned], in_place: bool = False) -> onnx.ModelProto:
+    """``model`` (a copy of it unless ``in_place``) with each planned layer realized in its form."""
+    if in_place:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     names = NameAllocator(all_names(model))
     position = {id(n): i for i, n in enumerate(model.graph.node)}
     replacements: dict[int, list[onnx.NodeProto]] = {}
@@ -300,11 +305,12 @@ def _remove_dead(graph: onnx.GraphProto, candidates: list[str]) -> None:
         removed_inputs = [i for n in graph.node if n not in keep for i in n.input]
         del graph.node[:]
         graph.node.extend(keep)
+        # Delete in place: clearing and re-adding the survivors would copy every weight.
         for field_name in ("initializer", "input", "value_info"):
-            items = [x for x in getattr(graph, field_name) if x.name not in dead_set]
             container = getattr(graph, field_name)
-            del container[:]
-            container.extend(items)
+            for i in reversed(range(len(container))):
+                if container[i].name in dead_set:
+                    del container[i]
         candidates = [c for c in candidates if c not in dead_set] + removed_inputs
 
 
