@@ -190,3 +190,16 @@ class NameAllocator:
 def display_name(node: onnx.NodeProto, index: int) -> str:
     """The node's name, or ``<op>_<index>`` for unnamed nodes (stable for a given graph)."""
     return node.name or f"{node.op_type}_{index}"
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read inside subgraphs (If/Loop/Scan bodies capture outer tensors by name,
+    without listing them as inputs)."""
+    reads: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for inner in sub.node:
+                    reads.update(inner.input)
+                reads |= subgraph_reads(sub)
+    return reads

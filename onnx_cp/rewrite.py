@@ -17,7 +17,7 @@ from onnx_cp.conv import align_rank, cp_cost
 from onnx_cp.decompose import Fitter, KernelFit, fit_kernel
 from onnx_cp.discover import ConvSite, find_convs, site_report
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.graph import GraphIndex, NameAllocator, all_names
+from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.layer_timing import Timer, profile_timer
 from onnx_cp.realize import REALIZATIONS, realize
@@ -296,7 +296,7 @@ def _remove_dead(graph: onnx.GraphProto, candidates: list[str]) -> None:
     """Remove the given tensors' producers and initializers once nothing reads them any more."""
     for _ in range(len(candidates) + 1):
         index = GraphIndex(graph)
-        used = set(index.consumers) | index.graph_outputs | _subgraph_reads(graph)
+        used = set(index.consumers) | index.graph_outputs | subgraph_reads(graph)
         dead = [name for name in candidates if name not in used]
         if not dead:
             return
@@ -312,18 +312,6 @@ def _remove_dead(graph: onnx.GraphProto, candidates: list[str]) -> None:
                 if container[i].name in dead_set:
                     del container[i]
         candidates = [c for c in candidates if c not in dead_set] + removed_inputs
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names read inside subgraphs (they capture outer tensors without listing them as inputs)."""
-    reads: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                for n in sub.node:
-                    reads.update(n.input)
-                reads |= _subgraph_reads(sub)
-    return reads
 
 
 def _record_metadata(model: onnx.ModelProto, report: RewriteReport) -> None:

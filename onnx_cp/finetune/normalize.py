@@ -19,6 +19,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from onnx_cp.graph import subgraph_reads
 from onnx_cp.model_io import load_model
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -30,7 +31,7 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose constants are initializers and whose Identity nodes are gone."""
     model = load_model(model)
     graph = model.graph
-    protected = {o.name for o in graph.output} | _subgraph_reads(graph)
+    protected = {o.name for o in graph.output} | subgraph_reads(graph)
     initializers = {t.name: t for t in graph.initializer}
     new_inits: list[onnx.TensorProto] = []
     renames: dict[str, str] = {}
@@ -87,16 +88,6 @@ def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names read inside subgraphs (If/Loop/Scan bodies capture outer tensors by name)."""
-    reads: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                for inner in sub.node:
-                    reads.update(inner.input)
-                reads |= _subgraph_reads(sub)
-    return reads
 
 
 def _filter(container, keep) -> None:
