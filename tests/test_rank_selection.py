@@ -292,3 +292,11 @@ def test_cli_target_speedup_writes_a_model_and_a_report(tmp_path):
     res = CliRunner().invoke(main, ["rewrite", str(src), "-o", str(out), "--overwrite", "--rank", "8",
                                     "--max-error", "0.1"])
     assert res.exit_code == 2 and "--rank 8" in res.output
+
+
+def test_budget_modes_need_known_shapes():
+    model = chain_model()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    config = RewriteConfig(selection=RankSelection(target_speedup=2.0, measure=False), max_iter=5, realize="cp4")
+    with pytest.raises(OnnxCpError, match="--input-shape"):
+        rewrite_with_report(model, config)

@@ -12,7 +12,7 @@ from onnx_cp.errors import OnnxCpError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
+def input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -33,7 +33,7 @@ def _input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) 
 def load_calibration(model: onnx.ModelProto, path: str | None, count: int, seed: int,
                      shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[dict[str, np.ndarray]], str | None]:
     """Up to ``count`` single-sample feeds, and a note when they are random."""
-    name, shape = _input_shape(model, shapes)
+    name, shape = input_shape(model, shapes)
     sample = (1, *shape[1:])
     if path is None:
         rng = np.random.default_rng(seed)

@@ -40,6 +40,8 @@ class RankPlan:
     summary: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     measured_variant: onnx.ModelProto | None = None
+    layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves
+    picks: list[int] = field(default_factory=list)  # the chosen option of each (len(ranks): keep the Conv)
 
     def rank(self, site: ConvSite):
         """(rank, capped, requested, reason) as ``rewrite.choose_rank`` gives them."""
@@ -144,6 +146,11 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
     summary = plan.summary = {"mode": selection.mode, "cost": selection.cost}
     if not auto:
         raise OnnxCpError(f"{selection.describe()}: no selected layer is left for automatic ranks")
+    unknown = [l.site.name for l in auto + [_Layer(s, [], 1, 0.0) for s in ruled]
+               if l.site.in_shape is None or l.site.out_shape is None]
+    if unknown:
+        raise OnnxCpError(f"{selection.describe()} needs every layer's shapes, and {unknown[0]}'s are unknown; "
+                          "fix the input's dynamic dimensions with --input-shape NAME=1x3x224x224")
     if selection.cost == "macs":
         total = float(costs.model_macs(model, sites, shapes))
         unit_cost = lambda site, rank: float(  # noqa: E731
@@ -209,6 +216,7 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
     summary["rounds"] = rounds
     spent = fixed + sum(o[0][k] for o, k in zip(options, picks))
     summary.update(budget=budget, total_after=spent, predicted_speedup=total / spent)
+    plan.layers, plan.picks = auto, picks
     if rounds:
         summary["measured"] = rounds[-1]
     for layer, k in zip(auto, picks):
@@ -247,13 +255,14 @@ def _fit_curves(auto: list[_Layer], seed: int, fitter: WarmFitter, progress: Pro
 
 def _layer_errors(model, auto: list[_Layer], feeds, threads: int, progress: Progress | None) -> None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
+    dtype = auto[0].site.weight.value.dtype
+    dtype = dtype if dtype in (np.float16, np.float32, np.float64) else np.float32
+    got = proxy.capture(model, [t for l in auto for t in (l.site.node.input[0], l.site.node.output[0])],
+                        feeds, dtype, threads)
     for k, layer in enumerate(auto):
         if progress:
             progress(f"{layer.site.name} feature-map error", k, len(auto))
         node = layer.site.node
-        dtype = layer.site.weight.value.dtype
-        dtype = dtype if dtype in (np.float16, np.float32, np.float64) else np.float32
-        got = proxy.capture(model, [node.input[0], node.output[0]], feeds, dtype, threads)
         weight = np.asarray(layer.site.weight.value, dtype=np.float64)
         layer.errors = proxy.layer_errors(node, weight, layer.fits, got[node.input[0]], got[node.output[0]],
                                           opset, threads)

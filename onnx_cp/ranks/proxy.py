@@ -43,10 +43,12 @@ def capture(model: onnx.ModelProto, tensors: Sequence[str], feeds, dtype=np.floa
     have = {o.name for o in probe.graph.output}
     wanted = list(dict.fromkeys(tensors))
     probe.graph.output.extend(helper.make_tensor_value_info(t, _TYPES[np.dtype(dtype)], None)
-                              for t in wanted if t not in have)
+                              for t in wanted if t not in have and t not in feeds[0])
+    given = [t for t in wanted if t in feeds[0]]  # graph inputs cannot be read back as outputs
+    inner = [t for t in wanted if t not in feeds[0]]
     sess = session(probe, threads)
-    runs = [sess.run(wanted, feed) for feed in feeds]
-    return {t: np.concatenate([r[i] for r in runs]) for i, t in enumerate(wanted)}
+    runs = [dict(zip(inner, sess.run(inner, feed))) | {t: feed[t] for t in given} for feed in feeds]
+    return {t: np.concatenate([r[t] for r in runs]) for t in wanted}
 
 
 def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.ModelProto:
@@ -62,7 +64,11 @@ def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.
 
 def cp_kernel(fit: LayerFit) -> np.ndarray:
     """The kernel a layer's CP factors rebuild (groups stacked along the output channels)."""
-    return np.concatenate([np.einsum("tr,sr,yr,xr->tsyx", *f.factors) for f in fit.fits], axis=0)
+    blocks = []
+    for ut, us, uy, ux in (f.factors for f in fit.fits):
+        rest = (us[:, None, None, :] * uy[None, :, None, :] * ux[None, None, :, :]).reshape(-1, ut.shape[1])
+        blocks.append((ut @ rest.T).reshape(ut.shape[0], us.shape[0], uy.shape[0], ux.shape[0]))
+    return np.concatenate(blocks, axis=0)
 
 
 def layer_errors(node: onnx.NodeProto, weight: np.ndarray, fits: Sequence[LayerFit], inputs: np.ndarray,
