@@ -12,12 +12,17 @@ from onnx_cp.rewrite import RewriteResult, rewrite, rewrite_with_report
 
 __all__ = [
     "OnnxCpError", "RankRule", "RankSelection", "RewriteConfig", "RewriteResult", "inspect_model", "load_model",
-    "parse_rank", "rewrite", "rewrite_with_report", "save_model", "cp_nls", "cp_als",
+    "parse_rank", "rewrite", "rewrite_with_report", "save_model", "cp_nls", "cp_als", "finetune",
+    "finetune_with_report",
 ]
 
 
 def __getattr__(name):
     # The solvers load on first use, so `import onnx_cp` stays light.
+    if name in ("finetune", "finetune_with_report"):  # callable package; torch loads on first use
+        import onnx_cp.finetune
+
+        return onnx_cp.finetune if name == "finetune" else onnx_cp.finetune.finetune_with_report
     if name in ("cp_nls", "cp_als"):
         from onnx_cp import solver
 

@@ -288,3 +288,15 @@ def test_a_fixed_batch_model_stays_fixed(torch, data):
     tuned = finetune(fixed, loader_of(torch, x, y), epochs=1, lr=1e-2)
     assert [d.dim_value for d in tuned.graph.input[0].type.tensor_type.shape.dim] == [2, 1, 6, 6]
     assert evaluate(tuned, x, y).count == 64
+
+
+@torch_only
+def test_the_package_itself_is_the_finetune_function(torch, models, data):
+    import onnx_cp
+
+    _, fast = models
+    x, y = data
+    tuned = onnx_cp.finetune(fast, loader_of(torch, x, y), epochs=1, lr=1e-3, seed=0)
+    onnx.checker.check_model(tuned, full_check=True)
+    assert onnx_cp.finetune.finetune_with_report is onnx_cp.finetune_with_report
+    assert ort_run(tuned, x[:4]).shape == (4, 3)

@@ -1,13 +1,16 @@
 """Fine-tuning after the rewrite: train the CP-form network in torch, export it back to ONNX.
 
-    from onnx_cp.finetune import finetune
-    tuned = finetune("fast.onnx", loader, epochs=3, lr=1e-3, teacher="orig.onnx")
+    import onnx_cp
+    tuned = onnx_cp.finetune("fast.onnx", loader, epochs=3, lr=1e-3, teacher="orig.onnx")
     onnx_cp.save_model(tuned, "tuned.onnx")
 
 ``to_torch`` / ``to_onnx`` are the two conversions on their own. torch and onnx2torch (the
 ``finetune`` extra) are imported when a function needs them, so importing this package, or
 ``onnx_cp``, works without them.
 """
+import sys
+import types
+
 from onnx_cp.finetune.convert import ExportNotes, op_counts, structure_changes, to_onnx, to_torch
 from onnx_cp.finetune.data import load_image_folder
 from onnx_cp.finetune.normalize import normalize
@@ -26,3 +29,14 @@ __all__ = [
     "finetune_with_report", "load_image_folder", "normalize", "op_counts", "structure_changes", "to_onnx",
     "to_torch",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``onnx_cp.finetune(model, loader, ...)`` call ``finetune`` while ``onnx_cp.finetune``
+    stays the package that holds the rest of the fine-tuning API."""
+
+    def __call__(self, *args, **kwargs):
+        return finetune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
