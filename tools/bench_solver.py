@@ -15,8 +15,8 @@ docs/solver.md (between the BENCH markers) and docs/solver_error_vs_time.png.
 
 Kernels: the largest 3x3 Conv kernels of the nudenet detector (assets/nudenet_320n.onnx,
 ``python tools/fetch_assets.py nudenet``), two synthetic kernels of AlexNet conv2's shape
-(256x48x5x5; no pretrained AlexNet ships here), and the large kernels of any model given
-with --kernels.
+(256x48x5x5; no pretrained AlexNet ships here), the large kernels of the character
+classifier models/charcnn36.onnx when it exists, and those of any model given with --kernels.
 
     python tools/bench_solver.py            # default set, about 12 minutes on 2 cores
     python tools/bench_solver.py --quick    # smoke run, about a minute, writes nothing
@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from onnx_cp.solver import cp_nls, degeneracy, relative_error  # noqa: E402
 
 NUDENET = REPO / "assets" / "nudenet_320n.onnx"
+CHARCNN = REPO / "models" / "charcnn36.onnx"  # the character classifier (tools/reproduce_lebedev.py)
 DOC = REPO / "docs" / "solver.md"
 FIGURE = REPO / "docs" / "solver_error_vs_time.png"
 BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
@@ -156,6 +157,8 @@ def build_cases(args) -> list[Case]:
         for name, w in alexnet_like_kernels():
             for rank in (200, 64) if not args.all else (200, 128, 64):
                 cases.append(Case(name, w, rank))
+        if CHARCNN.exists() and str(CHARCNN) not in map(str, args.kernels):
+            args.kernels = [*args.kernels, CHARCNN]
     for path in args.kernels:
         kernels = onnx_conv_kernels(Path(path))
         if not kernels:
