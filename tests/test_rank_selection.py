@@ -255,7 +255,9 @@ def test_target_speedup_gives_a_valid_model_within_budget(tmp_path, search):
     feeds = {"x": x[:1]}
     want, got = run(model, feeds)[0], run(result.model, feeds)[0]
     assert got.shape == want.shape and relative_difference(want, got) < 1.0
-    assert "output_error" in summary and "rank_selection" in result.report.to_json()
+    assert "rank_selection" in result.report.to_json()
+    assert set(summary["starts"]) == {"knapsack", "uniform error", "uniform rank"}
+    assert summary["output_error"] <= min(summary["starts"].values()) + 1e-12
 
 
 def test_budget_macs_keeps_a_ruled_layer_at_its_rank():

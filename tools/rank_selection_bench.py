@@ -6,8 +6,9 @@
 (a) rewrites the model with ``--target-speedup S`` and times original and result in onnxruntime
     (1 thread, models alternating, medians);
 (b) at one multiply-add budget, compares the final-output error on held-out calibration inputs of
-    the proxy-driven allocation (knapsack on the proxy, then optuna), a uniform rank, and
-    --max-error alone (the smallest common kernel-error bound that fits the budget).
+    the proxy-driven allocation (the best on the calibration inputs of the knapsack, uniform-error
+    and uniform-rank starts, then optuna), the knapsack alone, a uniform rank, and --max-error
+    alone (the smallest common kernel-error bound that fits the budget). All use the same fits.
 
 Calibration inputs are synthetic smooth images in [0, 1] (no image data set on this machine):
 ``--calib-count`` of them drive the proxy, as many others are held out. Prints JSON and a
@@ -33,8 +34,8 @@ from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import uniform_error
 from onnx_cp.ranks.calibration import input_shape
 from onnx_cp.ranks.cost import model_macs, rank_cost_macs
-from onnx_cp.ranks.fitting import fit_layer, solver_fitter
-from onnx_cp.ranks.plan import plan_ranks
+from onnx_cp.ranks.fitting import solver_fitter
+from onnx_cp.ranks.plan import plan_ranks, uniform_rank
 from onnx_cp.rewrite import build_ranked, select
 from onnx_cp.shapes import infer_shapes
 from onnx_cp.testing import ZOO_NAMES, materialize_zoo
@@ -133,8 +134,7 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
     selection = RankSelection(budget_macs=budget, calib=str(calib), calib_count=args.calib_count,
                               search=args.search, measure=False)
     config = RewriteConfig(selection=selection, **fit)
-    options = config.fit_options()
-    fitter = solver_fitter(options)
+    fitter = solver_fitter(config.fit_options())
     plan = plan_ranks(model, sites, select(sites, config), shapes, config, fitter, progress)
     layers, fixed = plan.layers, plan.summary["fixed"]
     reference = proxy.run(model, held_out)
@@ -152,18 +152,13 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
         return [(l.site, l.ranks[k], [f.factors for f in l.fits[k].fits]) for l, k in zip(layers, picks)
                 if k < len(l.ranks)]
 
-    rows = {"proxy (knapsack + search)": evaluate(from_picks(plan.picks))}
+    rows = {"proxy (best start + search)": evaluate(from_picks(plan.picks))}
     rows["proxy, knapsack only"] = evaluate(from_picks(greedy_picks(layers, plan.summary["budget"])))
     errors = [[f.rel_error for f in l.fits] + [0.0] for l in layers]
     costs = [l.costs + [l.before] for l in layers]
     rows["--max-error alone"] = evaluate(from_picks(uniform_error(errors, costs, plan.summary["budget"])))
-    rank = uniform_rank(layers, plan.summary["budget"])
-    chosen = []
-    for l in layers:
-        r = min(rank, l.cap)
-        progress(f"uniform rank {r}: {l.site.name}", 0, 1)
-        chosen.append((l.site, r, [f.factors for f in fit_layer(l.groups, r, 0, fitter).fits]))
-    rows[f"uniform rank {rank}"] = evaluate(chosen)
+    rank = uniform_rank(layers, budget - fixed)
+    rows[f"uniform rank {rank}"] = evaluate(from_picks([l.ranks.index(min(rank, l.cap)) for l in layers]))
     return {"budget_macs": budget, "total_macs": total, "budget_share": share, "rows": rows}
 
 
@@ -174,21 +169,11 @@ def greedy_picks(layers, budget):
     return allocate([o[0] for o in options], [o[1] for o in options], budget)
 
 
-def uniform_rank(layers, budget) -> int:
-    """The largest single rank (capped per layer) whose layers fit the budget."""
-    lo, hi = 1, max(l.cap for l in layers)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if sum(rank_cost_macs(l.site, min(mid, l.cap)) for l in layers) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def markdown(b: dict) -> str:
-    lines = [f"budget {b['budget_macs'] / 1e9:.3f} GMACs of {b['total_macs'] / 1e9:.3f} ({b['budget_share']:.2f})",
-             "", "| allocation | MACs (G) | MAC speed-up | final-output rel. error, held-out |", "|---|---|---|---|"]
+    lines = [f"budget {b['budget_macs'] / 1e9:.3f} GMACs of {b['total_macs'] / 1e9:.3f} "
+             f"({b['budget_share']:.2f})",
+             "", "| allocation | MACs (G) | MAC speed-up | final-output rel. error, held-out |",
+             "|---|---|---|---|"]
     for name, row in b["rows"].items():
         lines.append(f"| {name} | {row['macs'] / 1e9:.3f} | {row['speedup_macs']:.2f}x | "
                      f"{row['output_error_held_out']:.4f} |")

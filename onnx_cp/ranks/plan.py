@@ -14,7 +14,7 @@ from onnx_cp.discover import ConvSite
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.ranks import cost as costs
 from onnx_cp.ranks import proxy
-from onnx_cp.ranks.allocate import allocate
+from onnx_cp.ranks.allocate import allocate, uniform_error
 from onnx_cp.ranks.calibration import load_calibration
 from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer
 from onnx_cp.ranks.search import smallest_rank
@@ -156,8 +156,10 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
         unit_cost = lambda site, rank: float(  # noqa: E731
             costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
     share = _first_share(selection, auto, ruled, model, sites, shapes, plan)
-    for layer in auto:
-        layer.ranks = candidate_ranks(layer.cap, share, selection.candidates)
+    uniform = uniform_rank(auto, share * sum(float(l.site.cost.macs) for l in auto))
+    for layer in auto:  # the uniform-rank allocation is always one of the candidates
+        grid = candidate_ranks(layer.cap, share, selection.candidates)
+        layer.ranks = sorted(set(grid) | {min(uniform, layer.cap)})
     if selection.cost == "latency":
         if progress:
             progress("timing layers in onnxruntime", 0, len(auto))
@@ -197,25 +199,33 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
         variant = build_ranked(model, _layers(auto, picks) + _ruled_layers(ruled, plan))
         return proxy.output_error(proxy.run(variant, feeds, config.threads), reference)
 
-    budget = target - fixed
     options = [l.options() for l in auto]
-    picks = allocate([o[0] for o in options], [o[1] for o in options], budget)
-    summary["greedy_output_error"] = evaluate(picks)
-    if selection.search:
+
+    def choose(budget: float) -> list[int]:
+        """The best of the knapsack, uniform-error and uniform-rank allocations on the calibration
+        inputs, refined by the search when one is asked for."""
+        starts = {name: (evaluate(p), p) for name, p in _starts(auto, options, budget, uniform).items()}
+        summary["starts"] = {name: value for name, (value, _) in starts.items()}
+        summary["greedy_output_error"] = starts["knapsack"][0]
+        best = min(starts.values(), key=lambda vp: vp[0])
+        if not selection.search:
+            summary["output_error"] = best[0]
+            return best[1]
         from onnx_cp.ranks.refine import refine
 
-        picks, trials = refine(options, budget, picks, summary["greedy_output_error"], evaluate,
-                               selection.search, selection.seed, progress)
-        summary["search_trials"] = trials
-    summary["output_error"] = evaluate(picks)
+        known = {tuple(p): v for v, p in starts.values()}
+        picks, value = refine(options, budget, known, evaluate, selection.search, selection.seed, progress)
+        summary["search_trials"], summary["output_error"] = selection.search, value
+        return picks
+
+    picks = choose(target - fixed)
     rounds = []
     if selection.target_speedup and selection.measure:
         picks, rounds = _meet_measured(model, auto, ruled, plan, picks, options, fixed, total,
-                                       selection.target_speedup, config, build_ranked, progress)
-        summary["output_error"] = evaluate(picks)
+                                       selection.target_speedup, config, build_ranked, choose, progress)
     summary["rounds"] = rounds
     spent = fixed + sum(o[0][k] for o, k in zip(options, picks))
-    summary.update(budget=budget, total_after=spent, predicted_speedup=total / spent)
+    summary.update(budget=target - fixed, total_after=spent, predicted_speedup=total / spent)
     plan.layers, plan.picks = auto, picks
     if rounds:
         summary["measured"] = rounds[-1]
@@ -228,6 +238,34 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
                                                        proxy=layer.errors[k], cost=layer.costs[k])
     for site in ruled:
         plan.choices[id(site)].cost = unit_cost(site, plan.choices[id(site)].rank)
+
+
+def uniform_rank(auto: list[_Layer], budget_macs: float) -> int:
+    """The largest single rank (capped per layer) whose CP forms fit ``budget_macs``."""
+    lo, hi = 1, max(l.cap for l in auto)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(costs.rank_cost_macs(l.site, min(mid, l.cap)) for l in auto) <= budget_macs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _starts(auto: list[_Layer], options, budget: float, uniform: int) -> dict[str, list[int]]:
+    """Allocations within ``budget``: the knapsack on the proxy, --max-error alone (one kernel-error
+    bound for all) and one rank for all (moved to cheaper options where it does not fit)."""
+    from onnx_cp.ranks.refine import repair
+
+    costs_, damages = [o[0] for o in options], [o[1] for o in options]
+    starts = {"knapsack": allocate(costs_, damages, budget)}
+    try:
+        kernel_errors = [[f.rel_error for f in l.fits] + [0.0] for l in auto]
+        starts["uniform error"] = uniform_error(kernel_errors, costs_, budget)
+    except OnnxCpError:
+        pass
+    starts["uniform rank"] = repair([l.ranks.index(min(uniform, l.cap)) for l in auto], options, budget)
+    return starts
 
 
 def _first_share(selection, auto, ruled, model, sites, shapes, plan) -> float:
@@ -291,7 +329,8 @@ def _ruled_layers(ruled, plan: RankPlan):
     return [(s, plan.choices[id(s)].rank, [f.factors for f in plan.choices[id(s)].fit.fits]) for s in ruled]
 
 
-def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speedup, config, build, progress):
+def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speedup, config, build, choose,
+                   progress):
     """Time the rewritten model against the original; when the measured speed-up misses the target
     by more than 10%, scale the budget by how far the cost model was off and allocate again."""
     from onnx_cp.bench import measure_latency
@@ -314,7 +353,7 @@ def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speed
         # the cost model was off by (predicted / measured): ask it for that much more (or less)
         budget_total = total / speedup * measured / (total / spent)
         try:
-            picks = allocate([o[0] for o in options], [o[1] for o in options], budget_total - fixed)
+            picks = choose(budget_total - fixed)
         except OnnxCpError:
             break
     return picks, rounds

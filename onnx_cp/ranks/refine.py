@@ -2,8 +2,9 @@
 
 Each trial picks one option per layer; an allocation over the budget is repaired by moving
 layers to cheaper options, least predicted damage per unit of cost saved first. The value
-is the measured relative error of the model's outputs on the calibration inputs. The greedy
-allocation is the first trial, so the search can only improve on it.
+is the measured relative error of the model's outputs on the calibration inputs. The starting
+allocations (knapsack, uniform error, uniform rank) are the first trials, so the search can only
+improve on the best of them.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def repair(picks: list[int], options: Sequence[tuple[list[float], list[float]]],
     return picks
 
 
-def refine(options, budget: float, start: list[int], start_value: float, evaluate: Callable[[list[int]], float],
-           trials: int, seed: int, progress=None) -> tuple[list[int], int]:
-    """The best allocation found in ``trials`` evaluations (``start`` included), and the trial count."""
+def refine(options, budget: float, starts: dict[tuple[int, ...], float], evaluate: Callable[[list[int]], float],
+           trials: int, seed: int, progress=None) -> tuple[list[int], float]:
+    """The best allocation (and its value) among ``starts`` (allocation -> known value) and
+    ``trials`` sampled ones. The starts are the first trials and are not evaluated again."""
     try:
         import optuna
     except ImportError:
@@ -40,22 +42,22 @@ def refine(options, budget: float, start: list[int], start_value: float, evaluat
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     names = [f"layer{i}" for i in range(len(options))]
-    study.enqueue_trial(dict(zip(names, start)))
-    best = (start_value, list(start))
-    seen = {tuple(start): start_value}
+    for start in starts:
+        study.enqueue_trial(dict(zip(names, start)))
+    seen: dict[tuple[int, ...], float] = dict(starts)
+    best: tuple[float, list[int]] | None = None
 
     def objective(trial) -> float:
         nonlocal best
         if progress:
-            progress(f"search trial {trial.number + 1}", trial.number, trials)
-        picks = [trial.suggest_int(n, 0, len(o[0]) - 1) for n, o in zip(names, options)]
-        picks = repair(picks, options, budget)
+            progress(f"search trial {trial.number + 1}", trial.number, trials + len(starts))
+        picks = repair([trial.suggest_int(n, 0, len(o[0]) - 1) for n, o in zip(names, options)], options, budget)
         key = tuple(picks)
         if key not in seen:
             seen[key] = evaluate(picks)
-        if seen[key] < best[0]:
+        if best is None or seen[key] < best[0]:
             best = (seen[key], picks)
         return seen[key]
 
-    study.optimize(objective, n_trials=trials)
-    return best[1], trials
+    study.optimize(objective, n_trials=trials + len(starts))
+    return best[1], best[0]
