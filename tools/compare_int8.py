@@ -10,8 +10,8 @@ activations, MinMax calibration) of the float32 model and of the CP model, calib
 first ``--calib-count`` images of ``--data`` (random inputs when no data is given). All four
 models are timed in alternation (onnx_cp.bench.measure_latency), so drift hits them alike.
 Beside each: top-1 accuracy on ``--data`` when it has labels, and always the agreement with
-the float32 original on the evaluation inputs (share of equal top-1 predictions and the
-relative difference of the outputs).
+the float32 original on the evaluation inputs: the share of equal top-1 predictions (for
+N x classes outputs) and the relative difference of the first output.
 
 Prints a Markdown table; ``--out FILE`` also writes it.
 """
@@ -68,10 +68,11 @@ def first_output(model_path: Path, name: str, x: np.ndarray, threads: int) -> np
     return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
-def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(share of equal argmax predictions, ||other - reference|| / ||reference||)."""
+def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float | None, float]:
+    """(share of equal argmax predictions for N x classes outputs, else None;
+    ||other - reference|| / ||reference||)."""
     ref2, oth2 = reference.reshape(len(reference), -1), other.reshape(len(other), -1)
-    same = float(np.mean(ref2.argmax(1) == oth2.argmax(1)))
+    same = float(np.mean(ref2.argmax(1) == oth2.argmax(1))) if reference.ndim == 2 else None
     return same, float(np.linalg.norm(oth2 - ref2) / np.linalg.norm(ref2))
 
 
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (label, out), st in zip(outputs.items(), stats):
         same, diff = agreement(reference, out)
-        row = [label, f"{st.median:.3f}", f"{base / st.median:.2f}x", f"{same:.2%}", f"{diff:.4f}"]
+        row = [label, f"{st.median:.3f}", f"{base / st.median:.2f}x", "-" if same is None else f"{same:.2%}",
+               f"{diff:.4f}"]
         if y is not None:
             row.insert(3, f"{float(np.mean(out.reshape(len(out), -1).argmax(1) == y)):.2%}")
         rows.append(row)
