@@ -302,3 +302,24 @@ def test_budget_modes_need_known_shapes():
     config = RewriteConfig(selection=RankSelection(target_speedup=2.0, measure=False), max_iter=5, realize="cp4")
     with pytest.raises(OnnxCpError, match="--input-shape"):
         rewrite_with_report(model, config)
+
+
+@pytest.mark.parametrize("measured, kept", [([1.2, 2.6, 1.9], 3), ([1.2, 2.5, 1.5], 2)])
+def test_measurement_rounds_keep_the_round_closest_to_the_target(monkeypatch, measured, kept):
+    import onnx_cp.bench
+    from onnx_cp.bench import LatencyStats
+
+    speeds = iter(measured)
+
+    def fake(models, **kwargs):
+        s = next(speeds)
+        return [LatencyStats.from_samples([10.0]), LatencyStats.from_samples([10.0 / s])]
+
+    monkeypatch.setattr(onnx_cp.bench, "measure_latency", fake)
+    config = RewriteConfig(selection=RankSelection(target_speedup=2.0, candidates=3, calib_count=2),
+                           max_iter=10, stabilize="never", realize="cp4")
+    result = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config)
+    summary = result.report.rank_selection
+    assert len(summary["rounds"]) == 3 and summary["kept_round"] == kept
+    assert summary["measured"]["measured_speedup"] == pytest.approx(measured[kept - 1])
+    onnx.checker.check_model(result.model, full_check=True)

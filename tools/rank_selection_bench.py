@@ -159,7 +159,8 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
     rows["--max-error alone"] = evaluate(from_picks(uniform_error(errors, costs, plan.summary["budget"])))
     rank = uniform_rank(layers, budget - fixed)
     rows[f"uniform rank {rank}"] = evaluate(from_picks([l.ranks.index(min(rank, l.cap)) for l in layers]))
-    return {"budget_macs": budget, "total_macs": total, "budget_share": share, "rows": rows}
+    return {"budget_macs": budget, "total_macs": total, "budget_share": share, "rows": rows,
+            "calib_errors": {**plan.summary["starts"], "after search": plan.summary["output_error"]}}
 
 
 def greedy_picks(layers, budget):

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -146,8 +147,7 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
     summary = plan.summary = {"mode": selection.mode, "cost": selection.cost}
     if not auto:
         raise OnnxCpError(f"{selection.describe()}: no selected layer is left for automatic ranks")
-    unknown = [l.site.name for l in auto + [_Layer(s, [], 1, 0.0) for s in ruled]
-               if l.site.in_shape is None or l.site.out_shape is None]
+    unknown = [s.name for s in [l.site for l in auto] + ruled if s.in_shape is None or s.out_shape is None]
     if unknown:
         raise OnnxCpError(f"{selection.describe()} needs every layer's shapes, and {unknown[0]}'s are unknown; "
                           "fix the input's dynamic dimensions with --input-shape NAME=1x3x224x224")
@@ -228,7 +228,7 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
     summary.update(budget=target - fixed, total_after=spent, predicted_speedup=total / spent)
     plan.layers, plan.picks = auto, picks
     if rounds:
-        summary["measured"] = rounds[-1]
+        summary["measured"] = rounds[summary["kept_round"] - 1]
     for layer, k in zip(auto, picks):
         if k == len(layer.ranks):
             plan.choices[id(layer.site)] = LayerChoice(
@@ -332,10 +332,11 @@ def _ruled_layers(ruled, plan: RankPlan):
 def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speedup, config, build, choose,
                    progress):
     """Time the rewritten model against the original; when the measured speed-up misses the target
-    by more than 10%, scale the budget by how far the cost model was off and allocate again."""
+    by more than 10%, scale the budget by how far the cost model was off and allocate again.
+    Keeps the round whose measured speed-up came closest to the target."""
     from onnx_cp.bench import measure_latency
 
-    rounds = []
+    rounds, tried = [], []
     for attempt in range(config.selection.rounds + 1):
         if progress:
             progress(f"measuring the whole model (round {attempt + 1})", attempt, config.selection.rounds + 1)
@@ -346,8 +347,8 @@ def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speed
         measured = base.median / new.median
         rounds.append({"predicted_speedup": total / spent, "measured_speedup": measured,
                        "original_ms": base.median, "rewritten_ms": new.median,
-                       "spread": max(base.spread, new.spread)})
-        plan.measured_variant = variant
+                       "spread": max(base.spread, new.spread), "output_error": plan.summary["output_error"]})
+        tried.append((abs(math.log(measured / speedup)), attempt, picks, variant))
         if abs(measured / speedup - 1) <= 0.1 or attempt == config.selection.rounds:
             break
         # the cost model was off by (predicted / measured): ask it for that much more (or less)
@@ -356,8 +357,10 @@ def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speed
             picks = choose(budget_total - fixed)
         except OnnxCpError:
             break
+    _, best, picks, plan.measured_variant = min(tried, key=lambda t: t[:2])
+    plan.summary["output_error"] = rounds[best]["output_error"]
+    plan.summary["kept_round"] = best + 1
     return picks, rounds
-
 
 
 def finish(plan: RankPlan, model: onnx.ModelProto, final: onnx.ModelProto, config) -> dict:
@@ -367,7 +370,7 @@ def finish(plan: RankPlan, model: onnx.ModelProto, final: onnx.ModelProto, confi
     if selection.target_speedup is None or not selection.measure:
         return summary
     if plan.measured_variant is not None and config.realize == "cp4" and summary.get("measured"):
-        return summary  # the last round timed exactly this model
+        return summary  # the kept round timed exactly this model
     from onnx_cp.bench import measure_latency
 
     base, new = measure_latency([model, final], threads=config.threads, warmup=2, runs=12,
