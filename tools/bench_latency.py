@@ -9,7 +9,8 @@ the rewrite in alternation, whole-model latency (onnx_cp.bench.measure_latency) 
 times from onnxruntime's profiler (onnx_cp.bench.profile_nodes + compare). Reported per run:
 layers rewritten / kept by auto, per rewritten layer speed-up, multiply-add ratio and
 efficiency = speed-up / multiply-add ratio (median and worst), the slowest rewritten layer's
-speed-up, and the whole-model speed-up.
+speed-up, and the whole-model speed-up with the larger of the two models' latency spreads
+((p90 - p10) / median; above about 0.1 the machine was busy).
 
 The zoo graphs (vgg19, resnet50) come from the onnx wheel with random weights
 (onnx_cp.testing.materialize_zoo); nudenet is the pretrained YOLOv8n detector extracted by
@@ -89,14 +90,15 @@ def fmt(value, spec: str, none: str = "-") -> str:
 def summary_table(results: list[dict]) -> str:
     head = ("| model | rank | threads | rewritten / kept | cp4 / cp3 | MAC ratio (rewritten layers) | "
             "speed-up (rewritten layers) | median efficiency | worst efficiency | slowest layer speed-up | "
-            "whole model ms: original -> CP | whole-model speed-up |")
+            "whole model ms: original -> CP | whole-model speed-up | spread |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['rank']} | {r['threads']} | {r['rewritten']} / {r['kept']} | "
             f"{r['forms']['cp4']} / {r['forms']['cp3']} | {fmt(r['mac_ratio'], '.2f')}x | "
             f"{fmt(r['layers_speedup'], '.2f')}x | {fmt(r['median_eff'], '.2f')} | {fmt(r['min_eff'], '.2f')} | "
-            f"{fmt(r['min_speedup'], '.2f')}x | {r['orig_ms']:.2f} -> {r['cp_ms']:.2f} | {r['speedup']:.2f}x |")
+            f"{fmt(r['min_speedup'], '.2f')}x | {r['orig_ms']:.2f} -> {r['cp_ms']:.2f} | {r['speedup']:.2f}x | "
+            f"{r['spread']:.2f} |")
     return "\n".join(lines)
 
 
