@@ -51,8 +51,9 @@ def main(argv: list[str]) -> int:
                         help="one rewrite setting: rank rules joined by ';', e.g. '16' or "
                              "'16;*features.0*=8' (later rules win; repeatable: one run each; default: 16)")
     parser.add_argument("--realize", default="auto", choices=["auto", "cp4", "cp3"])
-    parser.add_argument("--ship", type=int, default=0, help="index of the --ranks setting saved as "
-                                                            "models/charcnn36_cp.onnx")
+    parser.add_argument("--ship", default="auto",
+                        help="index of the --ranks setting saved as models/charcnn36_cp.onnx; auto: the fastest "
+                             "at batch 1 of those within 1 point of the baseline, else the most accurate")
     parser.add_argument("--train-size", type=int, default=SPLITS["train"][0])
     parser.add_argument("--epochs", type=int, default=6, help="baseline training epochs")
     parser.add_argument("--lr", type=float, default=3e-3, help="baseline max learning rate (one-cycle)")
@@ -136,14 +137,15 @@ def main(argv: list[str]) -> int:
             runs.append(done[_tag(setting)])
         else:
             runs.append(rewrite_and_finetune(setting, args, data["train"], (x_test, y_test)))
-    shutil.copyfile(REPO / runs[args.ship]["tuned"], shipped)
-    facts["runs"], facts["ship"] = runs, args.ship
-    facts["shipped_acc"] = evaluate(shipped, x_test, y_test).top1
+    facts["runs"] = runs
     _save(args.out_dir / "results.json", facts)
     if args.stop_after == "finetune":
         return 0
 
     facts["timing"] = timing([baseline] + [REPO / r["tuned"] for r in runs], args.runs)
+    facts["ship"] = _choose(runs, facts) if args.ship == "auto" else int(args.ship)
+    shutil.copyfile(REPO / runs[facts["ship"]]["tuned"], shipped)
+    facts["shipped_acc"] = evaluate(shipped, x_test, y_test).top1
     facts["per_layer"] = per_layer(baseline, shipped)
     facts.update({
         "command": "python tools/reproduce_lebedev.py " + shlex.join(argv),
@@ -219,6 +221,15 @@ class _Progress:
             self.last = now
             print(f"  {self.label} epoch {step.epoch}/{step.epochs} batch {step.batch}/{step.batches}: "
                   f"loss {step.loss:.4f} train acc {step.accuracy:.2%}", flush=True)
+
+
+def _choose(runs: list[dict], facts: dict) -> int:
+    """--ship auto: the fastest (batch 1) run within 1 point of the baseline, else the most accurate."""
+    latency = [s["median_ms"] for s in facts["timing"]["1"][1:]]
+    close = [k for k, r in enumerate(runs) if facts["baseline_acc"] - r["acc_tuned"] <= 0.01]
+    if close:
+        return min(close, key=lambda k: latency[k])
+    return max(range(len(runs)), key=lambda k: runs[k]["acc_tuned"])
 
 
 def timing(models: list[Path], runs: int) -> dict:
@@ -366,7 +377,7 @@ def _short(node: str) -> str:
 
 def _tables(markdown: str) -> str:
     """The tables of onnx-cp bench's markdown, headings one level down."""
-    lines = markdown.splitlines()
+    lines = markdown.replace(f"{REPO}/", "").splitlines()  # paths relative to the repository
     body = [line for line in lines[1:] if not line.startswith("# ")]
     return "\n".join("##" + line if line.startswith("## ") else line for line in body).strip()
 
