@@ -204,12 +204,20 @@ def test_input_model_object_is_not_modified():
 
 # --- auto realization: the measured fastest form wins, and the original when CP is slower ---
 
-def _fake_timer(ms):
-    """Times the original model, the all-cp4 and the all-cp3 variants as ``ms`` says."""
+def _fake_timer(ms, mixed=None):
+    """Times the original model, the all-cp4 and the all-cp3 variants as ``ms`` says, then the
+    original beside the chosen mix (``mixed`` overrides the chosen form's time there)."""
+    calls = []
+
     def timer(models):
         kinds = [{3: "cp3", 4: "cp4"}.get(len(m.graph.node), "original") for m in models]
-        assert kinds == ["original", "cp4", "cp3"]
-        return [{"y": ms[kind]} for kind in kinds]
+        calls.append(kinds)
+        if len(calls) == 1:
+            assert kinds == ["original", "cp4", "cp3"]
+            return [{"y": ms[kind]} for kind in kinds]
+        assert len(calls) == 2 and kinds[0] == "original" and kinds[1] != "original"
+        return [{"y": ms["original"]}, {"y": ms[kinds[1]] if mixed is None else mixed}]
+    timer.calls = calls
     return timer
 
 
@@ -242,6 +250,19 @@ def test_auto_picks_the_fastest_cp_form(fastest, nodes):
     assert relative_difference(run(model, {"x": x})[0], run(result.model, {"x": x})[0]) < 1e-5
 
 
+def test_auto_gives_a_layer_its_conv_back_when_the_chosen_mix_is_slower():
+    weight, factors, _ = exact_conv()
+    model = conv_model((1, 4, 8, 8), weight, pads=[1, 1, 1, 1])
+    timer = _fake_timer({"original": 1.0, "cp4": 0.5, "cp3": 0.9}, mixed=1.5)
+    result = rewrite_with_report(model, RewriteConfig(ranks=(2,), cap_rank=False),
+                                 fitter=oracle_fitter(factors), timer=timer)
+    layer, = result.report.layers
+    assert len(timer.calls) == 2
+    assert layer.status == "kept" and layer.realization == "original"
+    assert layer.timings_ms["cp4 among the chosen forms"] == pytest.approx(1.5)
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+
+
 def test_auto_times_layers_in_place_in_onnxruntime_by_default():
     weight, factors, _ = exact_conv(out_c=32, in_c=32)
     model = conv_model((1, 32, 16, 16), weight, pads=[1, 1, 1, 1])
@@ -251,6 +272,9 @@ def test_auto_times_layers_in_place_in_onnxruntime_by_default():
     result = rewrite_with_report(model, RewriteConfig(ranks=(2,), cap_rank=False),
                                  fitter=oracle_fitter(factors))
     layer, = result.report.layers
-    assert set(layer.timings_ms) == {"original", "cp4", "cp3"}
+    candidates = {k: layer.timings_ms[k] for k in ("original", "cp4", "cp3")}
     assert all(t > 0 for t in layer.timings_ms.values())
-    assert layer.realization == min(layer.timings_ms, key=layer.timings_ms.get)
+    if len(layer.timings_ms) == 3:  # the chosen form held up beside the others
+        assert layer.realization == min(candidates, key=candidates.get)
+    else:  # it did not, and the Conv came back
+        assert layer.realization == "original" and "original beside them" in layer.timings_ms
