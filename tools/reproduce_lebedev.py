@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", action="append", default=None,
                         help="one rewrite setting: rank rules joined by ';', e.g. '16' or "
-                             "'16;*features.0*=8' (later rules win; repeatable: one run each; default: 16)")
+                             "'16;*features.0*=8' (later rules win), optionally after 'auto:', 'cp4:' or 'cp3:' "
+                             "to override --realize (repeatable: one run each; default: 16)")
     parser.add_argument("--realize", default="auto", choices=["auto", "cp4", "cp3"])
     parser.add_argument("--ship", default="auto",
                         help="index of the --ranks setting saved as models/charcnn36_cp.onnx; auto: the fastest "
@@ -173,12 +174,14 @@ def rewrite_and_finetune(setting: str, args, train_set, test_set) -> dict:
     from onnx_cp.evaluate import evaluate
     from onnx_cp.finetune import finetune_with_report
 
-    rules = tuple(int(r) if r.strip().isdigit() else r.strip() for r in setting.split(";"))
+    realize, _, spec = setting.rpartition(":")  # "auto:64": this setting's own --realize
+    realize = realize or args.realize
+    rules = tuple(int(r) if r.strip().isdigit() else r.strip() for r in spec.split(";"))
     tag = _tag(setting)
     cp_path, ft_path = args.out_dir / f"cp_{tag}.onnx", args.out_dir / f"cp_{tag}_ft.onnx"
     start = time.perf_counter()
     result = onnx_cp.rewrite_with_report(str(args.baseline),
-                                         onnx_cp.RewriteConfig(ranks=rules, realize=args.realize))
+                                         onnx_cp.RewriteConfig(ranks=rules, realize=realize))
     run = {"ranks": setting, "tag": tag, "cp": _shown(cp_path), "tuned": _shown(ft_path),
            "rewrite_seconds": time.perf_counter() - start, "totals": result.report.totals(),
            "layers": [{key: getattr(layer, attr) for key, attr in _LAYER_FIELDS.items()}
@@ -267,7 +270,7 @@ def render_doc(facts: dict) -> str:
     for k, r in enumerate(facts["runs"], start=1):
         s1 = t["1"][0]["median_ms"] / t["1"][k]["median_ms"]
         s64 = t["64"][0]["median_ms"] / t["64"][k]["median_ms"]
-        forms = ", ".join(f"{_short(l['node'])}: {l['form']} r{l['rank']}" if l["status"] == "rewritten"
+        forms = ", ".join(f"{_short(l['node'])}: {l['form']} r{l['rank']}" if l["form"] not in (None, "original")
                           else f"{_short(l['node'])}: original" for l in r["layers"])
         tot = r["totals"]
         rows.append(f"| ours, ranks `{r['ranks']}` | {forms} | {tot['conv_macs_before'] / 1e6:.2f} M -> "
@@ -286,7 +289,8 @@ def render_doc(facts: dict) -> str:
         commands += ("\n\n(in this order: the first trains the baseline and renders the data; later ones reuse the "
                      "baseline (trained only when out/charcnn/baseline.pt is missing) and every --ranks setting "
                      "whose fine-tuned model an earlier one left, unless --retrain / --refit).")
-    rules = " ".join(f"--rank '{r}'" for r in ship["ranks"].split(";"))
+    realize, _, spec = ship["ranks"].rpartition(":")
+    rules = " ".join(f"--rank '{r}'" for r in spec.split(";")) + f" --realize {realize or a['realize']}"
     return f"""# The paper's character CNN: 36 classes, 24 x 24, four maxout conv layers
 
 Lebedev et al. (ICLR 2015) rewrote the convolutions of Jaderberg et al.'s 36-class character
@@ -315,10 +319,12 @@ Shipped: `models/charcnn36.onnx` (the baseline) and `models/charcnn36_cp.onnx` (
 What each figure is, and the `onnx-cp` command that gives it (the tool calls the same Python API):
 
 - **form per layer, conv MACs**: `onnx_cp.rewrite_with_report(models/charcnn36.onnx,
-  RewriteConfig(ranks=..., realize="{a['realize']}"))`, NLS fit. With `auto`, each layer's cp4 and cp3
-  forms are timed in place against the original Conv in onnxruntime (1 thread, batch 1) and the
-  fastest is kept. The 1x1 conv4 is not eligible and stays a Conv.
-  `onnx-cp rewrite models/charcnn36.onnx {rules} --realize {a['realize']} -o out/charcnn/cp_{tag}.onnx`
+  RewriteConfig(ranks=..., realize=...))`, NLS fit; `realize="{a['realize']}"` unless the setting starts with
+  `auto:` (or `cp3:` / `cp4:`). With `auto`, each layer's cp4 and cp3 forms are timed in place against the
+  original Conv in onnxruntime (1 thread, batch 1) and the fastest is kept ("original" in the table: no CP
+  form was faster). Ranks above the layer's cost are capped (conv1 at 48, conv3 at 32). The 1x1 conv4
+  is not eligible and stays a Conv.
+  `onnx-cp rewrite models/charcnn36.onnx {rules} -o out/charcnn/cp_{tag}.onnx`
 - **top-1**: onnxruntime CPU EP on `models/charcnn36_test.npz`, `onnx_cp.evaluate`.
   `onnx-cp evaluate models/charcnn36.onnx --data models/charcnn36_test.npz` (likewise for
   `out/charcnn/cp_{tag}.onnx` and `models/charcnn36_cp.onnx`)
