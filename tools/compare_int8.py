@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,8 +48,14 @@ def quantize(model_path: Path, out: Path, input_name: str, calib: np.ndarray) ->
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source = model_path
+    model = onnx.load(str(model_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-channel DequantizeLinear (its axis attribute) needs opset 13
+        source = out.with_suffix(".opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(model, 13), str(source))
     prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     quantize_static(
         str(prepared), str(out), _Reader(input_name, calib),
         quant_format=QuantFormat.QDQ, per_channel=True,
