@@ -54,10 +54,11 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     sites = find_convs(model, shapes)
     chosen = select(sites, config)
     options = config.fit_options()
-    warm_fitter = ((lambda kernel, rank, seed, init: fit_kernel(kernel, rank, seed, options, init=init))
-                   if fitter is None else (lambda kernel, rank, seed, init: fitter(kernel, rank, seed)))
     if fitter is None:
         fitter = lambda kernel, rank, seed: fit_kernel(kernel, rank, seed, options)  # noqa: E731
+        warm_fitter = lambda kernel, rank, seed, init: fit_kernel(kernel, rank, seed, options, init=init)  # noqa: E731
+    else:  # an injected fitter has no warm starts
+        warm_fitter = lambda kernel, rank, seed, init: fitter(kernel, rank, seed)  # noqa: E731
 
     layers: list[LayerReport] = []
     planned: list[_Planned] = []

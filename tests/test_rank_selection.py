@@ -217,6 +217,15 @@ def test_candidate_ranks_are_multiples_of_16_on_large_layers():
     assert candidate_ranks(20, 0.25, 6)[0] >= 1
 
 
+def test_candidate_ranks_follow_the_rewrites_alignment():
+    from onnx_cp.conv import align_rank
+
+    ranks = candidate_ranks(100, 0.25, 6)
+    assert ranks and all(align_rank(r) == r and 1 <= r <= 100 for r in ranks)
+    unaligned = candidate_ranks(100, 0.25, 6, align=lambda r: r)
+    assert any(r % 8 for r in unaligned)
+
+
 # --- calibration and --target-speedup end to end ------------------------------------------------
 
 def test_calibration_reads_npz_npy_and_warns_on_random(tmp_path):

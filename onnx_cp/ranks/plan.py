@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from onnx_cp.conv import align_rank
 from onnx_cp.discover import ConvSite
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.ranks import cost as costs
@@ -21,7 +22,7 @@ from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer
 from onnx_cp.ranks.search import smallest_rank
 
 Progress = Callable[[str, int, int], None]
-LARGE = 256  # caps at or above this get candidate ranks in multiples of 16 (NCHWc blocks)
+LARGE = 256  # --max-error searches such layers in steps of 16 (their ranks are large anyway)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class _Layer:
     costs: list[float] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)  # layer output error per rank
     weight: float = 1.0  # sensitivity of the final outputs to this layer's output error
+    uniform: int = 0  # this layer's rank in the one-rank-for-all allocation
 
     def options(self) -> tuple[list[float], list[float]]:
         """Costs and damages of every option: each candidate rank, then the Conv kept as it is."""
@@ -127,16 +129,13 @@ def _by_error(plan: RankPlan, auto: list[_Layer], max_error: float, seed: int, f
     plan.summary = {"mode": "max-error", "max_error": max_error}
 
 
-def candidate_ranks(cap: int, share: float, count: int) -> list[int]:
-    """About ``count`` ranks from share/3 to 2.5 share of the cap (multiples of 16 on large layers)."""
+def candidate_ranks(cap: int, share: float, count: int,
+                    align: Callable[[int], int] = align_rank) -> list[int]:
+    """About ``count`` ranks from share/3 to 2.5 share of the cap, each passed through ``align``
+    (by default the rewrite's rounding to onnxruntime's NCHWc blocks, ``conv.align_rank``)."""
     lo, hi = max(share / 3, 1.0 / cap), min(1.0, max(2.5 * share, 2.0 / cap))
     fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
-    ranks = []
-    for f in fractions:
-        r = f * cap
-        r = int(round(r / 16) * 16) if cap >= LARGE else int(round(r))
-        ranks.append(min(cap, max(16 if cap >= LARGE else 1, r)))
-    return sorted(set(ranks))
+    return sorted({max(1, align(min(cap, max(1, int(round(f * cap)))))) for f in fractions})
 
 
 def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[ConvSite], shapes, config,
@@ -157,9 +156,11 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
             costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
     share = _first_share(selection, auto, ruled, model, sites, shapes, plan)
     uniform = uniform_rank(auto, share * sum(float(l.site.cost.macs) for l in auto))
+    align = align_rank if config.align_ranks else (lambda r: r)
     for layer in auto:  # the uniform-rank allocation is always one of the candidates
-        grid = candidate_ranks(layer.cap, share, selection.candidates)
-        layer.ranks = sorted(set(grid) | {min(uniform, layer.cap)})
+        grid = candidate_ranks(layer.cap, share, selection.candidates, align)
+        layer.uniform = max(1, align(min(uniform, layer.cap)))
+        layer.ranks = sorted(set(grid) | {layer.uniform})
     if selection.cost == "latency":
         if progress:
             progress("timing layers in onnxruntime", 0, len(auto))
@@ -204,7 +205,7 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
     def choose(budget: float) -> list[int]:
         """The best of the knapsack, uniform-error and uniform-rank allocations on the calibration
         inputs, refined by the search when one is asked for."""
-        starts = {name: (evaluate(p), p) for name, p in _starts(auto, options, budget, uniform).items()}
+        starts = {name: (evaluate(p), p) for name, p in _starts(auto, options, budget).items()}
         summary["starts"] = {name: value for name, (value, _) in starts.items()}
         summary["greedy_output_error"] = starts["knapsack"][0]
         best = min(starts.values(), key=lambda vp: vp[0])
@@ -252,7 +253,7 @@ def uniform_rank(auto: list[_Layer], budget_macs: float) -> int:
     return lo
 
 
-def _starts(auto: list[_Layer], options, budget: float, uniform: int) -> dict[str, list[int]]:
+def _starts(auto: list[_Layer], options, budget: float) -> dict[str, list[int]]:
     """Allocations within ``budget``: the knapsack on the proxy, --max-error alone (one kernel-error
     bound for all) and one rank for all (moved to cheaper options where it does not fit)."""
     from onnx_cp.ranks.refine import repair
@@ -264,7 +265,7 @@ def _starts(auto: list[_Layer], options, budget: float, uniform: int) -> dict[st
         starts["uniform error"] = uniform_error(kernel_errors, costs_, budget)
     except OnnxCpError:
         pass
-    starts["uniform rank"] = repair([l.ranks.index(min(uniform, l.cap)) for l in auto], options, budget)
+    starts["uniform rank"] = repair([l.ranks.index(l.uniform) for l in auto], options, budget)
     return starts
 
 
