@@ -143,6 +143,12 @@ def cp4_stage_counts(spec: ConvSpec) -> tuple[bool, bool]:
     return spec.kernel[0] > 1, spec.kernel[1] > 1
 
 
+def has_reduce_stage(spec: ConvSpec) -> bool:
+    """Whether the CP forms start with a 1x1 reduce: not for a single input channel, whose
+    scales fold into the first spatial stage."""
+    return spec.in_channels > 1
+
+
 def cp_cost(kind: str, spec: ConvSpec, rank: int, in_shape: tuple[int, ...] | None,
             out_shape: tuple[int, ...] | None, has_bias: bool) -> Cost:
     """Cost of the CP form ``kind`` (cp4 or cp3) at ``rank`` per group.
@@ -153,13 +159,13 @@ def cp_cost(kind: str, spec: ConvSpec, rank: int, in_shape: tuple[int, ...] | No
     g, r = spec.group, rank
     vertical, horizontal = cp4_stage_counts(spec)
     spatial_params = kh * kw if kind == "cp3" else kh * vertical + kw * horizontal
-    params = (spec.in_channels * r + g * r * spatial_params + spec.out_channels * r
+    params = ((spec.in_channels * r if has_reduce_stage(spec) else 0) + g * r * spatial_params + spec.out_channels * r
               + (spec.out_channels if has_bias else 0))
     if in_shape is None or out_shape is None:
         return Cost(None, params)
     n, _, hi, wi = in_shape
     _, _, ho, wo = out_shape
-    macs = n * hi * wi * spec.in_channels * r  # reduce, at the input resolution
+    macs = n * hi * wi * spec.in_channels * r if has_reduce_stage(spec) else 0  # at the input resolution
     if kind == "cp3":
         macs += n * g * r * ho * wo * kh * kw
     else:

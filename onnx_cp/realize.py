@@ -5,6 +5,9 @@ the vertical stage pads and strides rows, the horizontal stage columns. A groupe
 its groups in the 1x1 stages (group=G) around depthwise stages over G*R channels.
 A kernel axis with a single tap needs no stage: its factor is a per-channel scale, folded
 into stage 1, and its stride and pads move to the other spatial stage.
+A Conv with a single input channel (a grayscale first layer) needs no stage 1 either: it would
+only broadcast that channel to R scaled copies at the input resolution, so its scales go into
+the first spatial stage, which reads the one channel directly (a plain Conv 1 -> R).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_cp.conv import ConvSpec, cp4_stage_counts
+from onnx_cp.conv import ConvSpec, cp4_stage_counts, has_reduce_stage
 from onnx_cp.graph import NameAllocator
 
 STAGES_CP4 = ("reduce", "vertical", "horizontal", "expand")
@@ -45,10 +48,13 @@ def realize(kind: str, name: str, x: str, y: str, bias: str | None, spec: ConvSp
     builder = _Builder(name, dtype, names)
     one_by_one = _grouped({"kernel_shape": [1, 1]}, spec.group)
     if kind == "cp3":
-        current = builder.conv("reduce", x, us[:, :, None, None], one_by_one)
         spatial = uy[:, None, :, None] * ux[:, None, None, :]  # rank-one kh x kw kernel per channel
         attrs = {"kernel_shape": list(spec.kernel), "strides": list(spec.strides),
                  "dilations": list(spec.dilations), "group": us.shape[0], **_padding(spec, True, True)}
+        if has_reduce_stage(spec):
+            current = builder.conv("reduce", x, us[:, :, None, None], one_by_one)
+        else:
+            current, spatial, attrs["group"] = x, spatial * us[:, :, None, None], 1
         current = builder.conv("spatial", current, spatial, attrs)
     else:
         current = _cp4_middle(builder, x, us, uy, ux, spec)
@@ -62,19 +68,25 @@ def _cp4_middle(builder: "_Builder", x: str, us, uy, ux, spec: ConvSpec) -> str:
         us = us * uy[:, :1]
     if not keep_h:
         us = us * ux[:, :1]
-    current = builder.conv("reduce", x, us[:, :, None, None], _grouped({"kernel_shape": [1, 1]}, spec.group))
+    reduce = has_reduce_stage(spec)
+    current = x
+    if reduce:
+        current = builder.conv("reduce", x, us[:, :, None, None], _grouped({"kernel_shape": [1, 1]}, spec.group))
     kh, kw = spec.kernel
     spatial = [s for s, keep in (("vertical", keep_v), ("horizontal", keep_h)) if keep]
     h_owner, w_owner = spatial[0], spatial[-1]
     for stage in spatial:
         is_v = stage == "vertical"
         weight = uy[:, None, :, None] if is_v else ux[:, None, None, :]
+        first = stage == spatial[0]
+        if first and not reduce:
+            weight = weight * us[:, :, None, None]  # the single input channel's scales
         attrs = {
             "kernel_shape": [kh if is_v else 1, 1 if is_v else kw],
             "strides": [spec.strides[0] if stage == h_owner else 1,
                         spec.strides[1] if stage == w_owner else 1],
             "dilations": [spec.dilations[0] if is_v else 1, 1 if is_v else spec.dilations[1]],
-            "group": us.shape[0],
+            "group": 1 if first and not reduce else us.shape[0],
             **_padding(spec, stage == h_owner, stage == w_owner),
         }
         current = builder.conv(stage, current, weight, attrs)

@@ -24,7 +24,8 @@ def conv_configs(draw):
     if auto_pad.startswith("SAME"):
         dh = dw = 1  # onnxruntime runs no dilated Conv with SAME padding, original or not
     group = draw(st.sampled_from([1, 1, 2, 3]))
-    in_pg, out_pg = draw(st.integers(2, 4)), draw(st.integers(1, 4))
+    # One input channel (a grayscale first layer) only without groups: grouped, it is depthwise.
+    in_pg, out_pg = draw(st.integers(1 if group == 1 else 2, 4)), draw(st.integers(1, 4))
     # Input large enough for at least one output pixel in every padding mode.
     h = (kh - 1) * dh + 1 + draw(st.integers(0, 6))
     w = (kw - 1) * dw + 1 + draw(st.integers(0, 6))
@@ -61,7 +62,8 @@ def test_exact_rank_kernels_are_reproduced(cfg):
 
     onnx.checker.check_model(result.model, full_check=True)
     assert [l.status for l in result.report.layers] == ["rewritten"]
-    assert len(result.model.graph.node) == (3 if cfg["realize"] == "cp3" else 4 - (1 in (kh, kw)))
+    stages = 3 if cfg["realize"] == "cp3" else 4 - (1 in (kh, kw))
+    assert len(result.model.graph.node) == stages - (cfg["in_pg"] * g == 1)
     x = rng.standard_normal(x_shape).astype(np.float32)
     expected, = run(model, {"x": x})
     actual, = run(result.model, {"x": x})
@@ -77,6 +79,23 @@ def test_one_tap_axes_need_no_depthwise_stage():
                                  fitter=oracle_fitter(factors))
     assert [n.name for n in result.model.graph.node] == ["conv/cp/reduce", "conv/cp/horizontal",
                                                          "conv/cp/expand"]
+
+
+def test_single_input_channel_needs_no_reduce_stage():
+    rng = np.random.default_rng(3)
+    weight, factors = grouped_cp_kernel(rng, 6, 1, 5, 5, 1, 3)
+    model = conv_model((2, 1, 9, 9), weight.astype(np.float32), pads=[2, 2, 2, 2])
+    x = rng.standard_normal((2, 1, 9, 9)).astype(np.float32)
+    expected, = run(model, {"x": x})
+    for kind, names in (("cp4", ["conv/cp/vertical", "conv/cp/horizontal", "conv/cp/expand"]),
+                        ("cp3", ["conv/cp/spatial", "conv/cp/expand"])):
+        result = rewrite_with_report(model, RewriteConfig(ranks=(3,), cap_rank=False, realize=kind),
+                                     fitter=oracle_fitter([[u.copy() for u in f] for f in factors]))
+        assert [n.name for n in result.model.graph.node] == names
+        first = result.model.graph.node[0]
+        assert [a.i for a in first.attribute if a.name == "group"] == [1]  # a plain Conv 1 -> R
+        actual, = run(result.model, {"x": x})
+        assert relative_difference(expected, actual) < 1e-5
 
 
 def test_grouped_conv_keeps_groups_instead_of_a_block_diagonal_kernel():
