@@ -290,9 +290,10 @@ def test_stabilize_removes_a_cancelling_pair_within_the_error_bound():
 
 
 def test_stabilize_lowers_degeneracy_of_a_fit_of_a_random_kernel():
-    # At rank 16 an 8x8x3x3 Gaussian kernel is fitted by terms that cancel (measure ~1e3).
+    # At rank 16 an 8x8x3x3 Gaussian kernel is fitted by terms that cancel (measure ~1e4
+    # after 1000 iterations; the cancellation grows as the fit converges).
     tensor = np.random.default_rng(1).standard_normal((8, 8, 3, 3))
-    plain = cp_nls(tensor, 16, random_state=0, max_iter=300)
+    plain = cp_nls(tensor, 16, random_state=0, max_iter=1000)
     stable = cp_nls(tensor, 16, init=plain, max_iter=0, stabilize=True)
     assert degeneracy(plain).measure > 100
     assert degeneracy(stable).measure < degeneracy(plain).measure / 10

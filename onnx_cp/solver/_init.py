@@ -9,27 +9,14 @@ import numpy as np
 import scipy.linalg
 
 from ._cp import factors_from_cp
-from ._kernels import Matricization, balance, gramians, group_mttkrp, hadamard_except
+from ._kernels import Matricization, balance, gramians, hadamard_except
+from ._sweeps import als_sweep
 
 # ALS sweeps behind init="als": enough to leave the SVD start's bad basin, cheap next to NLS.
 ALS_INIT_SWEEPS = 5
 # A warm start with fewer terms than asked gets its new terms at this fraction of the
 # tensor norm: small enough to barely move the error, large enough to have a gradient.
 PAD_TERM_NORM = 1e-3
-
-
-def solve_gram(y: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """``y @ inv(gram)`` for a symmetric positive semi-definite R x R ``gram``.
-
-    A relative ridge of 1e-12 keeps the Cholesky factorization alive when the Gramian is
-    singular (more terms than the other modes can separate); least squares is the fallback.
-    """
-    ridge = 1e-12 * max(float(np.trace(gram)) / gram.shape[0], 1e-300)
-    try:
-        c = scipy.linalg.cho_factor(gram + ridge * np.eye(gram.shape[0]), check_finite=False)
-        return scipy.linalg.cho_solve(c, y.T, check_finite=False).T
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(gram, y.T, rcond=None)[0].T
 
 
 def fit_weights(mat: Matricization, t2: np.ndarray, factors: list[np.ndarray]) -> list[np.ndarray]:
@@ -72,23 +59,8 @@ def random_factors(shape: tuple[int, ...], rank: int, rng: np.random.Generator) 
 
 
 def als_sweeps(mat: Matricization, t2: np.ndarray, factors: list[np.ndarray], n_sweeps: int):
-    """``n_sweeps`` ALS sweeps, two large products per sweep (left group, then right group)."""
-    factors = list(factors)
-    k, n_modes = mat.k, len(factors)
     for _ in range(n_sweeps):
-        grams = gramians(factors)
-        w = t2 @ mat.kr_right(factors)
-        for i in range(k):
-            y = group_mttkrp(w, factors[:k], i)
-            factors[i] = solve_gram(y, hadamard_except(grams, {i}))
-            grams[i] = factors[i].T @ factors[i]
-        w = t2.T @ mat.kr_left(factors)
-        for j in range(n_modes - k):
-            i = k + j
-            y = group_mttkrp(w, factors[k:], j)
-            factors[i] = solve_gram(y, hadamard_except(grams, {i}))
-            grams[i] = factors[i].T @ factors[i]
-        factors = balance(factors)
+        factors = als_sweep(mat, t2, factors)
     return factors
 
 

@@ -1,6 +1,7 @@
-"""CP fitting by damped Gauss-Newton (Levenberg-Marquardt), as Tensorlab's cpd_nls.
+"""CP fitting by damped Gauss-Newton (Levenberg-Marquardt), as Tensorlab's cpd_nls, with ALS
+sweeps where they are cheaper.
 
-Minimizes ``1/2 ||T - [[U_1, ..., U_N]]||^2``. Each iteration
+Minimizes ``1/2 ||T - [[U_1, ..., U_N]]||^2``. A Gauss-Newton iteration
 
 1. takes the gradient from one MTTKRP per mode (one large product, the other reused from
    the evaluation of the point; see ``_objective``),
@@ -11,12 +12,16 @@ Minimizes ``1/2 ||T - [[U_1, ..., U_N]]||^2``. Each iteration
 3. evaluates the trial point (one large product) and accepts it only if the error drops;
    lambda follows Nielsen's update, so rejected steps get more damping.
 
+An ALS sweep (``_sweeps``) costs two large products and no CG. Each iteration runs the move
+that lowered the error most per estimated flop when it last ran (``descend``).
+
 The tensor is scaled to unit norm inside, so damping and tolerances are scale-free.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -27,7 +32,8 @@ from ._cg import pcg
 from ._cp import to_cptensor, zero_cptensor
 from ._init import initialize
 from ._kernels import GaussNewtonOperator, Matricization
-from ._objective import Objective
+from ._objective import Objective, Point
+from ._sweeps import MoveCosts, als_sweep
 from ._validate import as_rank, as_rng, as_tensor, check_positive
 from .stabilize import stabilize_factors
 from .state import SolverState
@@ -60,6 +66,10 @@ def cp_nls(
 ) -> CPTensor:
     """Fit a rank-``rank`` CP model to ``tensor`` by damped Gauss-Newton.
 
+    Iterations are Levenberg-Marquardt steps or ALS sweeps, whichever lowered the error most
+    per estimated flop when it last ran: sweeps far from a minimum and on unstructured kernels,
+    Gauss-Newton near a minimum. The choice uses flop counts, not the clock (deterministic).
+
     Parameters
     ----------
     tensor : array_like
@@ -75,7 +85,8 @@ def cp_nls(
         from its error; with fewer terms it gets small random terms added (norm 1e-3 of the
         tensor's), with more terms only the largest ``rank`` are kept.
     max_iter : int
-        Maximum number of accepted steps (0 returns the initialization).
+        Maximum number of accepted steps, Gauss-Newton steps and ALS sweeps together
+        (0 returns the initialization).
     tol : float
         Stop when an accepted step lowers the relative error by less than ``tol`` times
         its previous value.
@@ -140,7 +151,7 @@ def cp_nls(
     deadline = math.inf if max_time is None else t_start + max_time
     with _threads.single_blas_thread():
         factors = initialize(t, mat, rank, init, rng, norm)
-        factors = levenberg_marquardt(
+        factors = descend(
             mat.matrix(t), mat, factors, max_iter=max_iter, tol=tol, step_tol=step_tol,
             cg_max_iter=cg_max_iter, deadline=deadline, notify=notify,
         )
@@ -158,8 +169,27 @@ def _check_options(max_iter, tol, max_time, step_tol, cg_max_iter):
     check_positive("max_time", max_time, allow_none=True)
 
 
-def levenberg_marquardt(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline, notify):
-    """The damped Gauss-Newton loop on the unit-norm matrix view ``t2``; returns the factors."""
+@dataclass
+class _Move:
+    """The outcome of one move: the (possibly re-evaluated) start, the new point or None."""
+
+    start: Point
+    trial: Point | None
+    cost: float
+    step_norm: float = math.inf
+    x_norm: float = 0.0
+
+
+def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline, notify):
+    """Monotone descent on the unit-norm matrix view ``t2``; returns the factors.
+
+    Each iteration is either an ALS sweep or a Levenberg-Marquardt step, whichever lowered
+    ``log f`` most per estimated flop the last time it ran (untried moves first). ALS sweeps
+    win far from a minimum and in the swamps of unstructured kernels, where a Gauss-Newton
+    step's CG solves cost several sweeps for less progress; Gauss-Newton wins near a minimum,
+    where ALS slows to a crawl. The costs are flop counts, not clock readings, so a seed still
+    gives identical results.
+    """
     objective = Objective(t2, mat)
     point = objective.evaluate(factors)
     if not objective.trustworthy(point):
@@ -168,27 +198,76 @@ def levenberg_marquardt(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_ite
     reported = point.f
     if notify(0, math.sqrt(2 * max(point.f, 0.0))) or max_iter == 0:
         return factors
-    damping = None
-    growth = 2.0
-    cg_limit = min(CG_START, cg_max_iter)
-    for iteration in range(1, max_iter + 1):
-        if time.perf_counter() >= deadline:
+    costs = MoveCosts(mat, factors[0].shape[1])
+    gauss_newton = _GaussNewtonSteps(objective, cg_max_iter, step_tol)
+    rate = {"als": math.inf, "gn": math.inf}
+    iteration = 0
+    while iteration < max_iter and time.perf_counter() < deadline:
+        kind = "als" if rate["als"] >= rate["gn"] else "gn"
+        if kind == "als":
+            move = _als_move(objective, point, costs)
+        else:
+            move = gauss_newton.step(point, reported, deadline, costs)
+        point = move.start
+        trial = move.trial
+        if trial is None or not (trial.f < point.f and trial.f < reported):
+            if kind == "gn":
+                break  # no damping gives a decrease: a minimum, as far as rounding can tell
+            rate["als"] = 0.0  # ALS stalled; Gauss-Newton from here on
+            continue
+        rate[kind] = math.log(point.f / trial.f) / move.cost if trial.f > 0 else math.inf
+        iteration += 1
+        err_old = math.sqrt(2 * reported)
+        point = trial
+        reported = point.f
+        err = math.sqrt(2 * max(point.f, 0.0))
+        if notify(iteration, err):
             break
+        if err_old - err <= tol * err_old or move.step_norm <= step_tol * move.x_norm:
+            break
+        point = point.balanced(mat.k)
+    return point.factors
+
+
+def _als_move(objective: Objective, point: Point, costs: MoveCosts) -> _Move:
+    factors = als_sweep(objective.mat, objective.t2, point.factors, point.w_left)
+    trial = objective.evaluate(factors)
+    cost = costs.sweep + (costs.large if point.w_left is None else 0.0)
+    if not objective.trustworthy(point, trial, decrease=point.f - trial.f):
+        objective.explicit = True
+        point, trial = objective.evaluate(point.factors), objective.evaluate(factors)
+    return _Move(point, trial, cost)
+
+
+class _GaussNewtonSteps:
+    """Levenberg-Marquardt steps; damping and the CG limit carry over from step to step."""
+
+    def __init__(self, objective: Objective, cg_max_iter: int, step_tol: float):
+        self.objective, self.cg_max_iter, self.step_tol = objective, cg_max_iter, step_tol
+        self.damping: float | None = None
+        self.growth = 2.0
+        self.cg_limit = min(CG_START, cg_max_iter)
+
+    def step(self, point: Point, reported: float, deadline: float, costs: MoveCosts) -> _Move:
+        """One accepted step from ``point``, with as many damping increases as it takes."""
+        objective = self.objective
         op = GaussNewtonOperator(point.factors, point.grams)
         grad = objective.gradient(point, op.gamma)
+        trials = cg_total = 0
         if not np.any(grad):
-            break
+            return _Move(point, None, costs.gauss_newton(0, 0))
         diag_max = op.max_diagonal()
-        if damping is None:
-            damping = DAMPING_INIT * diag_max
+        if self.damping is None:
+            self.damping = DAMPING_INIT * diag_max
         # A vanishing damping would underflow and make the block preconditioner singular.
-        damping = max(damping, DAMPING_MIN * diag_max)
+        self.damping = max(self.damping, DAMPING_MIN * diag_max)
         x_norm = math.sqrt(sum(float(np.vdot(u, u)) for u in point.factors))
-        accepted = False
+        step_norm = math.inf
         while time.perf_counter() < deadline:
-            step, cg_resid, cg_used = pcg(op, grad, damping, cg_limit)
+            step, cg_resid, cg_used = pcg(op, grad, self.damping, self.cg_limit)
+            trials, cg_total = trials + 1, cg_total + cg_used
             # Decrease predicted by the Gauss-Newton model, from CG's residual r = -g - (A + lambda) p.
-            pred = 0.5 * (-grad @ step + step @ cg_resid + damping * (step @ step))
+            pred = 0.5 * (-grad @ step + step @ cg_resid + self.damping * (step @ step))
             trial = objective.evaluate([u + s for u, s in zip(point.factors, op.blocks(step))])
             if not objective.trustworthy(point, trial, decrease=point.f - trial.f):
                 objective.explicit = True
@@ -197,29 +276,17 @@ def levenberg_marquardt(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_ite
             step_norm = float(np.linalg.norm(step))
             if trial.f < point.f and trial.f < reported:
                 rho = (point.f - trial.f) / pred if pred > 0 else 0.0
-                damping *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-                growth = 2.0
+                self.damping *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+                self.growth = 2.0
                 # Solve more accurately while the quadratic model is trustworthy (fast local
                 # convergence), cheaply while it is not (far from a minimum).
-                if rho > 0.9 and cg_used >= cg_limit:
-                    cg_limit = min(2 * cg_limit, cg_max_iter)
+                if rho > 0.9 and cg_used >= self.cg_limit:
+                    self.cg_limit = min(2 * self.cg_limit, self.cg_max_iter)
                 elif rho < 0.5:
-                    cg_limit = max(cg_limit // 2, min(CG_START, cg_max_iter))
-                accepted = True
+                    self.cg_limit = max(self.cg_limit // 2, min(CG_START, self.cg_max_iter))
+                return _Move(point, trial, costs.gauss_newton(trials, cg_total), step_norm, x_norm)
+            self.damping *= self.growth
+            self.growth *= 2.0
+            if step_norm <= self.step_tol * x_norm or self.damping > DAMPING_MAX * diag_max:
                 break
-            damping *= growth
-            growth *= 2.0
-            if step_norm <= step_tol * x_norm or damping > DAMPING_MAX * diag_max:
-                break
-        if not accepted:
-            break
-        err_old = math.sqrt(2 * reported)
-        point = trial
-        reported = point.f
-        err = math.sqrt(2 * point.f)
-        if notify(iteration, err):
-            break
-        if err_old - err <= tol * err_old or step_norm <= step_tol * x_norm:
-            break
-        point = point.balanced(mat.k)
-    return point.factors
+        return _Move(point, None, costs.gauss_newton(trials, cg_total), step_norm, x_norm)
