@@ -69,6 +69,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--retrain", action="store_true", help="train the baseline even if one is cached")
     parser.add_argument("--refit", action="store_true",
                         help="rewrite and fine-tune every --ranks setting even if an earlier run left its model")
+    parser.add_argument("--control", action="store_true",
+                        help="also fine-tune the unmodified baseline with the same recipe, to show what the "
+                             "extra training alone is worth")
     parser.add_argument("--stop-after", choices=["train", "finetune"], default=None)
     parser.add_argument("--out-dir", type=Path, default=REPO / "out" / "charcnn")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "charcnn.md")
@@ -139,6 +142,8 @@ def main(argv: list[str]) -> int:
         else:
             runs.append(rewrite_and_finetune(setting, args, data["train"], (x_test, y_test)))
     facts["runs"] = runs
+    if args.control:
+        facts["control"] = finetune_control(args, facts.get("control"), data["train"], (x_test, y_test))
     _save(args.out_dir / "results.json", facts)
     if args.stop_after == "finetune":
         return 0
@@ -168,11 +173,8 @@ def main(argv: list[str]) -> int:
 
 def rewrite_and_finetune(setting: str, args, train_set, test_set) -> dict:
     """One --ranks setting: rewrite the baseline, fine-tune it, and top-1 after each step."""
-    import torch
-
     import onnx_cp
     from onnx_cp.evaluate import evaluate
-    from onnx_cp.finetune import finetune_with_report
 
     realize, _, spec = setting.rpartition(":")  # "auto:64": this setting's own --realize
     realize = realize or args.realize
@@ -193,19 +195,48 @@ def rewrite_and_finetune(setting: str, args, train_set, test_set) -> dict:
         + (f" r{l['rank']} err {l['rel_error']:.2f}" if l["rel_error"] is not None else "")
         for l in run["layers"]) + f"; top-1 {run['acc_rewritten']:.2%}", flush=True)
 
-    x, y = (torch.from_numpy(a) for a in train_set)
-    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=args.batch_size,
-                                          shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    tuned = finetune_with_report(cp_path, batches, epochs=args.ft_epochs, lr=args.ft_lr, teacher=args.baseline,
-                                 seed=args.seed, temperature=args.temperature, distill_weight=args.distill_weight,
-                                 device="cpu", callback=_Progress(f"ranks {setting}"))
-    onnx_cp.save_model(tuned.model, ft_path, overwrite=True)
+    tuned = _finetune(cp_path, ft_path, args, train_set, f"ranks {setting}")
     run.update(acc_tuned=evaluate(ft_path, *test_set).top1, finetune_seconds=tuned.report.seconds,
-               ft_epochs=args.ft_epochs, command="python tools/reproduce_lebedev.py " + shlex.join(sys.argv[1:]),
+               ft_epochs=args.ft_epochs, ft_lr=args.ft_lr, command="python tools/reproduce_lebedev.py " + shlex.join(sys.argv[1:]),
                epochs=[e.__dict__ for e in tuned.report.epochs], notes=tuned.report.notes)
     print(f"ranks {setting}: fine-tuned in {run['finetune_seconds']:.0f} s; top-1 {run['acc_tuned']:.2%}; "
           f"notes {run['notes']}", flush=True)
     return run
+
+
+def finetune_control(args, cached: dict | None, train_set, test_set) -> dict:
+    """The baseline itself through the same fine-tuning: the accuracy that the extra epochs
+    alone give, the fair reference for the rewritten models' figures."""
+    recipe = {"ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "seed": args.seed,
+              "distill_weight": args.distill_weight, "temperature": args.temperature}
+    path = args.out_dir / "control_ft.onnx"
+    if cached and cached.get("recipe") == recipe and path.exists() and not args.refit:
+        print(f"control: reusing {_shown(path)}", flush=True)
+        return cached
+    tuned = _finetune(args.baseline, path, args, train_set, "control")
+    from onnx_cp.evaluate import evaluate
+
+    run = {"recipe": recipe, "tuned": _shown(path), "acc_tuned": evaluate(path, *test_set).top1,
+           "finetune_seconds": tuned.report.seconds, "command": "python tools/reproduce_lebedev.py "
+           + shlex.join(sys.argv[1:])}
+    print(f"control: the baseline fine-tuned the same way: top-1 {run['acc_tuned']:.2%}", flush=True)
+    return run
+
+
+def _finetune(model: Path, out: Path, args, train_set, label: str):
+    import torch
+
+    import onnx_cp
+    from onnx_cp.finetune import finetune_with_report
+
+    x, y = (torch.from_numpy(a) for a in train_set)
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=args.batch_size,
+                                          shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    tuned = finetune_with_report(model, batches, epochs=args.ft_epochs, lr=args.ft_lr, teacher=args.baseline,
+                                 seed=args.seed, temperature=args.temperature, distill_weight=args.distill_weight,
+                                 device="cpu", callback=_Progress(label))
+    onnx_cp.save_model(tuned.model, out, overwrite=True)
+    return tuned
 
 
 _LAYER_FIELDS = {"node": "node", "status": "status", "form": "realization", "rank": "rank",
@@ -279,11 +310,19 @@ def render_doc(facts: dict) -> str:
                     f"{t['1'][0]['median_ms']:.3f} -> {t['1'][k]['median_ms']:.3f} ms (**{s1:.2f}x**) | "
                     f"{t['64'][0]['median_ms']:.2f} -> {t['64'][k]['median_ms']:.2f} ms (**{s64:.2f}x**) | "
                     f"{len(r['epochs'])} epochs, {r['finetune_seconds']:.0f} s |")
+    control = facts.get("control")
+    if control:
+        c = control["recipe"]
+        rows.append(f"| control: the baseline itself, fine-tuned the same way | original | "
+                    f"{tot['conv_macs_before'] / 1e6:.2f} M | {base:.2%} | | {control['acc_tuned']:.2%} | "
+                    f"{100 * (control['acc_tuned'] - base):+.2f} | (1.00x) | (1.00x) | "
+                    f"{c['ft_epochs']} epochs, {control['finetune_seconds']:.0f} s |")
     history = "\n".join(f"| {h['epoch']} | {h['loss']:.3f} | {h['train_acc']:.2%} | {h['val_acc']:.2%} | "
                          f"{h['test_acc']:.2%} | {h['seconds']:.0f} s |" for h in b["history"])
     spreads = [s["spread"] for batch in ("1", "64") for s in t[batch]]
     tag = ship["tag"]
-    lines = [b["command"]] + [r["command"] for r in facts["runs"] if r.get("command")] + [facts["command"]]
+    lines = ([b["command"]] + [r["command"] for r in facts["runs"] if r.get("command")]
+             + ([control["command"]] if control else []) + [facts["command"]])
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(lines))
     if len(dict.fromkeys(lines)) > 1:
         commands += ("\n\n(in this order: the first trains the baseline and renders the data; later ones reuse the "
