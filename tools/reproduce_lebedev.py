@@ -317,6 +317,14 @@ def render_doc(facts: dict) -> str:
                     f"{tot['conv_macs_before'] / 1e6:.2f} M | {base:.2%} | | {control['acc_tuned']:.2%} | "
                     f"{100 * (control['acc_tuned'] - base):+.2f} | (1.00x) | (1.00x) | "
                     f"{c['ft_epochs']} epochs, {control['finetune_seconds']:.0f} s |")
+    control_note = "" if not control else (
+        "- **control** (`--control`): the unmodified baseline through the same fine-tuning (same data, epochs,\n"
+        "  learning rate, distillation from itself). It shows what the extra training alone is worth, so the\n"
+        "  rewritten models' change in accuracy is not flattered by an under-trained baseline.\n"
+        "  `onnx-cp finetune models/charcnn36.onnx --data out/charcnn/train_"
+        f"{b['train_size']}_s1.npz --teacher models/charcnn36.onnx --epochs {control['recipe']['ft_epochs']} "
+        f"--lr {control['recipe']['ft_lr']} --batch-size {a['batch_size']} --threads {a['threads']} "
+        "-o out/charcnn/control_ft.onnx`\n")
     history = "\n".join(f"| {h['epoch']} | {h['loss']:.3f} | {h['train_acc']:.2%} | {h['val_acc']:.2%} | "
                          f"{h['test_acc']:.2%} | {h['seconds']:.0f} s |" for h in b["history"])
     spreads = [s["spread"] for batch in ("1", "64") for s in t[batch]]
@@ -361,8 +369,8 @@ What each figure is, and the `onnx-cp` command that gives it (the tool calls the
   RewriteConfig(ranks=..., realize=...))`, NLS fit; `realize="{a['realize']}"` unless the setting starts with
   `auto:` (or `cp3:` / `cp4:`). With `auto`, each layer's cp4 and cp3 forms are timed in place against the
   original Conv in onnxruntime (1 thread, batch 1) and the fastest is kept ("original" in the table: no CP
-  form was faster). Ranks above the layer's cost are capped (conv1 at 48, conv3 at 32). The 1x1 conv4
-  is not eligible and stays a Conv.
+  form was faster). A rank whose CP form would cost more multiply-adds than the layer is capped.
+  The 1x1 conv4 is not eligible and stays a Conv.
   `onnx-cp rewrite models/charcnn36.onnx {rules} -o out/charcnn/cp_{tag}.onnx`
 - **top-1**: onnxruntime CPU EP on `models/charcnn36_test.npz`, `onnx_cp.evaluate`.
   `onnx-cp evaluate models/charcnn36.onnx --data models/charcnn36_test.npz` (likewise for
@@ -372,7 +380,7 @@ What each figure is, and the `onnx-cp` command that gives it (the tool calls the
   {a['distill_weight']} T^2 KL(teacher || model) at T = {a['temperature']}, the baseline as teacher; torch on the CPU,
   {a['threads']} threads, seed {a['seed']}. The time is the training loop's wall time.
   `onnx-cp finetune out/charcnn/cp_{tag}.onnx --data out/charcnn/train_{b['train_size']}_s1.npz --teacher models/charcnn36.onnx --epochs {len(ship['epochs'])} --lr {a['ft_lr']} --batch-size {a['batch_size']} --threads {a['threads']} -o out/charcnn/cp_{tag}_ft.onnx`
-- **latency**: median `session.run` wall time, onnxruntime {facts['versions']['onnxruntime']} CPU EP, 1 intra-op thread,
+{control_note}- **latency**: median `session.run` wall time, onnxruntime {facts['versions']['onnxruntime']} CPU EP, 1 intra-op thread,
   graph optimization "all", the baseline and every fine-tuned model in alternation on the same
   random inputs ({a['runs']} timed runs at batch 1, {max(a['runs'] // 10, 20)} at batch 64), after all training had finished.
   `onnx-cp bench models/charcnn36.onnx models/charcnn36_cp.onnx --threads 1` (add `--batch 64`)
@@ -405,8 +413,8 @@ into, are counted under the original Conv.
 {_tables(facts['per_layer']['64'])}
 
 Machine: {facts['platform']}; torch {facts['versions']['torch']}, onnxruntime
-{facts['versions']['onnxruntime']}, numpy {facts['versions']['numpy']}. The 2 cores were shared with other
-engineers' jobs: 1-minute load average {t['load_before'][0]:.1f} before timing and {t['load_after'][0]:.1f} after;
+{facts['versions']['onnxruntime']}, numpy {facts['versions']['numpy']}. 1-minute load average
+{t['load_before'][0]:.1f} before timing and {t['load_after'][0]:.1f} after (2 cores);
 the largest relative spread (p90 - p10) / median of the latencies above is {max(spreads):.2f}.
 Everything else (per-layer kernel error, fine-tuning epochs, latency percentiles):
 `out/charcnn/results.json`.

@@ -184,7 +184,8 @@ def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline,
     """Monotone descent on the unit-norm matrix view ``t2``; returns the factors.
 
     Each iteration is either an ALS sweep or a Levenberg-Marquardt step, whichever lowered
-    ``log f`` most per estimated flop the last time it ran (untried moves first). ALS sweeps
+    ``log f`` most per estimated flop the last time it ran (untried moves first, Gauss-Newton
+    before ALS). ALS sweeps
     win far from a minimum and in the swamps of unstructured kernels, where a Gauss-Newton
     step's CG solves cost several sweeps for less progress; Gauss-Newton wins near a minimum,
     where ALS slows to a crawl. The costs are flop counts, not clock readings, so a seed still
@@ -203,7 +204,9 @@ def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline,
     rate = {"als": math.inf, "gn": math.inf}
     iteration = 0
     while iteration < max_iter and time.perf_counter() < deadline:
-        kind = "als" if rate["als"] >= rate["gn"] else "gn"
+        # Gauss-Newton first: a first sweep from the SVD start led into a worse basin on
+        # some kernels (the decaying 256x48x5x5 rank 64 of docs/solver.md stalled at 0.298).
+        kind = "als" if rate["als"] > rate["gn"] else "gn"
         if kind == "als":
             move = _als_move(objective, point, costs)
         else:
