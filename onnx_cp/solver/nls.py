@@ -45,6 +45,11 @@ DAMPING_MIN = 1e-15
 # CG iterations per step at the start; the limit doubles (up to cg_max_iter) after steps
 # whose decrease the Gauss-Newton model predicted well and halves after poor ones.
 CG_START = 5
+# Per iteration that a move sits idle, its last measured progress rate is scaled by this, so
+# it is re-tried after about 25 iterations of a move that progresses 10 times slower than it
+# last did (without this, a swamp kept ALS crawling for hundreds of sweeps on a 12x8x1x5
+# rank-5 tensor that Gauss-Newton recovers exactly).
+IDLE_RATE_GROWTH = 1.1
 # Damping beyond this multiple of the largest diagonal entry means no step can help.
 DAMPING_MAX = 1e12
 
@@ -219,6 +224,10 @@ def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline,
             rate["als"] = 0.0  # ALS stalled; Gauss-Newton from here on
             continue
         rate[kind] = math.log(point.f / trial.f) / move.cost if trial.f > 0 else math.inf
+        # The idle move's rate is an old measurement; let it grow so it gets re-tried (a swamp
+        # slows ALS to a crawl where a Gauss-Newton step measured long ago would now do better).
+        idle = "gn" if kind == "als" else "als"
+        rate[idle] *= IDLE_RATE_GROWTH
         iteration += 1
         err_old = math.sqrt(2 * reported)
         point = trial
