@@ -222,8 +222,8 @@ rewritten model (checked on export), the input/output names, dynamic batch, and 
 metadata naming each rewritten layer's nodes.
 
 Machine: {facts['platform']}; torch {facts['versions']['torch']}, onnxruntime
-{facts['versions']['onnxruntime']}, numpy {facts['versions']['numpy']}. The 2 cores were shared with
-other engineers' jobs: load average {facts['load_before'][0]:.1f} before timing and
+{facts['versions']['onnxruntime']}, numpy {facts['versions']['numpy']}. Load average
+(1-minute, 2 cores) {facts['load_before'][0]:.1f} before timing and
 {facts['load_after'][0]:.1f} after (1-minute); the largest relative spread (p90 - p10) / median of
 any timing above is {max(spreads, default=0):.2f}. Per-rank details (per-layer kernel error, epochs,
 latency percentiles): `out/mnist/results.json`.
