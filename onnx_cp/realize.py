@@ -78,15 +78,15 @@ def _cp4_middle(builder: "_Builder", x: str, us, uy, ux, spec: ConvSpec) -> str:
     for stage in spatial:
         is_v = stage == "vertical"
         weight = uy[:, None, :, None] if is_v else ux[:, None, None, :]
-        first = stage == spatial[0]
-        if first and not reduce:
+        reads_input = stage == spatial[0] and not reduce
+        if reads_input:
             weight = weight * us[:, :, None, None]  # the single input channel's scales
         attrs = {
             "kernel_shape": [kh if is_v else 1, 1 if is_v else kw],
             "strides": [spec.strides[0] if stage == h_owner else 1,
                         spec.strides[1] if stage == w_owner else 1],
             "dilations": [spec.dilations[0] if is_v else 1, 1 if is_v else spec.dilations[1]],
-            "group": 1 if first and not reduce else us.shape[0],
+            "group": 1 if reads_input else us.shape[0],
             **_padding(spec, stage == h_owner, stage == w_owner),
         }
         current = builder.conv(stage, current, weight, attrs)

@@ -133,7 +133,9 @@ def main(argv: list[str]) -> int:
         _save(args.out_dir / "results.json", facts)
         return 0
 
-    done = {r["tag"]: r for r in facts.get("runs", []) if (REPO / r["tuned"]).exists()}
+    # An earlier invocation's run is reused only if it was fine-tuned with this recipe.
+    done = {r["tag"]: r for r in facts.get("runs", [])
+            if (REPO / r["tuned"]).exists() and r.get("recipe") == _recipe(args)}
     runs = []
     for setting in settings:
         if _tag(setting) in done and not args.refit:  # an earlier invocation's run; --refit to redo it
@@ -197,7 +199,7 @@ def rewrite_and_finetune(setting: str, args, train_set, test_set) -> dict:
 
     tuned = _finetune(cp_path, ft_path, args, train_set, f"ranks {setting}")
     run.update(acc_tuned=evaluate(ft_path, *test_set).top1, finetune_seconds=tuned.report.seconds,
-               ft_epochs=args.ft_epochs, ft_lr=args.ft_lr, command="python tools/reproduce_lebedev.py " + shlex.join(sys.argv[1:]),
+               recipe=_recipe(args), command="python tools/reproduce_lebedev.py " + shlex.join(sys.argv[1:]),
                epochs=[e.__dict__ for e in tuned.report.epochs], notes=tuned.report.notes)
     print(f"ranks {setting}: fine-tuned in {run['finetune_seconds']:.0f} s; top-1 {run['acc_tuned']:.2%}; "
           f"notes {run['notes']}", flush=True)
@@ -207,8 +209,7 @@ def rewrite_and_finetune(setting: str, args, train_set, test_set) -> dict:
 def finetune_control(args, cached: dict | None, train_set, test_set) -> dict:
     """The baseline itself through the same fine-tuning: the accuracy that the extra epochs
     alone give, the fair reference for the rewritten models' figures."""
-    recipe = {"ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "seed": args.seed,
-              "distill_weight": args.distill_weight, "temperature": args.temperature}
+    recipe = _recipe(args)
     path = args.out_dir / "control_ft.onnx"
     if cached and cached.get("recipe") == recipe and path.exists() and not args.refit:
         print(f"control: reusing {_shown(path)}", flush=True)
@@ -221,6 +222,12 @@ def finetune_control(args, cached: dict | None, train_set, test_set) -> dict:
            + shlex.join(sys.argv[1:])}
     print(f"control: the baseline fine-tuned the same way: top-1 {run['acc_tuned']:.2%}", flush=True)
     return run
+
+
+def _recipe(args) -> dict:
+    """What decides a fine-tuned model besides its starting point."""
+    return {"ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "seed": args.seed, "batch_size": args.batch_size,
+            "distill_weight": args.distill_weight, "temperature": args.temperature, "train_size": args.train_size}
 
 
 def _finetune(model: Path, out: Path, args, train_set, label: str):
@@ -376,10 +383,10 @@ What each figure is, and the `onnx-cp` command that gives it (the tool calls the
   `onnx-cp evaluate models/charcnn36.onnx --data models/charcnn36_test.npz` (likewise for
   `out/charcnn/cp_{tag}.onnx` and `models/charcnn36_cp.onnx`)
 - **fine-tuning**: `onnx_cp.finetune`, the table's epochs over the {b['train_size']:,} training crops,
-  batch {a['batch_size']}, Adam lr {a['ft_lr']} with cosine decay, loss = (1 - {a['distill_weight']}) cross-entropy +
-  {a['distill_weight']} T^2 KL(teacher || model) at T = {a['temperature']}, the baseline as teacher; torch on the CPU,
-  {a['threads']} threads, seed {a['seed']}. The time is the training loop's wall time.
-  `onnx-cp finetune out/charcnn/cp_{tag}.onnx --data out/charcnn/train_{b['train_size']}_s1.npz --teacher models/charcnn36.onnx --epochs {len(ship['epochs'])} --lr {a['ft_lr']} --batch-size {a['batch_size']} --threads {a['threads']} -o out/charcnn/cp_{tag}_ft.onnx`
+  batch {ship['recipe']['batch_size']}, Adam lr {ship['recipe']['ft_lr']} with cosine decay, loss = (1 - {ship['recipe']['distill_weight']}) cross-entropy +
+  {ship['recipe']['distill_weight']} T^2 KL(teacher || model) at T = {ship['recipe']['temperature']}, the baseline as teacher; torch on the CPU,
+  {a['threads']} threads, seed {ship['recipe']['seed']}. The time is the training loop's wall time.
+  `onnx-cp finetune out/charcnn/cp_{tag}.onnx --data out/charcnn/train_{b['train_size']}_s1.npz --teacher models/charcnn36.onnx --epochs {len(ship['epochs'])} --lr {ship['recipe']['ft_lr']} --batch-size {ship['recipe']['batch_size']} --threads {a['threads']} -o out/charcnn/cp_{tag}_ft.onnx`
 {control_note}- **latency**: median `session.run` wall time, onnxruntime {facts['versions']['onnxruntime']} CPU EP, 1 intra-op thread,
   graph optimization "all", the baseline and every fine-tuned model in alternation on the same
   random inputs ({a['runs']} timed runs at batch 1, {max(a['runs'] // 10, 20)} at batch 64), after all training had finished.
