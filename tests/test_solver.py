@@ -89,6 +89,25 @@ def test_mttkrps_match_tensorly_for_every_mode(shape, rank):
         np.testing.assert_allclose(m, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("size, k", [(6, 6), (6, 2), (300, 4), (300, 200)])
+def test_svd_start_takes_the_leading_eigenvectors_of_every_unfolding(size, k):
+    # Both branches (full and partial eigendecomposition) and every mode position (the first
+    # and last modes skip the transposed copy).
+    from onnx_cp.solver._init import _leading_eigenvectors, _unfolding_gram
+
+    rng = np.random.default_rng(size + k)
+    x = rng.standard_normal((3, 4, 2, 5))
+    for mode in range(x.ndim):
+        np.testing.assert_allclose(_unfolding_gram(x, mode), tl.unfold(x, mode) @ tl.unfold(x, mode).T,
+                                   rtol=1e-12, atol=1e-12)
+    q = np.linalg.qr(rng.standard_normal((size, size)))[0]
+    values = np.geomspace(1.0, 1e-3, size)
+    vecs = _leading_eigenvectors((q * values) @ q.T, k)
+    assert vecs.shape == (size, k) and vecs.flags["C_CONTIGUOUS"]
+    # Each column is the eigenvector of the next largest eigenvalue, up to sign.
+    np.testing.assert_allclose(np.abs(np.sum(vecs * q[:, :k], axis=0)), 1.0, atol=1e-8)
+
+
 def test_a_size_one_mode_fits_as_well_as_without_it():
     rng = np.random.default_rng(3)
     kernel = rng.standard_normal((32, 25)) @ np.diag(0.8 ** np.arange(25)) @ rng.standard_normal((25, 25))

@@ -37,14 +37,13 @@ class BlockJacobi:
             else:
                 self.solvers.append(("chol", chol))
 
-    def __call__(self, r: np.ndarray) -> np.ndarray:
-        z = np.empty_like(r)
-        for rb, zb, (kind, mat) in zip(self.op.blocks(r), self.op.blocks(z), self.solvers):
+    def apply(self, r_blocks: list[np.ndarray], z_blocks: list[np.ndarray]) -> None:
+        """``z_n = r_n (Gamma_n + damping I)^-1`` for every mode, into ``z_blocks``."""
+        for rb, zb, (kind, mat) in zip(r_blocks, z_blocks, self.solvers):
             if kind == "inv":
                 np.matmul(rb, mat, out=zb)
             else:
                 zb[...] = scipy.linalg.lapack.dpotrs(mat, rb.T, lower=1)[0].T
-        return z
 
 
 def pcg(op: GaussNewtonOperator, grad: np.ndarray, damping: float, max_iter: int):
@@ -56,14 +55,18 @@ def pcg(op: GaussNewtonOperator, grad: np.ndarray, damping: float, max_iter: int
     precondition = BlockJacobi(op, damping)
     x = np.zeros_like(grad)
     r = -grad
-    z = precondition(r)
-    d = z.copy()
-    rz = float(r @ z)
+    z = np.empty_like(grad)
     q = np.empty_like(grad)
+    # The vectors are updated in place, so their per-mode views are made once.
+    r_blocks, z_blocks = op.blocks(r), op.blocks(z)
+    precondition.apply(r_blocks, z_blocks)
+    d = z.copy()
+    d_blocks, q_blocks = op.blocks(d), op.blocks(q)
+    rz = float(r @ z)
     stop = CG_TOL * float(np.linalg.norm(grad))
     used = 0
     for used in range(1, max_iter + 1):
-        op.apply(d, q, damping)
+        op.apply_blocks(d, d_blocks, q, q_blocks, damping)
         dq = float(d @ q)
         if dq <= 0:
             break
@@ -72,7 +75,7 @@ def pcg(op: GaussNewtonOperator, grad: np.ndarray, damping: float, max_iter: int
         r -= alpha * q
         if np.linalg.norm(r) <= stop:
             break
-        z = precondition(r)
+        precondition.apply(r_blocks, z_blocks)
         rz_new = float(r @ z)
         d *= rz_new / rz
         d += z

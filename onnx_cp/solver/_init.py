@@ -42,16 +42,42 @@ def svd_factors(tensor: np.ndarray, rank: int, rng: np.random.Generator) -> list
     """Leading left singular vectors of each unfolding; random unit columns beyond a mode's size."""
     factors = []
     for n, size in enumerate(tensor.shape):
-        a = np.moveaxis(tensor, n, 0).reshape(size, -1)
-        k = min(rank, size)
         # Eigenvectors of the (size x size) Gram matrix: cheap for conv kernels' channel counts.
-        _, vecs = scipy.linalg.eigh(a @ a.T, subset_by_index=[size - k, size - 1])
-        u = vecs[:, ::-1]
-        if k < rank:
-            pad = rng.standard_normal((size, rank - k))
-            u = np.hstack([u, pad / np.linalg.norm(pad, axis=0)])
-        factors.append(u)
+        vecs = _leading_eigenvectors(_unfolding_gram(tensor, n), min(rank, size))
+        if vecs.shape[1] < rank:
+            pad = rng.standard_normal((size, rank - vecs.shape[1]))
+            vecs = np.hstack([vecs, pad / np.linalg.norm(pad, axis=0)])
+        factors.append(vecs)
     return factors
+
+
+def _unfolding_gram(tensor: np.ndarray, n: int) -> np.ndarray:
+    """``X_(n) X_(n)^T``; the first and last modes need no transposed copy of the tensor."""
+    size = tensor.shape[n]
+    if n == 0:
+        a = tensor.reshape(size, -1)
+        return a @ a.T
+    if n == tensor.ndim - 1:
+        a = tensor.reshape(-1, size)
+        return a.T @ a
+    a = np.moveaxis(tensor, n, 0).reshape(size, -1)
+    return a @ a.T
+
+
+def _leading_eigenvectors(gram: np.ndarray, k: int) -> np.ndarray:
+    """The k leading eigenvectors as C-ordered columns, largest eigenvalue first.
+
+    A full decomposition is faster than a partial one unless k is a small part of a large
+    matrix (measured: 128 x 128 1.4 ms full, 2.0 ms for 32 vectors; 1024 x 1024, 64
+    vectors: 253 ms full, 106 ms partial). C order matters: LAPACK returns Fortran order,
+    and elementwise products keep it, which made every later Khatri-Rao product strided.
+    """
+    size = gram.shape[0]
+    if size <= 256 or 4 * k >= size:
+        vecs = np.linalg.eigh(gram)[1][:, size - k:]
+    else:
+        vecs = scipy.linalg.eigh(gram, subset_by_index=[size - k, size - 1])[1]
+    return np.ascontiguousarray(vecs[:, ::-1])
 
 
 def random_factors(shape: tuple[int, ...], rank: int, rng: np.random.Generator) -> list[np.ndarray]:

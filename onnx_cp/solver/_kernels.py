@@ -177,14 +177,18 @@ class GaussNewtonOperator:
 
     def apply(self, x: np.ndarray, out: np.ndarray, damping: float) -> np.ndarray:
         """``out = (J^T J + damping I) x`` for flat vectors."""
-        xs, outs = self.blocks(x), self.blocks(out)
+        return self.apply_blocks(x, self.blocks(x), out, self.blocks(out), damping)
+
+    def apply_blocks(self, x, x_blocks, out, out_blocks, damping: float) -> np.ndarray:
+        """``apply`` with the per-mode views of ``x`` and ``out`` made by the caller (CG makes
+        them once per solve; at small ranks making them cost as much as the products)."""
         z = self._z
-        for i, (u, xb) in enumerate(zip(self.factors, xs)):
+        for i, (u, xb) in enumerate(zip(self.factors, x_blocks)):
             np.matmul(xb.T, u, out=z[i])
         s = np.einsum("nmab,mab->nab", self.gamma_pair, z)
-        for i in range(len(xs)):
-            np.matmul(xs[i], self.gamma[i], out=outs[i])
-            outs[i] += np.matmul(self.factors[i], s[i], out=self._su[i])
+        for i, (u, xb, ob) in enumerate(zip(self.factors, x_blocks, out_blocks)):
+            np.matmul(xb, self.gamma[i], out=ob)
+            ob += np.matmul(u, s[i], out=self._su[i])
         if damping:
             out += damping * x
         return out

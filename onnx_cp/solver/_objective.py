@@ -62,10 +62,12 @@ class Objective:
             return Point(factors, 0.5 * float(np.vdot(resid, resid)), 0.0, grams, krl, resid=resid)
         w_left = self.t2 @ krr
         cross = w_left * krl
+        inner = float(np.sum(cross))
         h = hadamard_except(grams, set())
-        f = 0.5 * (1.0 - 2.0 * float(np.sum(cross)) + float(np.sum(h)))
+        f = 0.5 * (1.0 - 2.0 * inner + float(np.sum(h)))
         # Rounding bound of the three-term formula: eps times the magnitudes summed.
-        noise = FORMULA_EPS * (1.0 + float(np.sum(np.abs(h))) + 2.0 * float(np.sum(np.abs(cross))))
+        cross_abs = float(np.sum(np.abs(cross, out=cross)))
+        noise = FORMULA_EPS * (1.0 + float(np.sum(np.abs(h))) + 2.0 * cross_abs)
         return Point(factors, f, noise, grams, krl, w_left=w_left)
 
     def trustworthy(self, *points: Point, decrease: float | None = None) -> bool:

@@ -237,7 +237,8 @@ def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline,
             break
         if err_old - err <= tol * err_old or move.step_norm <= step_tol * move.x_norm:
             break
-        point = point.balanced(mat.k)
+        if kind == "gn":  # a sweep's factors come out balanced already
+            point = point.balanced(mat.k)
     return point.factors
 
 
