@@ -5,6 +5,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from onnx_cp.conv import align_rank
 from onnx_cp.decompose import METHODS, FitOptions
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.bench.config import OPT_LEVELS
@@ -137,6 +138,10 @@ class RewriteConfig:
             if rule.matches(names):
                 chosen = rule
         return chosen
+
+    def align_rank(self, rank: int) -> int:
+        """A rank onnx-cp computed, rounded to onnxruntime's NCHWc blocks unless ``align_ranks`` is off."""
+        return align_rank(rank) if self.align_ranks else rank
 
     def timing_options(self) -> TimingOptions:
         return TimingOptions(threads=self.threads, opt_level=self.opt_level)

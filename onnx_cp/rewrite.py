@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from onnx_cp.config import RewriteConfig
-from onnx_cp.conv import align_rank, cp_cost
+from onnx_cp.conv import cp_cost
 from onnx_cp.decompose import Fitter, KernelFit, fit_kernel
 from onnx_cp.discover import ConvSite, find_convs, site_report
 from onnx_cp.errors import OnnxCpError
@@ -257,7 +257,7 @@ def choose_rank(site: ConvSite, config: RewriteConfig) -> tuple[int | None, bool
         return None, False, None, "no --rank rule matches this layer"
     before, per_rank = rank_unit_cost(site, config.realize)
     cap = before // per_rank if config.cap_rank else None
-    align = align_rank if config.align_ranks else (lambda r: r)
+    align = config.align_rank
     if isinstance(rule.value, float):
         rank = align(max(1, int(rule.value * before // per_rank)))
     else:

@@ -373,3 +373,25 @@ def test_cp_als_warm_start_and_zero_tensor():
     assert relative_error(tensor, cp) < relative_error(tensor, start)
     zero = cp_als(np.zeros((3, 3, 3)), 2)
     assert all(np.all(f == 0) for f in zero.factors)
+
+
+def test_solver_limits_dense_gauss_newton_matches_the_operator():
+    # tools/solver_limits.py counts exact Levenberg-Marquardt iterations with a dense J^T J;
+    # it must be the matrix the solver's operator applies.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from solver_limits import dense_gauss_newton, exact_lm_iterations
+
+    from onnx_cp.solver._kernels import GaussNewtonOperator, gramians
+
+    rng = np.random.default_rng(7)
+    factors = [rng.standard_normal((s, 3)) for s in (4, 3, 2, 5)]
+    op = GaussNewtonOperator(factors)
+    x = rng.standard_normal(op.offsets[-1])
+    np.testing.assert_allclose(dense_gauss_newton(factors, gramians(factors)) @ x,
+                               op.apply(x, np.empty_like(x), 0.0), rtol=1e-12, atol=1e-12)
+    exact = tl.cp_to_tensor((None, [rng.standard_normal((s, 3)) for s in (6, 5, 3, 3)]))
+    iterations, err = exact_lm_iterations(exact, 3, 1e-6, 200)
+    assert iterations is not None and err <= 1e-6

@@ -156,7 +156,7 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
             costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
     share = _first_share(selection, auto, ruled, model, sites, shapes, plan)
     uniform = uniform_rank(auto, share * sum(float(l.site.cost.macs) for l in auto))
-    align = align_rank if config.align_ranks else (lambda r: r)
+    align = config.align_rank
     for layer in auto:  # the uniform-rank allocation is always one of the candidates
         grid = candidate_ranks(layer.cap, share, selection.candidates, align)
         layer.uniform = max(1, align(min(uniform, layer.cap)))

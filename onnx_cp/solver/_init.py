@@ -67,10 +67,10 @@ def _unfolding_gram(tensor: np.ndarray, n: int) -> np.ndarray:
 def _leading_eigenvectors(gram: np.ndarray, k: int) -> np.ndarray:
     """The k leading eigenvectors as C-ordered columns, largest eigenvalue first.
 
-    A full decomposition is faster than a partial one unless k is a small part of a large
-    matrix (measured: 128 x 128 1.4 ms full, 2.0 ms for 32 vectors; 1024 x 1024, 64
-    vectors: 253 ms full, 106 ms partial). C order matters: LAPACK returns Fortran order,
-    and elementwise products keep it, which made every later Khatri-Rao product strided.
+    LAPACK's full decomposition beats its partial one on this machine unless k is a small
+    part of a large matrix (a few hundred rows and more). C order matters: LAPACK returns
+    Fortran order, and elementwise products keep it, which made every later Khatri-Rao
+    product strided.
     """
     size = gram.shape[0]
     if size <= 256 or 4 * k >= size:

@@ -129,15 +129,15 @@ def balance(factors: list[np.ndarray]) -> list[np.ndarray]:
     The model is unchanged; equal norms keep J^T J's blocks on the same scale, which is what
     makes one damping parameter fit all modes. Terms with a zero column become all zero.
     """
-    n_modes = len(factors)
-    norms = np.stack([np.linalg.norm(u, axis=0) for u in factors])
-    term = np.prod(norms, axis=0)
-    target = term ** (1.0 / n_modes)
-    out = []
-    for u, nrm in zip(factors, norms):
-        scale = np.divide(target, nrm, out=np.zeros_like(target), where=nrm > 0)
-        out.append(u * scale)
-    return out
+    scales = balancing_scales(np.stack([np.linalg.norm(u, axis=0) for u in factors]))
+    return [u * c for u, c in zip(factors, scales)]
+
+
+def balancing_scales(norms: np.ndarray) -> np.ndarray:
+    """Per-mode column scales (N, R) that give every mode of term r the geometric mean of its
+    column ``norms`` (N, R); a term with a zero column gets scale 0 everywhere."""
+    target = np.prod(norms, axis=0) ** (1.0 / norms.shape[0])
+    return np.divide(target, norms, out=np.zeros_like(norms), where=norms > 0)
 
 
 class GaussNewtonOperator:

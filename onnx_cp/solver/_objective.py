@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import Matricization, gramians, group_mttkrp, hadamard_except
+from ._kernels import Matricization, balancing_scales, gramians, group_mttkrp, hadamard_except
 
 # Rounding model of the expanded formula (eps with room for long sums).
 FORMULA_EPS = 1e-13
@@ -35,9 +35,7 @@ class Point:
         Equal norms keep one damping parameter fair to all modes. The cached products scale
         column-wise, so they are rescaled rather than recomputed.
         """
-        norms = np.sqrt(np.stack([np.diag(g) for g in self.grams]))
-        target = np.prod(norms, axis=0) ** (1.0 / len(self.factors))
-        scales = np.divide(target, norms, out=np.zeros_like(norms), where=norms > 0)
+        scales = balancing_scales(np.sqrt(np.stack([np.diag(g) for g in self.grams])))
         factors = [u * c for u, c in zip(self.factors, scales)]
         grams = [g * np.outer(c, c) for g, c in zip(self.grams, scales)]
         c_left = np.prod(scales[:k], axis=0)

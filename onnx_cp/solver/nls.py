@@ -190,10 +190,9 @@ def descend(t2, mat, factors, *, max_iter, tol, step_tol, cg_max_iter, deadline,
 
     Each iteration is either an ALS sweep or a Levenberg-Marquardt step, whichever lowered
     ``log f`` most per estimated flop the last time it ran (untried moves first, Gauss-Newton
-    before ALS). ALS sweeps
-    win far from a minimum and in the swamps of unstructured kernels, where a Gauss-Newton
-    step's CG solves cost several sweeps for less progress; Gauss-Newton wins near a minimum,
-    where ALS slows to a crawl. The costs are flop counts, not clock readings, so a seed still
+    before ALS). ALS sweeps win far from a minimum and in the swamps of unstructured kernels,
+    where a Gauss-Newton step's CG solves cost several sweeps for less progress; Gauss-Newton
+    wins near a minimum, where ALS slows to a crawl. The costs are flop counts, not clock readings, so a seed still
     gives identical results.
     """
     objective = Objective(t2, mat)
