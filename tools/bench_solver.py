@@ -247,8 +247,8 @@ def run_case(case: Case, iters: int, als_threads: int) -> dict:
 
 # ------------------------------------------------------------------ report
 
-def fmt(x, spec):
-    return "not reached" if x is None else format(x, spec)
+def fmt(x, spec, unit=""):
+    return "not reached" if x is None else format(x, spec) + unit
 
 
 def shape_str(a: np.ndarray) -> str:
@@ -266,7 +266,7 @@ def tables(results: list[dict]) -> str:
         for row in res["rows"]:
             lines.append(
                 f"| {c.name} | {shape_str(c.kernel)} | {c.rank} | {row['init']} | {row['als_err']:.5f} "
-                f"| {row['als_time']:.1f} | {fmt(row['nls_time'], '.2f')} | {fmt(row['speedup'], '.1f')}x "
+                f"| {row['als_time']:.1f} | {fmt(row['nls_time'], '.2f')} | {fmt(row['speedup'], '.1f', 'x')} "
                 f"| {row['nls_err_at_als_time']:.5f} | {fmt(row['als_err_at_nls_time'], '.5f')} "
                 f"| {row['als_ahead']} of {len(res['traces']['ALS ' + row['init']].times)} |"
             )
@@ -403,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.als_threads or 'default'}. NLS: cp_nls defaults (svd init, one BLAS thread), "
         "budget = the longer ALS run's time.",
         "",
-        f"Speed-up of cp_nls to each ALS run's final error: min {fmt(min(reached, default=None), '.1f')}x, "
-        f"median {fmt(float(np.median(reached)) if reached else None, '.1f')}x; below the "
+        f"Speed-up of cp_nls to each ALS run's final error: min {fmt(min(reached, default=None), '.1f', 'x')}, "
+        f"median {fmt(float(np.median(reached)) if reached else None, '.1f', 'x')}; below the "
         f"{TARGET_SPEEDUP:.0f}x target in {below} of {len(speedups)} comparisons (never reaching "
         f"the ALS error counts as below). cp_nls's error at ALS's finishing time was higher than "
         f"ALS's in {worse_at_equal_time} of {len(speedups)}; ALS was below cp_nls's error at the "
