@@ -8,7 +8,7 @@ from typing import Mapping
 from onnx_cp.conv import align_rank
 from onnx_cp.decompose import METHODS, FitOptions
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.bench.config import OPT_LEVELS
+from onnx_cp.runtime import OPT_LEVELS
 from onnx_cp.layer_timing import TimingOptions
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.realize import REALIZATIONS

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.runtime import open_session, session_options
 
 # onnxruntime input type -> numpy dtype that x is cast to
 _FLOAT_INPUTS = {
@@ -184,23 +185,11 @@ def _check_data(x: np.ndarray, y: np.ndarray | None, where: str) -> tuple[np.nda
 
 
 def _session(model: onnx.ModelProto | str | Path, threads: int | None):
-    import onnxruntime as ort
-
     if threads is not None and threads < 1:
         raise OnnxCpError(f"threads={threads}; it must be at least 1")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    if isinstance(model, onnx.ModelProto):
-        source, name = model.SerializeToString(), "the model"
-    else:
-        if not Path(model).is_file():
-            raise OnnxCpError(f"{model}: no such file; pass the path of an .onnx model")
-        source, name = str(model), str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise OnnxCpError(f"{name}: onnxruntime cannot load it ({exc}); check it with onnx.checker") from exc
+    if not isinstance(model, onnx.ModelProto) and not Path(model).is_file():
+        raise OnnxCpError(f"{model}: no such file; pass the path of an .onnx model")
+    return open_session(model, session_options(threads=threads))
 
 
 def _dims(shape) -> str:

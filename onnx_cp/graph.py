@@ -36,6 +36,13 @@ class Constant:
         return np.dtype(helper.tensor_dtype_to_np_dtype(self.tensor.data_type))
 
 
+def runtime_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs fed at run time, in order: older exporters list initializers among the
+    graph inputs too, and those are not."""
+    initializers = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in initializers]
+
+
 class GraphIndex:
     """Maps tensor names to their producer node, consumers, and initializers (top graph only)."""
 
@@ -52,8 +59,7 @@ class GraphIndex:
                 if inp:
                     self.consumers.setdefault(inp, []).append(node)
         self.graph_outputs = {o.name for o in graph.output}
-        # Older exporters list initializers among the graph inputs too.
-        self.runtime_inputs = {i.name for i in graph.input if i.name not in self.initializers}
+        self.runtime_inputs = {i.name for i in runtime_inputs(graph)}
 
     def constant(self, name: str) -> Constant | str:
         """The constant value of tensor ``name``, or a reason why it is not a constant."""

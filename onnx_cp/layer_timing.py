@@ -26,12 +26,10 @@ class TimingOptions:
 
 def profile_timer(options: TimingOptions, input_shapes: Mapping[str, tuple[int, ...]]) -> Timer:
     def measure(models: Sequence[onnx.ModelProto]) -> list[dict[str, float]]:
-        from onnx_cp.bench import profile_nodes
+        from onnx_cp.bench import profile_outputs
 
-        profiles = profile_nodes(list(models), threads=options.threads, warmup=options.warmup,
-                                 runs=options.runs, input_shapes=dict(input_shapes),
-                                 opt_level=options.opt_level)
-        return [{out: layer.ms for layer in profile.layers for out in layer.outputs}
-                for profile in profiles]
+        return [layers for _, layers in profile_outputs(
+            list(models), threads=options.threads, warmup=options.warmup, runs=options.runs,
+            input_shapes=input_shapes, opt_level=options.opt_level)]
 
     return measure

@@ -128,6 +128,12 @@ def model_size(model: onnx.ModelProto) -> int:
     return light.ByteSize() + stubbed
 
 
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is too large for one protobuf message (2 GiB): it must be saved with
+    external data, and handed to onnxruntime as a path rather than serialized bytes."""
+    return model_size(model) >= _EXTERNAL_FROM
+
+
 def _light_copy(model: onnx.ModelProto, keep_damaged: bool) -> tuple[onnx.ModelProto, int]:
     light = onnx.ModelProto()
     stubbed = [0]
@@ -246,7 +252,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, overwrite: bo
     out = Path(path)
     check_output_path(out, protect=protect, overwrite=overwrite)
     folder = _folder(out)
-    large = model_size(model) >= _EXTERNAL_FROM
+    large = needs_external_data(model)
     data_name = out.name + ".data"
     if large:
         check_output_path(folder / data_name, protect=protect, overwrite=overwrite, data_of=out)

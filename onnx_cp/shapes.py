@@ -2,22 +2,40 @@
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import onnx
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.graph import runtime_inputs
 
 # Tensors larger than this lose their data in the copy given to shape inference: it needs
 # their dims, not their values, and copying a multi-GB model twice is what it must avoid.
 _KEEP_DATA_ELEMENTS = 4096
 
 
+def parse_input_shapes(values: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """``('images=1x3x224x224', ...)`` -> ``{'images': (1, 3, 224, 224)}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d < 1 for d in shape):
+            raise OnnxCpError(
+                f"--input-shape {value!r} is not NAME=DIMS; write it like images=1x3x224x224",
+                usage=True,
+            )
+        shapes[name] = shape
+    return shapes
+
+
 def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
                      ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """The concrete shape of each runtime input, and a warning per input whose dims were guessed."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = runtime_inputs(model.graph)
     known = {i.name for i in inputs}
     unknown = sorted(set(input_shapes) - known)
     if unknown:

@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from onnx_cp.bench import measure_latency  # noqa: E402
-from onnx_cp.commands.options import parse_input_shapes  # noqa: E402
 from onnx_cp.evaluate import load_dataset  # noqa: E402
+from onnx_cp.graph import runtime_inputs  # noqa: E402
+from onnx_cp.runtime import open_session, session_options  # noqa: E402
+from onnx_cp.shapes import parse_input_shapes  # noqa: E402
 
 
 class _Reader:
@@ -67,11 +69,7 @@ def quantize(model_path: Path, out: Path, input_name: str, calib: np.ndarray) ->
 
 def first_output(model_path: Path, name: str, x: np.ndarray, threads: int) -> np.ndarray:
     """The model's first output for every input, run one at a time (any output shape)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = open_session(model_path, session_options(threads=threads))
     return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
@@ -84,8 +82,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float | None, f
 
 
 def inputs(args, model: onnx.ModelProto) -> tuple[str, np.ndarray, np.ndarray | None]:
-    graph_inputs = {i.name for i in model.graph.initializer}
-    name = next(i.name for i in model.graph.input if i.name not in graph_inputs)
+    name = runtime_inputs(model.graph)[0].name
     if args.data is not None:
         x, y = load_dataset(args.data)
         return name, x[:args.eval_count], None if y is None else y[:args.eval_count]

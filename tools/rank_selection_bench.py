@@ -27,7 +27,6 @@ import onnx
 
 from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
 from onnx_cp.bench import measure_latency
-from onnx_cp.commands.options import parse_input_shapes
 from onnx_cp.discover import find_convs
 from onnx_cp.model_io import load_model
 from onnx_cp.ranks import proxy
@@ -37,7 +36,7 @@ from onnx_cp.ranks.cost import model_macs, rank_cost_macs
 from onnx_cp.ranks.fitting import solver_fitter
 from onnx_cp.ranks.plan import plan_ranks, uniform_rank
 from onnx_cp.rewrite import build_ranked, select
-from onnx_cp.shapes import infer_shapes
+from onnx_cp.shapes import infer_shapes, parse_input_shapes
 from onnx_cp.testing import ZOO_NAMES, materialize_zoo
 
 

@@ -32,10 +32,8 @@ import scipy.linalg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_solver import CHARCNN, alexnet_like_kernels, blas_limit, onnx_conv_kernels, run_als  # noqa: E402
 
-from onnx_cp.solver import cp_nls, relative_error  # noqa: E402
-from onnx_cp.solver._init import initialize  # noqa: E402
-from onnx_cp.solver._kernels import GaussNewtonOperator, Matricization, balance, hadamard_except  # noqa: E402
-from onnx_cp.solver._objective import Objective  # noqa: E402
+from onnx_cp.solver import (GaussNewtonOperator, Matricization, Objective, balance, cp_nls,  # noqa: E402
+                            hadamard_except, initial_factors, relative_error)
 
 ALS_SWEEPS = 200
 SWAMP_KERNELS = ("/features/features.6/Conv", "/features/features.3/Conv")
@@ -64,7 +62,7 @@ def exact_lm_iterations(kernel: np.ndarray, rank: int, target: float, max_iter: 
     t = kernel / np.linalg.norm(kernel)
     mat = Matricization(t.shape)
     objective = Objective(mat.matrix(t), mat)
-    point = objective.evaluate(initialize(t, mat, rank, "svd", np.random.default_rng(0), 1.0))
+    point = objective.evaluate(initial_factors(t, mat, rank, "svd", np.random.default_rng(0), 1.0))
     damping, growth = None, 2.0
     err = math.sqrt(2 * point.f)
     for iteration in range(1, max_iter + 1):

@@ -28,7 +28,7 @@ from typing import Mapping
 
 import onnx
 
-from onnx_cp.bench.metadata import CpLayer
+from onnx_cp.provenance import CpLayer
 
 _BOUNDARIES = "/_ "
 # Ops that onnxruntime fuses into a preceding Conv/pool before the NCHWc transformer names it.

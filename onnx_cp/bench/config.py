@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import onnxruntime as ort
-
+from onnx_cp import runtime
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.runtime import OPT_LEVELS
 
-OPT_LEVELS: Mapping[str, ort.GraphOptimizationLevel] = MappingProxyType({
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-})
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -67,19 +63,14 @@ class BenchConfig:
 
     def session_options(self) -> ort.SessionOptions:
         """Options for one CPU session: these threads, this optimization level, sequential."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = OPT_LEVELS[self.opt_level]
-        return options
+        return runtime.session_options(threads=self.threads, opt_level=self.opt_level)
 
     def to_dict(self) -> dict:
         return {
             "threads": self.threads, "warmup": self.warmup, "runs": self.runs, "batch": self.batch,
             "opt_level": self.opt_level, "seed": self.seed,
             "input_shapes": {name: list(dims) for name, dims in self.input_shapes.items()},
-            "onnxruntime": ort.__version__,
+            "onnxruntime": runtime.version(),
         }
 
 

@@ -1,12 +1,14 @@
 """Random inputs of the right dtype and shape, one set shared by every benchmarked model."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from onnx_cp.errors import OnnxCpError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

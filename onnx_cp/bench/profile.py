@@ -4,20 +4,22 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnx_cp.bench.attribution import Attribution
 from onnx_cp.bench.config import BenchConfig
 from onnx_cp.bench.feeds import make_feeds
-from onnx_cp.bench.metadata import CpLayer, read_cp_layers
 from onnx_cp.bench.runner import Callback, alternate
 from onnx_cp.bench.source import ModelLike, ModelSource, load_models
 from onnx_cp.bench.trace import TraceRuns, load_trace, split_runs
 from onnx_cp.bench.transforms import describe_transforms
+from onnx_cp.provenance import CpLayer, read_cp_layers
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,19 @@ def profile_nodes(models: Sequence[ModelLike], *, threads: int = 1, warmup: int 
     config = BenchConfig(threads=threads, warmup=warmup, runs=runs, input_shapes=input_shapes or {},
                          batch=batch, opt_level=opt_level, seed=seed)
     return profile_sources(load_models(models), config, feeds=feeds, callback=callback)
+
+
+def profile_outputs(models: Sequence[ModelLike], *, threads: int = 1, warmup: int = 10, runs: int = 50,
+                    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+                    opt_level: str = "all") -> list[tuple[float, dict[str, float]]]:
+    """Per model: (median total ms, {output tensor name: median ms of the layer that computes it}).
+
+    The per-layer timing that choosing ranks and forms needs: ``profile_nodes``, keyed by the
+    tensors each original node outputs, so the rewritten model's layers line up with the input's.
+    """
+    profiles = profile_nodes(models, threads=threads, warmup=warmup, runs=runs, input_shapes=input_shapes,
+                             opt_level=opt_level)
+    return [(p.total_ms, {out: layer.ms for layer in p.layers for out in layer.outputs}) for p in profiles]
 
 
 def profile_sources(sources: Sequence[ModelSource], config: BenchConfig, *,

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from onnx_cp.bench.feeds import describe_feeds
 from onnx_cp.errors import OnnxCpError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 # callback(phase, done, total): phase is "latency" or "profile"; done counts session runs.
 Callback = Optional[Callable[[str, int, int], None]]

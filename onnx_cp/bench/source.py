@@ -4,14 +4,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence
 
 import onnx
-import onnxruntime as ort
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.runtime import ModelLike, first_line, open_session
 
-ModelLike = Union[str, os.PathLike, onnx.ModelProto]
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,11 +25,7 @@ class ModelSource:
 
     def session(self, options: ort.SessionOptions) -> ort.InferenceSession:
         """A CPU session; onnxruntime's refusal becomes an OnnxCpError naming the model."""
-        what = str(self.path) if self.path is not None else self.proto.SerializeToString()
-        try:
-            return ort.InferenceSession(what, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise OnnxCpError(f"onnxruntime cannot load {self.label}: {_first_line(exc)}") from exc
+        return open_session(self.path if self.path is not None else self.proto, options, label=self.label)
 
 
 def load_models(models: Sequence[ModelLike]) -> list[ModelSource]:
@@ -62,14 +59,9 @@ def _load(model: ModelLike, index: int) -> ModelSource:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise OnnxCpError(f"{str(path)!r} is not an ONNX model ({_first_line(exc)}); pass an .onnx file",
+        raise OnnxCpError(f"{str(path)!r} is not an ONNX model ({first_line(exc)}); pass an .onnx file",
                           usage=True) from exc
     if proto.ir_version < 1 or not proto.HasField("graph"):
         raise OnnxCpError(f"{str(path)!r} is not an ONNX model (no IR version or graph); pass an .onnx file",
                           usage=True)
     return ModelSource(str(path), proto, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -8,6 +8,7 @@ import click
 
 from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import check_output_path, load_model, save_model
 
 _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model expects) and y (N int "
@@ -109,8 +110,7 @@ def _settings(config) -> dict:
 
 def _image_shape(model, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
     """C x H x W for image folders: --input-shape, else the model's static input shape."""
-    inits = {t.name for t in model.graph.initializer}
-    inp = next((i for i in model.graph.input if i.name not in inits), None)
+    inp = next(iter(runtime_inputs(model.graph)), None)
     if inp is None:
         return None
     if inp.name in shapes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.shapes import parse_input_shapes  # noqa: F401 (the subcommands import it from here)
 
 
 def one_line(text: str) -> str:
@@ -85,24 +86,6 @@ class ProjectCommand(OneLineUsage, click.Command):
                        f"{': ' + message if message else ''}); this is a bug: rerun with 'onnx-cp --debug "
                        f"{ctx.info_name} ...' for the traceback and report it", err=True)
             ctx.exit(1)
-
-
-def parse_input_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """``('images=1x3x224x224', ...)`` -> ``{'images': (1, 3, 224, 224)}``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values:
-        name, sep, dims = value.rpartition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if not sep or not name or not shape or any(d < 1 for d in shape):
-            raise OnnxCpError(
-                f"--input-shape {value!r} is not NAME=DIMS; write it like images=1x3x224x224",
-                usage=True,
-            )
-        shapes[name] = shape
-    return shapes
 
 
 input_shape_option = click.option(

@@ -13,7 +13,6 @@ lists node names) stays true.
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections import Counter
@@ -26,9 +25,11 @@ import onnx
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.finetune._deps import require_torch
 from onnx_cp.finetune.normalize import normalize
+from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import load_model
+from onnx_cp.provenance import carry
+from onnx_cp.runtime import open_session
 
-METADATA_KEY = "onnx_cp"
 # The TorchScript exporter's opset range (torch.onnx._constants in torch 2.x).
 _MIN_OPSET, _MAX_OPSET = 7, 20
 _NUMPY_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -83,7 +84,7 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
     torch, _ = require_torch()
     like = load_model(like)
     reference = normalize(like)
-    inputs = _runtime_inputs(reference.graph)
+    inputs = runtime_inputs(reference.graph)
     if len(inputs) != 1:
         raise OnnxCpError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); fine-tuning "
                           "supports models with one image input")
@@ -111,13 +112,13 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
     exported = onnx.load_from_string(buffer.getvalue())
     notes = notes if notes is not None else ExportNotes()
     _restore_names(exported, reference, notes)
-    _carry_metadata(exported, like, notes)
+    notes.metadata.extend(carry(like, exported, notes.nodes_of))
     return exported
 
 
 def example_input(model: onnx.ModelProto, batch: int = 2) -> np.ndarray:
     """Zeros of the model's input shape (the batch dimension set to ``batch`` when dynamic)."""
-    inp = _runtime_inputs(model.graph)[0]
+    inp = runtime_inputs(model.graph)[0]
     tensor = inp.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
     if dims and dims[0] == 0:
@@ -130,7 +131,7 @@ def example_input(model: onnx.ModelProto, batch: int = 2) -> np.ndarray:
 
 def fit_batch(model: onnx.ModelProto, x):
     """``x`` cut or repeated to the model's batch size when that is fixed; as it is otherwise."""
-    dim = _runtime_inputs(model.graph)[0].type.tensor_type.shape.dim
+    dim = runtime_inputs(model.graph)[0].type.tensor_type.shape.dim
     fixed = dim[0].dim_value if len(dim) and dim[0].HasField("dim_value") else 0
     if fixed <= 0 or len(x) == fixed:
         return x
@@ -156,7 +157,6 @@ def structure_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[s
 def max_difference(model: onnx.ModelProto, module, x) -> tuple[float, float]:
     """(largest |onnxruntime - torch| over the first output, largest |torch|) on batch ``x``."""
     torch, _ = require_torch()
-    import onnxruntime as ort
 
     was_training = module.training
     module.eval()
@@ -166,7 +166,7 @@ def max_difference(model: onnx.ModelProto, module, x) -> tuple[float, float]:
     finally:
         module.train(was_training)
     ref = first_output(ref).detach().cpu().numpy()
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = open_session(model)
     name = session.get_inputs()[0].name
     got = session.run(None, {name: np.asarray(torch.as_tensor(x).cpu().numpy())})[0]
     if got.shape != ref.shape:
@@ -259,42 +259,6 @@ def _tensor_names(graph: onnx.GraphProto) -> set[str]:
         names.update(node.output)
     names.discard("")
     return names
-
-
-def _carry_metadata(exported: onnx.ModelProto, like: onnx.ModelProto, notes: ExportNotes) -> None:
-    """Copy ``like``'s metadata_props; keep the onnx_cp layer map true to the exported node names."""
-    present = {n.name for n in exported.graph.node}
-    for prop in like.metadata_props:
-        value = prop.value
-        if prop.key == METADATA_KEY:
-            value = _remap_layers(value, present, notes)
-        exported.metadata_props.add(key=prop.key, value=value)
-
-
-def _remap_layers(raw: str, present: set[str], notes: ExportNotes) -> str:
-    try:
-        data = json.loads(raw)
-        layers = data["layers"]
-    except (ValueError, KeyError, TypeError):
-        notes.metadata.append(f"metadata {METADATA_KEY!r} is unreadable; copied as it was")
-        return raw
-    for layer in layers if isinstance(layers, list) else []:
-        nodes = layer.get("nodes") if isinstance(layer, dict) else None
-        if not isinstance(nodes, list):
-            continue
-        missing = [n for n in nodes if n not in present]
-        if not missing:
-            continue
-        remapped = [m for n in nodes for m in ([n] if n in present else notes.nodes_of.get(n, []))]
-        notes.metadata.append(f"layer {layer.get('node')!r}: nodes {missing} were exported under other "
-                              f"names; the metadata now lists {remapped}")
-        layer["nodes"] = remapped
-    return json.dumps(data)
-
-
-def _runtime_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in graph.initializer}
-    return [i for i in graph.input if i.name not in inits]
 
 
 def _dynamic_dims(value: onnx.ValueInfoProto) -> dict[int, str]:

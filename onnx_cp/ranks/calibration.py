@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.graph import runtime_inputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = runtime_inputs(model.graph)
     if len(inputs) != 1:
         raise OnnxCpError(f"rank selection feeds one input, but the model has {len(inputs)} "
                           f"({', '.join(i.name for i in inputs)})")

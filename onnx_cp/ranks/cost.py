@@ -57,11 +57,10 @@ Profiler = Callable[[Sequence[onnx.ModelProto]], list[tuple[float, dict[str, flo
 def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tuple[int, ...]],
                          warmup: int = 2, runs: int = 10) -> Profiler:
     def measure(models):
-        from onnx_cp.bench import profile_nodes
+        from onnx_cp.bench import profile_outputs
 
-        profiles = profile_nodes(list(models), threads=threads, warmup=warmup, runs=runs,
-                                 input_shapes=dict(shapes), opt_level=opt_level)
-        return [(p.total_ms, {out: layer.ms for layer in p.layers for out in layer.outputs}) for p in profiles]
+        return profile_outputs(list(models), threads=threads, warmup=warmup, runs=runs, input_shapes=shapes,
+                               opt_level=opt_level)
 
     return measure
 

@@ -7,25 +7,24 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnx_cp.ranks.fitting import LayerFit
+from onnx_cp.runtime import open_session, session_options
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.float16): onnx.TensorProto.FLOAT16,
           np.dtype(np.float64): onnx.TensorProto.DOUBLE}
 
 
 def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return open_session(model, session_options(threads=threads, quiet=True))
 
 
 def run(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], threads: int = 1,

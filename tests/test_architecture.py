@@ -1,0 +1,103 @@
+"""The package's shape: `import onnx_cp` stays light, and no two modules import each other."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "onnx_cp"
+HEAVY = ("onnxruntime", "rich", "torch", "optuna")
+
+
+def test_import_onnx_cp_loads_no_heavy_dependency():
+    code = ("import sys, onnx_cp; "
+            f"print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], f"`import onnx_cp` loads {done.stdout.split()}"
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is a package's __init__)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _imports(name: str, path: Path, is_package: bool, modules) -> set[str]:
+    """The package's modules that ``name`` imports anywhere in its file (inside functions and
+    ``if TYPE_CHECKING:`` too), relative imports resolved. ``from package import sub`` counts
+    as importing the submodule, not the package."""
+    package = name if is_package else name.rpartition(".")[0]
+    targets = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            targets += [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
+    found = set()
+    for target in targets:
+        while target and target not in modules:  # `import a.b.c` of a name inside module a.b
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.add(target)
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return components
+
+
+def test_the_cycle_finder_sees_imports_inside_functions():
+    # a -> b at top level, b -> a inside a function: one circle; c -> a alone is none
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert _cycles(graph) == [["a", "b"]]
+
+
+@pytest.mark.xfail(reason="rewrite<->ranks.plan cycle is being removed", strict=False)
+def test_no_module_imports_itself_through_others():
+    modules = _modules()
+    graph = {name: _imports(name, path, is_package, modules) for name, (path, is_package) in modules.items()}
+    assert len(graph) > 50 and graph["onnx_cp.bench.report"], "the import graph came out empty"
+    cycles = _cycles(graph)
+    described = ["; ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in cycles]
+    assert not cycles, "import circles:\n" + "\n".join(described)
