@@ -33,6 +33,11 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--calib-count", default=8, show_default=True, help="Calibration inputs used at most.")
 @click.option("--search", default=0, show_default=True, metavar="N",
               help="Refine the allocation with N Bayesian-optimization trials (optuna) on the proxy.")
+@click.option("--search-storage", default=None, metavar="URL",
+              help="Keep the --search trials in this optuna database (sqlite:///study.db, postgresql://...): "
+                   "processes on one study share trials, and a later run resumes it.")
+@click.option("--study-name", default=None, metavar="NAME",
+              help="The study in --search-storage [default: named after the layers and candidate ranks].")
 @click.option("--cost", type=click.Choice(["macs", "latency"]), default="macs", show_default=True,
               help="What --target-speedup counts: multiply-adds, or per-layer times measured in onnxruntime.")
 @click.option("--layers", multiple=True, metavar="GLOB",
@@ -62,6 +67,7 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
 def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, search,
+                    search_storage, study_name,
                     cost, layers, exclude, method, max_iter, max_time, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
     """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
@@ -69,7 +75,8 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
     if max_error is not None or target_speedup is not None or budget_macs is not None:
         selection = RankSelection(max_error=max_error, target_speedup=target_speedup,
                                   budget_macs=None if budget_macs is None else int(budget_macs), calib=calib,
-                                  calib_count=calib_count, search=search, cost=cost, seed=seed)
+                                  calib_count=calib_count, search=search, cost=cost, seed=seed,
+                                  storage=search_storage, study_name=study_name)
     config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
                            max_iter=max_iter, max_time=max_time, stabilize=stabilize, seed=seed,
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
@@ -78,6 +85,10 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
     check_output_path(Path(output), protect=model, overwrite=overwrite)
     if report_path:
         check_output_path(report_path, protect=[model, output], option="--report")
+    if selection is not None and selection.storage:
+        from onnx_cp.ranks.refine import open_storage
+
+        open_storage(selection.storage)  # a malformed or unreachable database fails before the fits
     console = make_console(stderr=True, quiet=quiet)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:

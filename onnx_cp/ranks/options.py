@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.ranks.refine import check_storage_url
 
 COSTS = ("macs", "latency")
 
@@ -20,6 +21,9 @@ class RankSelection:
         None: random inputs (with a note in the report).
     calib_count: how many calibration inputs the proxy uses at most.
     search: Bayesian-optimization trials (optuna) that refine the greedy allocation.
+    storage: an RDB URL (``sqlite:///study.db``, ``postgresql://...``) where the search keeps its
+        trials, so several processes share one study and a later run resumes it; None: in memory.
+    study_name: the study in ``storage``; None: named after the layers and candidate ranks.
     candidates: ranks fitted per layer for the error and cost curves.
     measure: time the original and the rewritten model when a speed-up is targeted, and
         re-allocate (at most ``rounds`` times) when the measured speed-up falls short.
@@ -31,6 +35,8 @@ class RankSelection:
     calib: str | None = None
     calib_count: int = 8
     search: int = 0
+    storage: str | None = None
+    study_name: str | None = None
     cost: str = "macs"
     candidates: int = 6
     measure: bool = True
@@ -58,6 +64,14 @@ class RankSelection:
                               "--target-speedup for a latency budget", usage=True)
         if self.search < 0:
             raise OnnxCpError(f"--search must be 0 or more trials, got {self.search}", usage=True)
+        if self.storage is not None:
+            if not self.search:
+                raise OnnxCpError("--search-storage keeps the trials of --search; give --search N as well",
+                                  usage=True)
+            check_storage_url(self.storage)
+        if self.study_name is not None and (self.storage is None or not self.study_name.strip()):
+            raise OnnxCpError("--study-name names a study in --search-storage; give --search-storage URL and a "
+                              "non-empty name", usage=True)
         if self.calib_count < 1:
             raise OnnxCpError(f"--calib-count must be at least 1, got {self.calib_count}", usage=True)
         if self.candidates < 2:

@@ -215,7 +215,9 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
         from onnx_cp.ranks.refine import refine
 
         known = {tuple(p): v for v, p in starts.values()}
-        picks, value = refine(options, budget, known, evaluate, selection.search, selection.seed, progress)
+        picks, value = refine(options, budget, known, evaluate, selection.search, selection.seed, progress,
+                              storage=selection.storage, study_name=selection.study_name,
+                              space=[(l.site.name, l.ranks) for l in auto])
         summary["search_trials"], summary["output_error"] = selection.search, value
         return picks
 
