@@ -103,59 +103,68 @@ def ratio(before: int | None, after: int | None) -> str:
 
 
 def render_rewrite(report: RewriteReport, console) -> None:
-    from rich.table import Table
+    """The per-layer table, the rank selection and the notes, within the console's width."""
+    from rich.text import Text
 
-    table = Table(title=f"onnx-cp rewrite ({report.method})", title_justify="left")
+    from onnx_cp.table import draw
+
+    draw(rewrite_table(report), console)
+    if report.rank_selection:
+        console.print(Text(describe_selection(report.rank_selection)))
+    for note in report.notes:
+        console.print(Text.assemble(("note:", "yellow"), " ", note))
+
+
+# Left out first when the terminal is narrow; the layer, its form, rank, error, MACs and note stay.
+_OPTIONAL = ("fit s", "params", "params after", "degen.", "proxy", "kernel", "cost", "cost ms", "MACs")
+
+
+def rewrite_table(report: RewriteReport):
+    """The report as a ``Table`` of strings: one row per Conv, totals in the footer."""
+    from onnx_cp.table import Table
+
     selection = report.rank_selection
-    columns = [("layer", "left"), ("kernel", "left"), ("form", "left"), ("rank", "right"),
-               ("kernel err", "right"), ("degen.", "right"), ("MACs", "right"),
-               ("MACs after", "right"), ("params", "right"), ("params after", "right"),
-               ("fit s", "right"), ("note", "left")]
+    latency = bool(selection) and selection.get("cost") == "latency"
+    headers = ["layer", "kernel", "form", "rank", "kernel err", "degen.", "MACs", "MACs after", "params",
+               "params after", "fit s", "note"]
     if selection:
-        columns[5:5] = [("proxy", "right"), ("cost" + (" ms" if selection.get("cost") == "latency" else ""),
-                                             "right")]
-    for col, justify in columns:
-        table.add_column(col, justify=justify, overflow="fold")
+        headers[5:5] = ["proxy", "cost ms" if latency else "cost"]
+    table = Table(f"onnx-cp rewrite ({report.method})", headers,
+                  [h not in ("layer", "kernel", "form", "note") for h in headers],
+                  optional=tuple(headers.index(h) for h in _OPTIONAL if h in headers))
 
     def extra(l: LayerReport) -> list[str]:
         if not selection:
             return []
         return ["-" if l.proxy_error is None else f"{l.proxy_error:.4f}",
-                "-" if l.cost is None else
-                f"{l.cost:.3f}" if selection.get("cost") == "latency" else human(l.cost)]
+                "-" if l.cost is None else f"{l.cost:.3f}" if latency else human(l.cost)]
 
     for l in report.layers:
         kernel = "x".join(map(str, l.kernel)) if l.kernel else "-"
         if l.group and l.group > 1:
             kernel += f" g{l.group}"
         if l.status == "rewritten":
-            note = "rank capped" if l.rank_capped else ""
+            notes = ["rank capped"] if l.rank_capped else []
             if l.stabilized:
-                note = (note + "; " if note else "") + "stabilized"
+                notes.append("stabilized")
             if l.timings_ms:
-                speedup = l.timings_ms["original"] / l.timings_ms[l.realization]
-                note = (note + "; " if note else "") + f"{speedup:.2f}x faster alone"
-            table.add_row(l.node, kernel, l.realization, str(l.rank) + ("*" if l.rank_capped else ""),
-                          f"{l.rel_error:.4f}", *extra(l), f"{l.degeneracy:.2f}", human(l.macs_before),
-                          human(l.macs_after), human(l.params_before), human(l.params_after),
-                          f"{l.fit_seconds:.2f}", note)
+                notes.append(f"{l.timings_ms['original'] / l.timings_ms[l.realization]:.2f}x faster alone")
+            table.rows.append([l.node, kernel, l.realization, str(l.rank) + ("*" if l.rank_capped else ""),
+                               f"{l.rel_error:.4f}", *extra(l), f"{l.degeneracy:.2f}", human(l.macs_before),
+                               human(l.macs_after), human(l.params_before), human(l.params_after),
+                               f"{l.fit_seconds:.2f}", "; ".join(notes)])
         else:
-            table.add_row(l.node, kernel, "conv", "-", "-", *(["-", "-"] if selection else []), "-",
-                          human(l.macs_before), human(l.macs_before),
-                          human(l.params_before), human(l.params_before), "-",
-                          f"[dim]{l.status}: {l.reason}[/dim]")
+            table.rows.append([l.node, kernel, "conv", "-", "-", *(["-", "-"] if selection else []), "-",
+                               human(l.macs_before), human(l.macs_before), human(l.params_before),
+                               human(l.params_before), "-", f"{l.status}: {l.reason}"])
+        table.emphasis.append(l.status == "rewritten")
     t = report.totals()
-    table.add_section()
-    table.add_row("total", "", "", "", "", *(["", ""] if selection else []), "", human(t["conv_macs_before"]),
-                  human(t["conv_macs_after"]),
-                  human(t["conv_params_before"]), human(t["conv_params_after"]), "",
-                  f"{t['layers_rewritten']} of {t['layers_total']} rewritten; Conv MACs "
-                  f"{ratio(t['conv_macs_before'], t['conv_macs_after'])} fewer")
-    console.print(table)
-    if selection:
-        console.print(describe_selection(selection))
-    for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    table.footer.append(["total", "", "", "", "", *(["", ""] if selection else []), "",
+                         human(t["conv_macs_before"]), human(t["conv_macs_after"]), human(t["conv_params_before"]),
+                         human(t["conv_params_after"]), "",
+                         f"{t['layers_rewritten']} of {t['layers_total']} rewritten; Conv MACs "
+                         f"{ratio(t['conv_macs_before'], t['conv_macs_after'])} fewer"])
+    return table
 
 
 def describe_selection(s: dict) -> str:

@@ -147,7 +147,7 @@ def test_cli_prints_accuracy_line_and_json(tmp_path):
     np.savez(data, x=X, y=LABELS)
     result = CliRunner().invoke(evaluate_command, [str(model), "--data", str(data), "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "top-1 40.00%  top-5 60.00%  (5 images)"
+    assert result.output.strip() == f"{model}: top-1 40.00%  top-5 60.00%  (5 images)"
     result = CliRunner().invoke(evaluate_command, [str(model), "--data", str(data), "--json"])
     assert json.loads(result.output) == {
         "model": str(model), "data": str(data), "top1": 0.4, "top5": 0.6, "count": 5,

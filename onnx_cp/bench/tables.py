@@ -1,30 +1,12 @@
 """The report as plain tables of strings, which every renderer (terminal, Markdown, HTML) draws."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from onnx_cp.bench.compare import Comparison, LayerComparison
 from onnx_cp.bench.profile import NodeProfile
 from onnx_cp.bench.report import BenchReport
+from onnx_cp.table import Table
 
 DASH = "-"
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    numeric: list[bool]
-    rows: list[list[str]] = field(default_factory=list)
-    emphasis: list[bool] = field(default_factory=list)  # rows to highlight: rewritten layers
-    footer: list[list[str]] = field(default_factory=list)
-    optional: set[int] = field(default_factory=set)  # columns a narrow terminal may leave out
-
-    def without(self, columns: set[int]) -> "Table":
-        keep = [k for k in range(len(self.headers)) if k not in columns]
-        pick = lambda cells: [cells[k] for k in keep]  # noqa: E731
-        return Table(self.title, pick(self.headers), pick(self.numeric), [pick(r) for r in self.rows],
-                     list(self.emphasis), [pick(r) for r in self.footer])
 
 
 def ms(value: float | None) -> str:
@@ -53,7 +35,7 @@ def latency_table(report: BenchReport) -> Table:
     first = report.models[0].latency.median
     table = Table("Whole-model latency (ms)",
                   ["model", "median", "p10", "p90", "mean", "min", "spread", "vs first"],
-                  [False, True, True, True, True, True, True, True], optional={2, 3, 4, 5})
+                  [False, True, True, True, True, True, True, True], optional=(4, 5, 2, 3))
     for m in report.models:
         s = m.latency
         table.rows.append([m.label, ms(s.median), ms(s.p10), ms(s.p90), ms(s.mean), ms(s.min),
@@ -66,7 +48,7 @@ def comparison_table(c: Comparison) -> Table:
     table = Table(f"Per layer: {c.original} -> {c.rewritten} (median per run, from the profiler)",
                   ["layer", "op", "orig ms", "rewr ms", "speed-up", "MAC ratio", "efficiency",
                    "% orig", "% rewr"],
-                  [False, False, True, True, True, True, True, True, True], optional={1, 7, 8})
+                  [False, False, True, True, True, True, True, True, True], optional=(8, 7, 1))
     for row in c.layers:
         op = (f"CP r={row.rank}" if row.rank else "CP") if row.rewritten else row.op
         table.rows.append(_comparison_cells(row, op))
@@ -80,7 +62,7 @@ def comparison_table(c: Comparison) -> Table:
 def profile_table(p: NodeProfile) -> Table:
     table = Table(f"Per layer: {p.label} (median per run, from the profiler)",
                   ["layer", "op", "ms", "share", "onnxruntime nodes"], [False, False, True, True, False],
-                  optional={1, 4})
+                  optional=(4, 1))
     for layer in p.layers:
         nodes = ", ".join(n.name for n in layer.nodes)
         table.rows.append([layer.layer + ("" if layer.mapped else " (unmapped)"), layer.op, ms(layer.ms),

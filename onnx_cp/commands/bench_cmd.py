@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from onnx_cp.bench import BenchConfig, OPT_LEVELS, render_html, render_json, render_markdown, render_terminal, run_bench
-from onnx_cp.commands.options import ProjectCommand, parse_input_shapes
+from onnx_cp.commands.options import ProjectCommand, make_console, parse_input_shapes
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.model_io import check_output_path, save_text
 
@@ -59,10 +59,7 @@ def bench_command(models: tuple[str, ...], threads: int, warmup: int, runs: int,
 
         report = run_bench(list(models), config, per_node=per_node, callback=callback)
 
-    console = Console(stderr=json_path == "-")
-    if not console.is_terminal:  # a pipe or file: no width to respect, so keep table rows on one line
-        console.width = max(console.width, 140)
-    render_terminal(report, console)
+    render_terminal(report, make_console(stderr=json_path == "-"))
     renderers = {"--json": render_json, "--markdown": render_markdown, "--html": render_html}
     for option, path in outputs:
         text = renderers[option](report)

@@ -34,4 +34,4 @@ def evaluate_command(model: Path, data: Path, batch_size: int, threads: int | No
         click.echo(json.dumps({"model": str(model), "data": str(data),
                                "top1": acc.top1, "top5": acc.top5, "count": acc.count}))
     else:
-        click.echo(f"top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}  ({acc.count} images)")
+        click.echo(f"{model}: top-1 {acc.top1:.2%}  top-5 {acc.top5:.2%}  ({acc.count} images)")

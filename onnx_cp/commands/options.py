@@ -97,12 +97,20 @@ input_shape_option = click.option(
 )
 
 
+PIPE_WIDTH = 200  # columns of output to a pipe or file when COLUMNS does not say
+
+
 def make_console(*, stderr: bool = False, quiet: bool = False):
-    """A rich console; when output is not a terminal, wide enough that tables do not fold."""
+    """A rich console as wide as the terminal; to a pipe or file, ``COLUMNS`` wide if that is set,
+    else ``PIPE_WIDTH`` (wide enough for every table, narrow enough to read)."""
+    import os
     import sys
 
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else 200
+    width = None  # rich asks the terminal, or reads COLUMNS
+    if not stream.isatty():
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
     return Console(stderr=stderr, quiet=quiet, width=width)

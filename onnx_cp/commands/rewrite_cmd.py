@@ -90,8 +90,10 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
 
         open_storage(selection.storage)  # a malformed or unreachable database fails before the fits
     console = make_console(stderr=True, quiet=quiet)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
+    # Only on a terminal: to a pipe, rich's progress ends with a blank line, ahead of any error.
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=quiet or not console.is_terminal) as bar:
         task = bar.add_task("fitting", total=None)
 
         def progress(layer: str, done: int, total: int) -> None:
