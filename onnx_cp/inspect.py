@@ -27,25 +27,28 @@ def inspect_model(model: onnx.ModelProto | str | os.PathLike,
 
 
 def render_inspect(report: RewriteReport, console) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
     from onnx_cp.report import human
+    from onnx_cp.table import Table, draw
 
-    table = Table(title="convolutions", title_justify="left")
-    for col in ("layer", "weight", "kernel", "stride", "pads", "dilation", "group", "weight shape",
-                "MACs", "params", "CP"):
-        table.add_column(col, overflow="fold")
+    headers = ["layer", "weight", "kernel", "stride", "pads", "dilation", "group", "weight shape", "MACs",
+               "params", "CP"]
+    table = Table("convolutions", headers, [h in ("MACs", "params") for h in headers],
+                  optional=tuple(headers.index(h) for h in ("dilation", "group", "stride", "pads", "params",
+                                                            "weight shape", "weight")))
     for l in report.layers:
-        table.add_row(
+        table.rows.append([
             l.node, l.weight or "-", "x".join(map(str, l.kernel)) if l.kernel else "-",
             _fmt(l.strides), _fmt(l.pads), _fmt(l.dilations), str(l.group or "-"),
             "x".join(map(str, l.weight_shape)) if l.weight_shape else "-", human(l.macs_before), human(l.params_before),
-            "[green]eligible[/green]" if l.status == "eligible" else f"[dim]{l.reason}[/dim]")
-    console.print(table)
+            "eligible" if l.status == "eligible" else str(l.reason)])
+        table.emphasis.append(l.status == "eligible")
+    draw(table, console)
     eligible = sum(l.status == "eligible" for l in report.layers)
-    console.print(f"{eligible} of {len(report.layers)} convolutions are eligible for CP")
+    console.print(Text(f"{eligible} of {len(report.layers)} convolutions are eligible for CP"))
     for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(Text.assemble(("note:", "yellow"), " ", note))
 
 
 def _fmt(values) -> str:

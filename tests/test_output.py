@@ -68,6 +68,16 @@ def test_rewrite_output_fits_COLUMNS_when_piped_and_keeps_names_whole(model_path
         assert f"/{part}" in out, out
 
 
+@pytest.mark.parametrize("columns", ["80", "40"])
+def test_inspect_output_fits_COLUMNS_when_piped_and_prints_names_verbatim(model_path, columns):
+    result = CliRunner().invoke(cli, ["inspect", str(model_path)], env={"COLUMNS": columns},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= int(columns), result.output
+    for name in ("/0/Conv", MARKUP, *(f"/{part}" for part in LONG.split("/")[1:])):
+        assert name in result.output, result.output
+
+
 def test_rewrite_table_at_80_columns_is_a_table_with_the_essentials(model_path, tmp_path):
     out = rewrite_output(model_path, tmp_path, "80")
     header = next(line for line in out.splitlines() if line.startswith("layer"))
