@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -9,7 +10,6 @@ from onnx_cp.conv import align_rank
 from onnx_cp.decompose import METHODS, FitOptions
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.runtime import OPT_LEVELS
-from onnx_cp.layer_timing import TimingOptions
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.realize import REALIZATIONS
 
@@ -63,8 +63,9 @@ def parse_rank(text: str | int | float) -> RankRule:
 class RewriteConfig:
     """What to rewrite and how. Validated on construction, so bad values fail before any work.
 
-    ranks: rank rules, later ones override earlier ones for the layers they match; the first
-        rule without a pattern is the default. Strings are parsed by ``parse_rank``.
+    ranks: rank rules. A rule with a pattern beats a rule without one, whatever their order;
+        between two rules with patterns that match a layer, the later wins (as between two
+        without). Strings are parsed by ``parse_rank``.
     layers / exclude: glob patterns matched against the Conv node's name and its weight's name.
     cap_rank: lower any rank whose CP form would cost more multiply-adds than the original.
     align_ranks: round ranks that onnx-cp computes (fractions, caps) down to a multiple of 16
@@ -74,6 +75,14 @@ class RewriteConfig:
     threads / opt_level: the onnxruntime session that ``auto`` times layers in.
     selection: choose ranks automatically (--max-error, --target-speedup, --budget-macs);
         --rank rules with a pattern then fix the ranks of the layers they match.
+    fit_tol: a layer's fit stops once its last 10 iterations lowered the relative kernel error
+        by less than this fraction (on top of max_iter and max_time).
+    max_time: seconds per layer for the fit and its degeneracy correction together.
+    jobs: worker processes that fit layers in parallel (None: one per available core); the
+        same seed gives the same factors whatever the number.
+    measure: time the rewritten model against the input in onnxruntime before returning it
+        (needs static input shapes); with realize="auto" a slower result gives the layers
+        their Convs back.
     """
 
     ranks: tuple[RankRule | str | int | float, ...] = ()
@@ -93,6 +102,9 @@ class RewriteConfig:
     opt_level: str = "all"
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     selection: RankSelection | None = None
+    fit_tol: float = 1e-3
+    jobs: int | None = None
+    measure: bool = True
 
     def __post_init__(self):
         ranks = self.ranks
@@ -129,24 +141,35 @@ class RewriteConfig:
             raise OnnxCpError(f"--stabilize {self.stabilize!r}: choose auto, always or never", usage=True)
         if self.max_iter < 1:
             raise OnnxCpError(f"--max-iter must be at least 1, got {self.max_iter}", usage=True)
+        if not 0 <= self.fit_tol < 1:
+            raise OnnxCpError(f"--fit-tol must lie in [0, 1), got {self.fit_tol}", usage=True)
+        if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):
+            raise OnnxCpError(f"--jobs must be at least 1, got {self.jobs}", usage=True)
         if self.max_time is not None and not self.max_time > 0:
             raise OnnxCpError(f"--max-time must be positive, got {self.max_time}", usage=True)
 
     def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
-        chosen = None
-        for rule in self.ranks:
-            if rule.matches(names):
-                chosen = rule
-        return chosen
+        """The rule for a layer: the last matching rule with a pattern, else the last without one."""
+        patterned = [r for r in self.ranks if r.pattern is not None and r.matches(names)]
+        if patterned:
+            return patterned[-1]
+        plain = [r for r in self.ranks if r.pattern is None]
+        return plain[-1] if plain else None
 
     def align_rank(self, rank: int) -> int:
         """A rank onnx-cp computed, rounded to onnxruntime's NCHWc blocks unless ``align_ranks`` is off."""
         return align_rank(rank) if self.align_ranks else rank
 
-    def timing_options(self) -> TimingOptions:
-        return TimingOptions(threads=self.threads, opt_level=self.opt_level)
-
     def fit_options(self) -> FitOptions:
         return FitOptions(method=self.method, max_iter=self.max_iter, tol=self.tol,
                           max_time=self.max_time, stabilize=self.stabilize,
-                          degeneracy_threshold=self.degeneracy_threshold)
+                          degeneracy_threshold=self.degeneracy_threshold, progress_tol=self.fit_tol)
+
+    def worker_count(self) -> int:
+        """Fitting processes: ``jobs``, or one per core this process may run on."""
+        if self.jobs is not None:
+            return self.jobs
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from onnx_cp.conv import (ConvSpec, Cost, conv_cost, conv_spec, ineligibility, shape_problem,
@@ -36,6 +37,16 @@ class ConvSite:
     def names(self) -> tuple[str, ...]:
         """What --layers and --exclude patterns are matched against."""
         return tuple(n for n in (self.name, self.weight_name) if n)
+
+    @property
+    def key(self) -> str:
+        """A stable, hashable identity: the node's output (unique in a graph), else its name."""
+        return self.node.output[0] if self.node is not None and self.node.output else self.name
+
+    def groups(self) -> list[np.ndarray]:
+        """The kernel of each group, (out_per_group, in_per_group, kh, kw): each is fitted alone."""
+        w, per = self.weight.value, self.spec.out_per_group
+        return [w[g * per:(g + 1) * per] for g in range(self.spec.group)]
 
     @property
     def bias(self) -> str | None:

@@ -45,6 +45,7 @@ class RewriteReport:
     method: str
     notes: list[str] = field(default_factory=list)
     rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
+    speed: dict | None = None  # the rewritten model against the input in onnxruntime (forms.SpeedCheck)
 
     @property
     def rewritten(self) -> list[LayerReport]:
@@ -75,7 +76,7 @@ class RewriteReport:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
-                "rank_selection": self.rank_selection, "layers": [asdict(layer) for layer in self.layers]}
+                "rank_selection": self.rank_selection, "speed": self.speed, "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -1,33 +1,37 @@
-"""Rewrite chosen Conv nodes of a model as CP decompositions (the Python API behind ``rewrite``)."""
+"""Rewrite chosen Conv nodes of a model as CP decompositions (the Python API behind ``rewrite``).
+
+The orchestrator: load, discover, select, rank, time the forms, fit, splice, verify, measure,
+check, report. Each step is a service of its own module; the report is assembled at the end.
+"""
 from __future__ import annotations
 
 import fnmatch
-import json
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import onnx
-from onnx import helper
 
+from onnx_cp import provenance
 from onnx_cp.config import RewriteConfig
 from onnx_cp.conv import cp_cost
-from onnx_cp.decompose import Fitter, KernelFit, fit_kernel
+from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite, find_convs, site_report
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
+from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, choose_forms, from_layer_timer,
+                           onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
-from onnx_cp.layer_timing import Timer, profile_timer
-from onnx_cp.realize import REALIZATIONS, realize
+from onnx_cp.parallel_fit import FitTask, fit_all
+from onnx_cp.ranks.fitting import LayerFit, solver_fitter
+from onnx_cp.ranks.rules import RankDecision, choose_rank, rank_cap
 from onnx_cp.report import LayerReport, RewriteReport
-from onnx_cp.shapes import infer_shapes
+from onnx_cp.shapes import dynamic_dims, infer_shapes
+from onnx_cp.splice import Replacement, splice
 
-METADATA_KEY = "onnx_cp"
-
-# Called as progress(layer_name, done, total) before each fit and once at the end.
+# Called as progress(what, done, total) as the work goes on, and once at the end.
 Progress = Callable[[str, int, int], None]
+# A layer timer (models -> per model {Conv output name: ms}) or a whole Timing; tests inject one.
+Timer = Callable[[list[onnx.ModelProto]], list[dict[str, float]]] | Timing
 
 
 @dataclass
@@ -39,6 +43,20 @@ class RewriteResult:
 def rewrite(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig) -> onnx.ModelProto:
     """Return a copy of ``model`` with the Convs chosen by ``config`` rewritten in CP form."""
     return rewrite_with_report(model, config).model
+
+
+@dataclass
+class _Layer:
+    """What was decided for one selected layer, gathered as the rewrite goes."""
+
+    site: ConvSite
+    decision: RankDecision
+    form: FormChoice | None = None
+    fit: LayerFit | None = None
+    kept_because: str | None = None  # set when a timing gave the Conv back
+    extra_timings: dict[str, float] = field(default_factory=dict)
+    proxy: float | None = None
+    cost: float | None = None
 
 
 def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *,
@@ -53,71 +71,73 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     shapes, notes = infer_shapes(model, config.input_shapes)
     sites = find_convs(model, shapes)
     chosen = select(sites, config)
-    options = config.fit_options()
-    if fitter is None:
-        fitter = lambda kernel, rank, seed: fit_kernel(kernel, rank, seed, options)  # noqa: E731
-        warm_fitter = lambda kernel, rank, seed, init: fit_kernel(kernel, rank, seed, options, init=init)  # noqa: E731
-    else:  # an injected fitter has no warm starts
-        warm_fitter = lambda kernel, rank, seed, init: fitter(kernel, rank, seed)  # noqa: E731
+    notes.extend(rule_warnings(sites, chosen, config))
+    timing = _timing(model, config, timer, notes)
 
-    layers: list[LayerReport] = []
-    planned: list[_Planned] = []
-    cache: dict[tuple[str, int], list[KernelFit]] = {}
-    ranked = None
-    if config.selection is not None:  # ranks chosen by an error bound or a budget (onnx_cp.ranks)
-        from onnx_cp.ranks.plan import plan_ranks
+    layers, rank_selection, fits = _rank(model, sites, chosen, shapes, config, fitter, progress, notes)
+    ranked = [l for l in layers if l.decision.rank is not None]
+    capped = [l for l in layers if l.decision.capped]
+    if capped:
+        notes.append(_capped_note(capped, config.realize))
 
-        ranked = plan_ranks(model, sites, chosen, shapes, config, warm_fitter, progress)
-        cache.update(ranked.fits(sites))
-        notes.extend(ranked.notes)
-    for k, site in enumerate(sites):
-        layer = site_report(site)
-        layers.append(layer)
-        if not site.eligible:
-            layer.status, layer.reason = "ineligible", site.reason
-            continue
-        if id(site) not in chosen:
-            layer.status, layer.reason = "skipped", "not selected by --layers/--exclude"
-            continue
-        rank, capped, requested, why = ranked.rank(site) if ranked else choose_rank(site, config)
-        if ranked:
-            layer.proxy_error, layer.cost = ranked.choices[id(site)].proxy, ranked.choices[id(site)].cost
-        if rank is None:
-            layer.status, layer.reason = "skipped", why
-            continue
+    if config.realize == "auto" and ranked and timing is not None:
         if progress:
-            progress(site.name, k, len(sites))
-        key = (site.weight.source, rank)
-        if key not in cache:
-            cache[key] = _fit_groups(site, rank, config.seed, fitter)
-        fits = cache[key]
-        _record_fit(layer, site, rank, capped, requested, fits)
-        planned.append(_Planned(site, layer, rank, [f.factors for f in fits], config.realize))
+            progress("timing the forms in onnxruntime", 0, len(ranked))
+        forms = choose_forms(model, [(l.site, l.decision.rank) for l in ranked], timing)
+        for l in ranked:
+            l.form = forms[l.site.key]
+    else:
+        for l in ranked:
+            l.form = FormChoice("cp4" if config.realize == "auto" else config.realize)
+    winners = [l for l in ranked if l.form.kind != "original"]
+
+    tasks = {}
+    for k, l in enumerate(winners):
+        key = (l.site.weight.source, l.decision.rank)
+        if key not in fits and key not in tasks:
+            tasks[key] = FitTask(key, l.site.name, l.site.groups(), l.decision.rank, config.seed)
+    fits.update(fit_all(list(tasks.values()), config.fit_options(), config.worker_count(),
+                        _stage(progress, "fitting"), fitter))
+    for l in winners:
+        l.fit = fits[(l.site.weight.source, l.decision.rank)]
+
+    final, new_names = _splice(model, winners)
+    if config.realize == "auto" and timing is not None and winners:
+        if progress:
+            progress("timing the chosen forms together", 0, 1)
+        slower = slower_layers(model, final, [l.site for l in winners], timing)
+        for l in winners:
+            if l.site.key in slower:
+                among, beside = slower[l.site.key]
+                l.extra_timings = {f"{l.form.kind} among the chosen forms": among, "original beside them": beside}
+                l.kept_because = "slower than its Conv among the chosen forms"
+        winners = [l for l in winners if l.kept_because is None]
+        if slower:
+            final, new_names = _splice(model, winners)
+    speed = _measured_by_selection(rank_selection, config)
+    if speed is None and timing is not None and config.measure and winners:
+        if progress:
+            progress("measuring the rewritten model against the input", 0, 1)
+        speed = check_speed(model, final, timing)
+        if speed.speedup < 1.0 and config.realize == "auto":
+            notes.append(f"the rewritten model measured {speed.speedup:.2f}x the input's speed "
+                         f"({speed.original_ms:.3f} -> {speed.rewritten_ms:.3f} ms); every layer keeps its Conv")
+            for l in winners:
+                l.kept_because = "the whole rewritten model was slower than the input"
+            winners = []
+            (final, new_names), speed = _splice(model, []), SpeedCheck(speed.original_ms, speed.original_ms)
     if progress:
-        progress("", len(sites), len(sites))
+        progress("done", 1, 1)
 
-    if config.realize == "auto" and planned:
-        notes.extend(_choose_forms(model, planned, config, timer))
-    # load_model gave us a private copy: unless rank selection still needs the original
-    # (to measure the speed-up), the final model is built in it, so a model is held once.
-    final = _build(model, planned, in_place=ranked is None)
-    for plan in planned:
-        plan.layer.realization = plan.kind
-        if plan.kind == "original":
-            plan.layer.status = "kept"
-            plan.layer.reason = "no CP form was faster in onnxruntime (" + ", ".join(
-                f"{k} {v:.3f} ms" for k, v in plan.layer.timings_ms.items()) + ")"
-            continue
-        site = plan.site
-        after = cp_cost(plan.kind, site.spec, plan.rank, site.in_shape, site.out_shape, site.bias is not None)
-        plan.layer.status = "rewritten"
-        plan.layer.macs_after, plan.layer.params_after = after.macs, after.params
-    report = RewriteReport(layers, config.method, notes)
-    if ranked:
-        from onnx_cp.ranks.plan import finish
-
-        report.rank_selection = finish(ranked, model, final, config)
-    _record_metadata(final, report)
+    report = RewriteReport([_layer_report(site, chosen, layers, new_names) for site in sites],
+                           config.method, notes)
+    report.speed = speed.to_dict() if speed else None
+    if rank_selection is not None:
+        if speed and config.selection.target_speedup is not None:
+            rank_selection["measured"] = {"measured_speedup": speed.speedup, "original_ms": speed.original_ms,
+                                          "rewritten_ms": speed.rewritten_ms}
+        report.rank_selection = rank_selection
+    provenance.record(final, report.metadata())
     try:
         # Weights stubbed out: checking the model itself would serialize it (and fail past 2 GiB).
         onnx.checker.check_model(checkable_copy(final))
@@ -126,229 +146,182 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     return RewriteResult(final, report)
 
 
-@dataclass
-class _Planned:
-    """A fitted layer waiting for its form: cp4, cp3, or original (auto kept the Conv)."""
+def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, notes: list[str]) -> Timing | None:
+    """How layers and the model are timed, or None when nothing needs or can have timing.
 
-    site: ConvSite
-    layer: LayerReport
-    rank: int
-    factors: list[tuple[np.ndarray, ...]]
-    kind: str
+    Timing needs every input's shape. A dynamic first (batch) axis is taken as 1; any other
+    dynamic axis must be given, since the speed-up depends on it: refused here, before any fit.
+    """
+    selection = config.selection
+    needed = config.realize == "auto" or (selection is not None and (
+        selection.cost == "latency" or (selection.target_speedup is not None and selection.measure)))
+    dynamic = dynamic_dims(model, config.input_shapes)
+    spatial = {name: [(a, n) for a, n in axes if a > 0] for name, axes in dynamic.items()}
+    spatial = {name: axes for name, axes in spatial.items() if axes}
+    if spatial:
+        if not needed:
+            return None  # a forced form with unknown sizes: rewrite, but nothing to time
+        name, axes = next(iter(spatial.items()))
+        inp = next(i for i in model.graph.input if i.name == name)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if a == 0 else None)
+                for a, d in enumerate(inp.type.tensor_type.shape.dim)]
+        example = "x".join(str(d) if d else "224" for d in dims)
+        raise OnnxCpError(
+            f"input '{name}' has dynamic dims {[n for _, n in axes]}, and the forms are chosen by timing the "
+            f"model at the size it runs at: give it with --input-shape {name}={example} (your size), "
+            "or force a form with --realize cp4", usage=True)
+    if not needed and not config.measure:
+        return None
+    if isinstance(timer, Timing):
+        return timer
+    if timer is not None:
+        return from_layer_timer(timer)
+    shapes = dict(config.input_shapes)
+    for name, axes in dynamic.items():  # only batch axes are left: time at batch 1
+        inp = next(i for i in model.graph.input if i.name == name)
+        shapes[name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                             for d in inp.type.tensor_type.shape.dim)
+    try:
+        return onnxruntime_timing(model, config.threads, config.opt_level, shapes)
+    except OnnxCpError as exc:
+        if selection is not None and selection.cost == "latency":
+            raise
+        # Measuring is a courtesy for a forced form; auto falls back to cp4, and says so first.
+        if config.realize == "auto":
+            notes.append(f"{exc}; every layer uses cp4, and the result is not measured")
+        return None
 
 
-def _record_fit(layer: LayerReport, site: ConvSite, rank: int, capped: bool, requested,
-                fits: list[KernelFit]) -> None:
-    norm2 = [float(np.sum(np.square(g.astype(np.float64)))) for g in groups_of(site)]
-    total = sum(norm2)
-    layer.rank, layer.rank_capped, layer.rank_requested = rank, capped, requested
-    layer.rel_error = math.sqrt(sum(f.rel_error**2 * n for f, n in zip(fits, norm2)) / total) if total else 0.0
-    layer.degeneracy = max(f.degeneracy for f in fits)
-    layer.max_term_norm = max(f.max_term_norm for f in fits)
-    layer.stabilized = any(f.stabilized for f in fits)
-    layer.fit_seconds = sum(f.seconds for f in fits)
+def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
+    """Every selected layer's rank decision, the rank selection summary (or None), and any fits
+    the selection already made, keyed (weight source, rank)."""
+    fits: dict = {}
+    if config.selection is None:
+        layers = [_Layer(s, choose_rank(s, config)) for s in sites if s.key in chosen]
+        return layers, None, fits
+    from onnx_cp.ranks.plan import plan_ranks
 
-
-def _build(model: onnx.ModelProto, planned: list[_Planned], in_place: bool = False) -> onnx.ModelProto:
-    """``model`` (a copy of it unless ``in_place``) with each planned layer realized in its form."""
-    if in_place:
-        out = model
-    else:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-    names = NameAllocator(all_names(model))
-    position = {id(n): i for i, n in enumerate(model.graph.node)}
-    replacements: dict[int, list[onnx.NodeProto]] = {}
-    new_inits: list[onnx.TensorProto] = []
-    replaced = []
-    for plan in planned:
-        plan.layer.new_nodes = []
-        if plan.kind == "original":
+    warm = solver_fitter(config.fit_options()) if fitter is None else (lambda k, r, seed, init: fitter(k, r, seed))
+    plan = plan_ranks(model, sites, chosen, shapes, config, warm, _stage(progress, "choosing ranks"))
+    notes.extend(plan.notes)
+    layers = []
+    for s in sites:
+        if s.key not in chosen:
             continue
-        site = plan.site
-        part = realize(plan.kind, site.name, site.node.input[0], site.node.output[0], site.bias,
-                       site.spec, plan.factors, site.weight.value.dtype, names)
-        replacements[position[id(site.node)]] = part.nodes
-        new_inits.extend(part.initializers)
-        replaced.append(site)
-        plan.layer.new_nodes = [n.name for n in part.nodes]
-    _apply(out, replacements, new_inits, replaced)
-    return out
+        c = plan.choices[s.key]
+        layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason), proxy=c.proxy, cost=c.cost))
+        if c.fit is not None:
+            fits[(s.weight.source, c.rank)] = c.fit
+    return layers, dict(plan.summary), fits
 
 
-def _choose_forms(model: onnx.ModelProto, planned: list[_Planned], config: RewriteConfig,
-                  timer: Timer | None) -> list[str]:
-    """Profile the model as it is, all-cp4 and all-cp3, and give each layer its fastest form.
-
-    Layers are timed in place, so onnxruntime's fusions and layout changes around them count.
-    """
-    candidates = ("original", *REALIZATIONS)
-    variants = []
-    for kind in candidates:
-        for plan in planned:
-            plan.kind = kind
-        variants.append(_build(model, planned) if kind != "original" else model)
-    timer = timer or profile_timer(config.timing_options(), config.input_shapes)
-    try:
-        per_model = timer(variants)
-    except OnnxCpError as exc:
-        for plan in planned:
-            plan.kind = "cp4"
-        return [f"auto could not time the model ({exc}); every layer uses cp4"]
-    for plan in planned:
-        output = plan.site.node.output[0]
-        timings = {kind: times[output] for kind, times in zip(candidates, per_model) if output in times}
-        plan.layer.timings_ms = timings
-        plan.kind = min(timings, key=timings.get) if "original" in timings and len(timings) > 1 else "cp4"
-    return _verify_forms(model, planned, timer)
+def _measured_by_selection(summary: dict | None, config: RewriteConfig) -> SpeedCheck | None:
+    """The kept measurement round of --target-speedup, when it timed exactly the final model
+    (a forced form: nothing changed after the selection)."""
+    measured = (summary or {}).get("measured")
+    if not measured or config.realize == "auto":
+        return None
+    return SpeedCheck(measured["original_ms"], measured["rewritten_ms"])
 
 
-def _verify_forms(model: onnx.ModelProto, planned: list[_Planned], timer: Timer) -> list[str]:
-    """Time the chosen mix of forms once more and give layers that came out slower their Conv back.
-
-    A layer's time depends on its neighbours' forms: where a chain leaves onnxruntime's blocked
-    (NCHWc) layout, the layout conversion lands on the layer next to it, so the all-cp4 and
-    all-cp3 profiles can favour a form that is slower among the forms actually chosen (seen on
-    VGG-19's 3->64 first conv at 2 threads).
-    """
-    rewritten = [plan for plan in planned if plan.kind != "original"]
-    if not rewritten:
-        return []
-    try:
-        before, after = timer([model, _build(model, planned)])
-    except OnnxCpError as exc:
-        return [f"auto could not time the chosen forms together ({exc}); they are kept unverified"]
-    for plan in rewritten:
-        output = plan.site.node.output[0]
-        if output in before and output in after and after[output] > before[output]:
-            plan.layer.timings_ms[f"{plan.kind} among the chosen forms"] = after[output]
-            plan.layer.timings_ms["original beside them"] = before[output]
-            plan.kind = "original"
-    return []
+def _splice(model: onnx.ModelProto, layers: list[_Layer]) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
+    """A copy of ``model`` with ``layers`` in their forms, and the new node names per site."""
+    return splice(model, [Replacement(l.site, l.form.kind, l.decision.rank, [f.factors for f in l.fit.fits])
+                          for l in layers])
 
 
-def select(sites: list[ConvSite], config: RewriteConfig) -> set[int]:
-    """ids of the eligible sites chosen by --layers/--exclude; patterns matching nothing are errors."""
-    def matching(pattern: str) -> list[ConvSite]:
-        return [s for s in sites if any(fnmatch.fnmatchcase(n, pattern) for n in s.names)]
+def _stage(progress: Progress | None, what: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda label, done, total: progress(f"{what} {label}".strip(), done, total)
 
+
+def _capped_note(capped: list[_Layer], realize: str) -> str:
+    names = ", ".join(f"{l.site.name} (cap {rank_cap(l.site, realize)})" for l in capped[:4])
+    more = f" and {len(capped) - 4} more" if len(capped) > 4 else ""
+    rank = capped[0].decision.requested
+    return (f"rank {rank} is above the cap of {len(capped)} layer(s), {names}{more}: above its cap a CP "
+            "form costs more multiply-adds than the Conv, so these keep their Conv and were not fitted; "
+            "ask for a lower rank or a fraction such as 0.25")
+
+
+def _layer_report(site: ConvSite, chosen: set[str], layers: list[_Layer], new_names) -> LayerReport:
+    """The report row of one convolution, from what was decided for it."""
+    row = site_report(site)
+    if not site.eligible:
+        row.status, row.reason = "ineligible", site.reason
+        return row
+    if site.key not in chosen:
+        row.status, row.reason = "skipped", "not selected by the layers / exclude patterns"
+        return row
+    l = next(l for l in layers if l.site.key == site.key)
+    d = l.decision
+    row.rank_requested, row.rank_capped, row.proxy_error, row.cost = d.requested, d.capped, l.proxy, l.cost
+    if d.rank is None:
+        row.status, row.reason = ("kept" if d.capped else "skipped"), d.reason
+        return row
+    row.rank = d.rank
+    if l.form is not None and l.form.timings_ms:
+        row.timings_ms = {**l.form.timings_ms, **l.extra_timings}
+    if l.fit is not None:
+        fits = l.fit.fits
+        row.rel_error = l.fit.rel_error
+        row.degeneracy = max(f.degeneracy for f in fits)
+        row.max_term_norm = max(f.max_term_norm for f in fits)
+        row.stabilized = any(f.stabilized for f in fits)
+        row.fit_seconds = sum(f.seconds for f in fits)
+    if l.form is not None and l.form.kind == "original":
+        row.status, row.realization = "kept", "original"
+        row.reason = f"no CP form at rank {d.rank} was faster in onnxruntime (" + ", ".join(
+            f"{k} {v:.3f} ms" for k, v in l.form.timings_ms.items()) + "); not fitted"
+        return row
+    if l.kept_because is not None:
+        row.status, row.realization = "kept", "original"
+        timed = ", ".join(f"{k} {v:.3f} ms" for k, v in (row.timings_ms or {}).items())
+        row.reason = f"no CP form was faster in onnxruntime: {l.kept_because}" + (f" ({timed})" if timed else "")
+        return row
+    after = cp_cost(l.form.kind, site.spec, d.rank, site.in_shape, site.out_shape, site.bias is not None)
+    row.status, row.realization = "rewritten", l.form.kind
+    row.macs_after, row.params_after = after.macs, after.params
+    row.new_nodes = new_names.get(site.key, [])
+    return row
+
+
+def select(sites: list[ConvSite], config: RewriteConfig) -> set[str]:
+    """Keys of the eligible sites chosen by the layers / exclude patterns; patterns matching
+    nothing are errors."""
     for option, patterns in (("--layers", config.layers), ("--exclude", config.exclude)):
         for pattern in patterns:
-            if not matching(pattern):
+            if not _matching(sites, pattern):
                 examples = ", ".join(s.name for s in sites[:5]) or "none"
                 raise OnnxCpError(f"{option} {pattern!r} matches no convolution (node or weight name); "
                                   f"some names: {examples}; run 'onnx-cp inspect' to list them", usage=True)
-    for rule in config.ranks:
-        if rule.pattern is not None and not matching(rule.pattern):
-            raise OnnxCpError(f"--rank pattern {rule.pattern!r} matches no convolution; "
-                              "run 'onnx-cp inspect' to list them", usage=True)
-    chosen = {id(s) for s in sites if s.eligible}
+    chosen = {s.key for s in sites if s.eligible}
     if config.layers:
-        chosen &= {id(s) for p in config.layers for s in matching(p)}
+        chosen &= {s.key for p in config.layers for s in _matching(sites, p)}
     for pattern in config.exclude:
-        chosen -= {id(s) for s in matching(pattern)}
+        chosen -= {s.key for s in _matching(sites, pattern)}
     return chosen
 
 
-def choose_rank(site: ConvSite, config: RewriteConfig) -> tuple[int | None, bool, int | float | None, str]:
-    """(rank, capped, requested, reason-if-none) for one eligible site."""
-    rule = config.rank_rule(site.names)
-    if rule is None:
-        return None, False, None, "no --rank rule matches this layer"
-    before, per_rank = rank_unit_cost(site, config.realize)
-    cap = before // per_rank if config.cap_rank else None
-    align = config.align_rank
-    if isinstance(rule.value, float):
-        rank = align(max(1, int(rule.value * before // per_rank)))
-    else:
-        rank = rule.value
-    if cap is not None and cap < 1:
-        return None, False, rule.value, "no CP rank is cheaper than this Conv"
-    if cap is not None and rank > cap:
-        return align(cap), True, rule.value, ""
-    return rank, False, rule.value, ""
+def rule_warnings(sites: list[ConvSite], chosen: set[str], config: RewriteConfig) -> list[str]:
+    """A note for every rank rule with a pattern that matches no selected layer, or whose every
+    layer a later pattern rule takes."""
+    notes = []
+    patterned = [r for r in config.ranks if r.pattern is not None]
+    selected = [s for s in sites if s.key in chosen]
+    for i, rule in enumerate(patterned):
+        matched = [s for s in selected if rule.matches(s.names)]
+        if not matched:
+            notes.append(f"--rank '{rule.pattern}={rule.value}' matches no selected convolution; "
+                         "run 'onnx-cp inspect' to list them")
+            continue
+        later = patterned[i + 1:]
+        if all(any(r.matches(s.names) for r in later) for s in matched):
+            notes.append(f"--rank '{rule.pattern}={rule.value}' is shadowed: a later rule with a pattern "
+                         "sets every layer it matches")
+    return notes
 
 
-def rank_unit_cost(site: ConvSite, realize: str) -> tuple[int, int]:
-    """(the Conv's multiply-adds, those of its CP form per unit of rank); before // per_rank is the cap."""
-    spec = site.spec
-    in_shape = site.in_shape or (1, spec.in_channels, 1, 1)
-    out_shape = site.out_shape or (1, spec.out_channels, 1, 1)
-    before = site.cost.macs if site.cost.macs is not None else \
-        spec.out_channels * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
-    kind = "cp4" if realize == "auto" else realize  # auto: the cheaper form
-    return before, cp_cost(kind, spec, 1, in_shape, out_shape, False).macs or 1
-
-
-def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.ModelProto:
-    """``model`` with each ``(site, rank, per-group factors)`` of ``layers`` in ``kind`` form."""
-    return _build(model, [_Planned(site, site_report(site), rank, factors, kind)
-                          for site, rank, factors in layers])
-
-
-def groups_of(site: ConvSite) -> list[np.ndarray]:
-    w = site.weight.value
-    per = site.spec.out_per_group
-    return [w[g * per:(g + 1) * per] for g in range(site.spec.group)]
-
-
-def _fit_groups(site: ConvSite, rank: int, seed: int, fitter: Fitter) -> list[KernelFit]:
-    return [fitter(np.asarray(g, dtype=np.float64), rank, seed + i) for i, g in enumerate(groups_of(site))]
-
-
-def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],
-           new_inits: list[onnx.TensorProto], replaced: list[ConvSite]) -> None:
-    """Splice the new nodes in place (keeps topological order), then drop weights nobody reads."""
-    graph = model.graph
-    if not replacements:
-        return
-    nodes = []
-    for i, node in enumerate(graph.node):
-        nodes.extend(replacements.get(i, [node]))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(new_inits)
-    if model.ir_version < 4:  # IR < 4: every initializer must also be a graph input
-        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                           for t in new_inits)
-    candidates = []
-    for site in replaced:
-        candidates.extend([site.weight.source, *site.weight.via])
-    _remove_dead(graph, candidates)
-
-
-def _remove_dead(graph: onnx.GraphProto, candidates: list[str]) -> None:
-    """Remove the given tensors' producers and initializers once nothing reads them any more."""
-    for _ in range(len(candidates) + 1):
-        index = GraphIndex(graph)
-        used = set(index.consumers) | index.graph_outputs | subgraph_reads(graph)
-        dead = [name for name in candidates if name not in used]
-        if not dead:
-            return
-        dead_set = set(dead)
-        keep = [n for n in graph.node if not (set(n.output) & dead_set and not set(n.output) - dead_set - {""})]
-        removed_inputs = [i for n in graph.node if n not in keep for i in n.input]
-        del graph.node[:]
-        graph.node.extend(keep)
-        # Delete in place: clearing and re-adding the survivors would copy every weight.
-        for field_name in ("initializer", "input", "value_info"):
-            container = getattr(graph, field_name)
-            for i in reversed(range(len(container))):
-                if container[i].name in dead_set:
-                    del container[i]
-        candidates = [c for c in candidates if c not in dead_set] + removed_inputs
-
-
-def _record_metadata(model: onnx.ModelProto, report: RewriteReport) -> None:
-    if not report.rewritten:
-        return
-    entry = report.metadata()
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:  # an earlier rewrite: keep its layers too
-            try:
-                entry["layers"] = json.loads(prop.value).get("layers", []) + entry["layers"]
-            except (ValueError, AttributeError):
-                pass
-            prop.value = json.dumps(entry)
-            return
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(entry))
+def _matching(sites: list[ConvSite], pattern: str) -> list[ConvSite]:
+    return [s for s in sites if any(fnmatch.fnmatchcase(n, pattern) for n in s.names)]

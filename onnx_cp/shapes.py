@@ -140,3 +140,17 @@ def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
             return None
         dims.append(d.dim_value)
     return tuple(dims)
+
+
+def dynamic_dims(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
+                 ) -> dict[str, list[tuple[int, str]]]:
+    """Per runtime input not fixed by ``input_shapes``: its dynamic axes and their names."""
+    found = {}
+    for inp in runtime_inputs(model.graph):
+        if inp.name in input_shapes or not inp.type.HasField("tensor_type"):
+            continue
+        axes = [(axis, d.dim_param or "?") for axis, d in enumerate(inp.type.tensor_type.shape.dim)
+                if not (d.HasField("dim_value") and d.dim_value > 0)]
+        if axes:
+            found[inp.name] = axes
+    return found

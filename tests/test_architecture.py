@@ -93,7 +93,6 @@ def test_the_cycle_finder_sees_imports_inside_functions():
     assert _cycles(graph) == [["a", "b"]]
 
 
-@pytest.mark.xfail(reason="rewrite<->ranks.plan cycle is being removed", strict=False)
 def test_no_module_imports_itself_through_others():
     modules = _modules()
     graph = {name: _imports(name, path, is_package, modules) for name, (path, is_package) in modules.items()}

@@ -13,7 +13,8 @@ from builders import (conv_model, grouped_cp_kernel, oracle_fitter, relative_dif
                       zero_fitter)
 from onnx_cp import OnnxCpError, RewriteConfig, rewrite_with_report
 from onnx_cp.decompose import FitOptions, fit_kernel
-from onnx_cp.rewrite import METADATA_KEY
+from onnx_cp.forms import Timing
+from onnx_cp.provenance import METADATA_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,13 +190,16 @@ def test_layers_and_exclude_patterns_select_by_node_or_weight_name():
         _reasons(model, layers=("nope*",))
 
 
-def test_rank_is_capped_where_cp_would_cost_more():
+def test_a_rank_above_the_cap_keeps_the_conv_unfitted_and_says_so():
     weight, factors, _ = exact_conv()
     model = conv_model((1, 4, 8, 8), weight, pads=[1, 1, 1, 1])
-    result = rewrite_with_report(model, RewriteConfig(ranks=(50,), realize="cp4"), fitter=zero_fitter)
+    result = rewrite_with_report(model, RewriteConfig(ranks=(50,), realize="cp4"),
+                                 fitter=lambda *a: pytest.fail("a rank above the cap must not be fitted"))
     layer = result.report.layers[0]
-    assert layer.rank_capped and layer.rank < 50
-    assert layer.macs_after <= layer.macs_before
+    assert layer.rank_capped and layer.rank is None and layer.status == "kept"
+    assert layer.reason.startswith("rank 50 exceeds conv's cap ") and layer.reason.endswith(": kept")
+    assert any("rank 50 is above the cap of 1 layer(s), conv (cap" in n for n in result.report.notes)
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
 
 
 def test_input_model_object_is_not_modified():
@@ -210,7 +214,8 @@ def test_input_model_object_is_not_modified():
 
 def _fake_timer(ms, mixed=None):
     """Times the original model, the all-cp4 and the all-cp3 variants as ``ms`` says, then the
-    original beside the chosen mix (``mixed`` overrides the chosen form's time there)."""
+    original beside the chosen mix (``mixed`` overrides the chosen form's time there), then the
+    whole rewritten model against the input (the same figures)."""
     calls = []
 
     def timer(models):
@@ -219,7 +224,7 @@ def _fake_timer(ms, mixed=None):
         if len(calls) == 1:
             assert kinds == ["original", "cp4", "cp3"]
             return [{"y": ms[kind]} for kind in kinds]
-        assert len(calls) == 2 and kinds[0] == "original" and kinds[1] != "original"
+        assert len(calls) in (2, 3) and kinds[0] == "original" and kinds[1] != "original"
         return [{"y": ms["original"]}, {"y": ms[kinds[1]] if mixed is None else mixed}]
     timer.calls = calls
     return timer
@@ -229,11 +234,12 @@ def test_auto_keeps_the_original_conv_when_every_cp_form_is_slower():
     weight, factors, _ = exact_conv()
     model = conv_model((1, 4, 8, 8), weight, pads=[1, 1, 1, 1])
     config = RewriteConfig(ranks=(2,), cap_rank=False, realize="auto")
-    result = rewrite_with_report(model, config, fitter=oracle_fitter(factors),
+    result = rewrite_with_report(model, config, fitter=lambda *a: pytest.fail("a losing layer is not fitted"),
                                  timer=_fake_timer({"original": 1.0, "cp4": 2.0, "cp3": 3.0}))
     layer, = result.report.layers
     assert layer.status == "kept" and layer.realization == "original"
-    assert "no CP form was faster" in layer.reason and layer.timings_ms["cp4"] == pytest.approx(2.0)
+    assert "no CP form at rank 2 was faster" in layer.reason and layer.timings_ms["cp4"] == pytest.approx(2.0)
+    assert "not fitted" in layer.reason and result.report.speed is None
     assert METADATA_KEY not in {p.key for p in result.model.metadata_props}
     assert [n.op_type for n in result.model.graph.node] == ["Conv"]
     assert result.model.graph.node[0].name == "conv"
@@ -252,6 +258,23 @@ def test_auto_picks_the_fastest_cp_form(fastest, nodes):
     assert len(result.model.graph.node) == nodes
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
     assert relative_difference(run(model, {"x": x})[0], run(result.model, {"x": x})[0]) < 1e-5
+    assert result.report.speed["speedup"] == pytest.approx(1.0 / 0.5)
+
+
+def test_a_rewritten_model_slower_than_the_input_is_not_returned():
+    # Each layer wins alone and among the chosen forms, but the whole model measures slower
+    # (what onnxruntime does between layers counts there): every layer keeps its Conv.
+    weight, factors, _ = exact_conv()
+    model = conv_model((1, 4, 8, 8), weight, pads=[1, 1, 1, 1])
+    layer_times = _fake_timer({"original": 1.0, "cp4": 0.5, "cp3": 0.9})
+    timing = Timing(layer_times, lambda models: [1.0, 1.2])
+    result = rewrite_with_report(model, RewriteConfig(ranks=(2,), cap_rank=False), fitter=oracle_fitter(factors),
+                                 timer=timing)
+    layer, = result.report.layers
+    assert layer.status == "kept" and "whole rewritten model was slower" in layer.reason
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+    assert any("measured 0.83x" in n for n in result.report.notes)
+    assert result.report.speed["speedup"] == pytest.approx(1.0)
 
 
 def test_auto_gives_a_layer_its_conv_back_when_the_chosen_mix_is_slower():

@@ -35,7 +35,8 @@ from onnx_cp.ranks.calibration import input_shape
 from onnx_cp.ranks.cost import model_macs, rank_cost_macs
 from onnx_cp.ranks.fitting import solver_fitter
 from onnx_cp.ranks.plan import plan_ranks, uniform_rank
-from onnx_cp.rewrite import build_ranked, select
+from onnx_cp.rewrite import select
+from onnx_cp.splice import build_ranked
 from onnx_cp.shapes import infer_shapes, parse_input_shapes
 from onnx_cp.testing import ZOO_NAMES, materialize_zoo
 

@@ -65,8 +65,8 @@ def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tupl
     return measure
 
 
-def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[int, int],
-                          high: Mapping[int, int], build: Callable, profiler: Profiler) -> LatencyModel:
+def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[str, int],
+                          high: Mapping[str, int], build: Callable, profiler: Profiler) -> LatencyModel:
     """Profile the model as it is, with every site at its ``low`` rank and at its ``high`` rank.
 
     The variants get random factors: time does not depend on the values.
@@ -76,7 +76,7 @@ def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low
     def variant(ranks: Mapping[int, int]) -> onnx.ModelProto:
         layers = []
         for site in sites:
-            r = ranks[id(site)]
+            r = ranks[site.key]
             shape = (site.spec.out_per_group, site.spec.in_per_group, *site.spec.kernel)
             factors = [tuple(rng.standard_normal((d, r)) * 0.1 for d in shape) for _ in range(site.spec.group)]
             layers.append((site, r, factors))
@@ -87,7 +87,7 @@ def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low
     for site in sites:
         out = site.node.output[0]
         original[out] = base.get(out, 0.0)
-        r0, r1 = low[id(site)], high[id(site)]
+        r0, r1 = low[site.key], high[site.key]
         t0, t1 = lo.get(out, 0.0), hi.get(out, 0.0)
         slope = max(0.0, (t1 - t0) / (r1 - r0)) if r1 != r0 else 0.0
         affine[out] = (max(0.0, t0 - slope * r0), slope)

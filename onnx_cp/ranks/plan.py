@@ -19,7 +19,9 @@ from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import allocate, uniform_error
 from onnx_cp.ranks.calibration import load_calibration
 from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer
+from onnx_cp.ranks.rules import choose_rank, rank_unit_cost
 from onnx_cp.ranks.search import smallest_rank
+from onnx_cp.splice import build_ranked
 
 Progress = Callable[[str, int, int], None]
 LARGE = 256  # --max-error searches such layers in steps of 16 (their ranks are large anyway)
@@ -38,21 +40,12 @@ class LayerChoice:
 
 @dataclass
 class RankPlan:
-    choices: dict[int, LayerChoice]  # id(site) -> choice
+    choices: dict[str, LayerChoice]  # ConvSite.key -> choice
     summary: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     measured_variant: onnx.ModelProto | None = None
     layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves
     picks: list[int] = field(default_factory=list)  # the chosen option of each (len(ranks): keep the Conv)
-
-    def rank(self, site: ConvSite):
-        """(rank, capped, requested, reason) as ``rewrite.choose_rank`` gives them."""
-        c = self.choices[id(site)]
-        return c.rank, c.capped, c.requested, c.reason
-
-    def fits(self, sites: list[ConvSite]) -> dict[tuple[str, int], list]:
-        return {(s.weight.source, c.rank): list(c.fit.fits) for s in sites
-                if (c := self.choices.get(id(s))) is not None and c.fit is not None}
 
 
 @dataclass
@@ -77,30 +70,29 @@ class _Layer:
 
 def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[int], shapes, config,
                fitter: WarmFitter, progress: Progress | None = None) -> RankPlan:
-    from onnx_cp.rewrite import choose_rank, groups_of, rank_unit_cost
-
     selection = config.selection
     plan = RankPlan({})
     auto: list[_Layer] = []
     ruled: list[ConvSite] = []
     for site in sites:
-        if id(site) not in chosen:
+        if site.key not in chosen:
             continue
         if config.rank_rule(site.names) is not None:  # a --rank rule fixes this one
-            rank, capped, requested, why = choose_rank(site, config)
-            plan.choices[id(site)] = LayerChoice(rank, None, requested, capped, why)
-            if rank is not None:
+            decision = choose_rank(site, config)
+            plan.choices[site.key] = LayerChoice(decision.rank, None, decision.requested, decision.capped,
+                                                 decision.reason)
+            if decision.rank is not None:
                 ruled.append(site)
             continue
         before, per_rank = rank_unit_cost(site, config.realize)
         cap = before // per_rank if config.cap_rank else 2 * max(1, before // per_rank)
         if cap < 1:
-            plan.choices[id(site)] = LayerChoice(None, reason="no CP rank is cheaper than this Conv")
+            plan.choices[site.key] = LayerChoice(None, reason="no CP rank is cheaper than this Conv")
             continue
-        auto.append(_Layer(site, groups_of(site), int(cap), float(before)))
+        auto.append(_Layer(site, site.groups(), int(cap), float(before)))
     for site in ruled:
-        choice = plan.choices[id(site)]
-        choice.fit = fit_layer(groups_of(site), choice.rank, config.seed, fitter)
+        choice = plan.choices[site.key]
+        choice.fit = fit_layer(site.groups(), choice.rank, config.seed, fitter)
     if selection.mode == "max-error":
         _by_error(plan, auto, selection.max_error, config.seed, fitter, progress)
     else:
@@ -119,12 +111,12 @@ def _by_error(plan: RankPlan, auto: list[_Layer], max_error: float, seed: int, f
                                layer.cap, 16 if layer.cap >= LARGE else 1)
         if result.fit is None:
             worst = result.tried[max(result.tried)]
-            plan.choices[id(layer.site)] = LayerChoice(
+            plan.choices[layer.site.key] = LayerChoice(
                 None, requested=f"error<={max_error}",
                 reason=f"no rank up to the cap {layer.cap} reaches kernel error {max_error} "
                        f"(rank {worst.rank}: {worst.rel_error:.4f}); kept as it is")
             continue
-        plan.choices[id(layer.site)] = LayerChoice(result.rank, result.fit, f"error<={max_error}",
+        plan.choices[layer.site.key] = LayerChoice(result.rank, result.fit, f"error<={max_error}",
                                                    cost=rank_cost_macs(layer.site, result.rank))
     plan.summary = {"mode": "max-error", "max_error": max_error}
 
@@ -140,8 +132,6 @@ def candidate_ranks(cap: int, share: float, count: int,
 
 def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[ConvSite], shapes, config,
                fitter: WarmFitter, progress: Progress | None) -> None:
-    from onnx_cp.rewrite import build_ranked
-
     selection = config.selection
     summary = plan.summary = {"mode": selection.mode, "cost": selection.cost}
     if not auto:
@@ -166,15 +156,15 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
             progress("timing layers in onnxruntime", 0, len(auto))
         profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
         fixed_sites = [layer.site for layer in auto] + ruled
-        fixed_ranks = {id(s): plan.choices[id(s)].rank for s in ruled}
-        low = {id(l.site): l.ranks[0] for l in auto} | fixed_ranks
-        high = {id(l.site): l.ranks[-1] for l in auto} | fixed_ranks
+        fixed_ranks = {s.key: plan.choices[s.key].rank for s in ruled}
+        low = {l.site.key: l.ranks[0] for l in auto} | fixed_ranks
+        high = {l.site.key: l.ranks[-1] for l in auto} | fixed_ranks
         timing = costs.measure_latency_model(model, fixed_sites, low, high, build_ranked, profiler)
         total, unit_cost = timing.total_ms, timing.cost
     for layer in auto:
         layer.before = unit_cost(layer.site, None)
         layer.costs = [unit_cost(layer.site, r) for r in layer.ranks]
-    ruled_cost = sum(unit_cost(s, plan.choices[id(s)].rank) for s in ruled)
+    ruled_cost = sum(unit_cost(s, plan.choices[s.key].rank) for s in ruled)
     ruled_before = sum(unit_cost(s, None) for s in ruled)
     fixed = total - sum(l.before for l in auto) - ruled_before + ruled_cost
     target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
@@ -234,13 +224,13 @@ def _by_budget(plan: RankPlan, model, sites, auto: list[_Layer], ruled: list[Con
         summary["measured"] = rounds[summary["kept_round"] - 1]
     for layer, k in zip(auto, picks):
         if k == len(layer.ranks):
-            plan.choices[id(layer.site)] = LayerChoice(
+            plan.choices[layer.site.key] = LayerChoice(
                 None, requested="auto", reason="the allocation keeps this Conv", cost=layer.before)
         else:
-            plan.choices[id(layer.site)] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
+            plan.choices[layer.site.key] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
                                                        proxy=layer.errors[k], cost=layer.costs[k])
     for site in ruled:
-        plan.choices[id(site)].cost = unit_cost(site, plan.choices[id(site)].rank)
+        plan.choices[site.key].cost = unit_cost(site, plan.choices[site.key].rank)
 
 
 def uniform_rank(auto: list[_Layer], budget_macs: float) -> int:
@@ -276,7 +266,7 @@ def _first_share(selection, auto, ruled, model, sites, shapes, plan) -> float:
     total = float(costs.model_macs(model, sites, shapes))
     before = sum(l.before for l in auto)
     others = total - before - sum(s.cost.macs or 0 for s in ruled) + sum(
-        costs.rank_cost_macs(s, plan.choices[id(s)].rank) for s in ruled)
+        costs.rank_cost_macs(s, plan.choices[s.key].rank) for s in ruled)
     target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
     return float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
 
@@ -329,7 +319,7 @@ def _layers(auto: list[_Layer], picks: list[int]):
 
 
 def _ruled_layers(ruled, plan: RankPlan):
-    return [(s, plan.choices[id(s)].rank, [f.factors for f in plan.choices[id(s)].fit.fits]) for s in ruled]
+    return [(s, plan.choices[s.key].rank, [f.factors for f in plan.choices[s.key].fit.fits]) for s in ruled]
 
 
 def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speedup, config, build, choose,
@@ -364,20 +354,3 @@ def _meet_measured(model, auto, ruled, plan, picks, options, fixed, total, speed
     plan.summary["output_error"] = rounds[best]["output_error"]
     plan.summary["kept_round"] = best + 1
     return picks, rounds
-
-
-def finish(plan: RankPlan, model: onnx.ModelProto, final: onnx.ModelProto, config) -> dict:
-    """The plan's summary for the report, with the final model's measured speed-up when one was asked."""
-    summary = dict(plan.summary)
-    selection = config.selection
-    if selection.target_speedup is None or not selection.measure:
-        return summary
-    if plan.measured_variant is not None and config.realize == "cp4" and summary.get("measured"):
-        return summary  # the kept round timed exactly this model
-    from onnx_cp.bench import measure_latency
-
-    base, new = measure_latency([model, final], threads=config.threads, warmup=2, runs=12,
-                                input_shapes=dict(config.input_shapes), opt_level=config.opt_level)
-    summary["measured"] = {"measured_speedup": base.median / new.median, "original_ms": base.median,
-                           "rewritten_ms": new.median, "spread": max(base.spread, new.spread)}
-    return summary

@@ -96,13 +96,14 @@ def cp_nls(
         Stop when an accepted step lowers the relative error by less than ``tol`` times
         its previous value.
     max_time : float, optional
-        Wall-clock budget in seconds for initialization and fit, checked before every trial
-        step, so it can be overrun by about one iteration. ``stabilize`` runs after it.
+        Wall-clock budget in seconds for initialization, fit and ``stabilize`` together,
+        checked before every trial step and correction sweep, so it can be overrun by about
+        one iteration.
     stabilize : bool
         After the fit, apply the error-preserving degeneracy correction of Phan et al.
         (``onnx_cp.solver.stabilize``): minimize the sum of squared rank-one term norms while
         the error stays at most ``1 + stabilize_slack`` times the fit's. Its cost is at most
-        200 sweeps of about one ALS sweep each; ``max_time`` does not cover it.
+        200 sweeps of about one ALS sweep each, within ``max_time``.
     stabilize_slack : float
         Relative error increase the correction may spend. A converged degenerate fit sits at
         the bottom of a narrow valley, so with 0 the norms barely move; the default 0.5%
@@ -161,7 +162,7 @@ def cp_nls(
             cg_max_iter=cg_max_iter, deadline=deadline, notify=notify,
         )
         if stabilize:
-            factors = stabilize_factors(mat.matrix(t), mat, factors, slack=stabilize_slack)
+            factors = stabilize_factors(mat.matrix(t), mat, factors, slack=stabilize_slack, deadline=deadline)
     return to_cptensor(factors, norm, dtype)
 
 

@@ -1,0 +1,76 @@
+"""Fit many layers at once in worker processes.
+
+Each layer is one task (all its groups); the solver runs on one BLAS thread and every task
+has its own seed, so the factors are the same whatever the number of workers. Big tasks go
+first so the last worker does not start a large layer alone.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+from onnx_cp.decompose import FitOptions, Fitter
+from onnx_cp.ranks.fitting import LayerFit, fit_layer, solver_fitter
+
+# Called as progress(label, done, total): before the first fit and as fits finish.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class FitTask:
+    key: Hashable
+    label: str  # what the progress bar shows
+    groups: Sequence[np.ndarray]
+    rank: int
+    seed: int
+
+    @property
+    def size(self) -> float:
+        """A rough cost estimate (the kernel's entries times the rank), for ordering."""
+        return float(sum(g.size for g in self.groups)) * self.rank
+
+
+def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: Progress | None = None,
+            fitter: Fitter | None = None) -> dict[Hashable, LayerFit]:
+    """Every task's LayerFit, by key. ``fitter`` (tests) replaces the solver and runs in process."""
+    results: dict[Hashable, LayerFit] = {}
+    if not tasks:
+        return results
+    order = sorted(tasks, key=lambda t: -t.size)
+    if fitter is not None or jobs <= 1 or len(order) == 1:
+        for done, task in enumerate(order):
+            if progress:
+                progress(task.label, done, len(order))
+            results[task.key] = _fit_task(task, options) if fitter is None else \
+                fit_layer(list(task.groups), task.rank, task.seed, lambda k, r, s, init: fitter(k, r, s))
+        return results
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["onnx_cp.parallel_fit"])
+    with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context) as pool:
+        pending = {pool.submit(_fit_task, task, options): task for task in order}
+        if progress:
+            progress(_labels(pending.values()), 0, len(order))
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                results[task.key] = future.result()
+            if progress:
+                progress(_labels(pending.values()), len(results), len(order))
+    return results
+
+
+def _labels(tasks) -> str:
+    names = [t.label for t in tasks]
+    return ", ".join(names[:2]) + (f" (+{len(names) - 2})" if len(names) > 2 else "")
+
+
+def _fit_task(task: FitTask, options: FitOptions) -> LayerFit:
+    """Runs in a worker: the layer's groups share its time budget."""
+    if options.max_time is not None:
+        options = replace(options, max_time=options.max_time / len(task.groups))
+    return fit_layer(list(task.groups), task.rank, task.seed, solver_fitter(options))

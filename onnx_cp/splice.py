@@ -1,0 +1,108 @@
+"""Replace Conv nodes in a graph by their factored forms: realize, splice in place, drop dead weights.
+
+Knows ONNX and the realizations, nothing of how factors were fitted or ranks chosen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnx_cp.discover import ConvSite
+from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
+from onnx_cp.realize import realize
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One Conv to replace: its site, the form (cp4, cp3), the rank and the per-group factors."""
+
+    site: ConvSite
+    kind: str
+    rank: int
+    factors: Sequence[tuple[np.ndarray, ...]]
+
+
+def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_place: bool = False
+           ) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
+    """``model`` (a copy unless ``in_place``) with every replacement realized, and the new node
+    names per replaced site (keyed by ``ConvSite.key``)."""
+    if in_place:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    names = NameAllocator(all_names(model))
+    position = {site_key: i for i, node in enumerate(model.graph.node) for site_key in node.output[:1]}
+    by_position: dict[int, list[onnx.NodeProto]] = {}
+    new_inits: list[onnx.TensorProto] = []
+    new_names: dict[str, list[str]] = {}
+    for rep in replacements:
+        site = rep.site
+        part = realize(rep.kind, site.name, site.node.input[0], site.node.output[0], site.bias,
+                       site.spec, list(rep.factors), site.weight.value.dtype, names)
+        by_position[position[site.key]] = part.nodes
+        new_inits.extend(part.initializers)
+        new_names[site.key] = [n.name for n in part.nodes]
+    _apply(out, by_position, new_inits, [rep.site for rep in replacements])
+    return out, new_names
+
+
+def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.ModelProto:
+    """A copy of ``model`` with each ``(site, rank, per-group factors)`` of ``layers`` in ``kind`` form."""
+    return splice(model, [Replacement(site, kind, rank, factors) for site, rank, factors in layers])[0]
+
+
+def placeholder_factors(site: ConvSite, rank: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
+    """Random factors of the right shapes: onnxruntime's time does not depend on the values, so
+    forms and ranks can be timed before anything is fitted."""
+    rng = np.random.default_rng(seed)
+    spec = site.spec
+    shape = (spec.out_per_group, spec.in_per_group, *spec.kernel)
+    return [tuple(rng.standard_normal((d, rank)) * 0.1 for d in shape) for _ in range(spec.group)]
+
+
+def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],
+           new_inits: list[onnx.TensorProto], replaced: list[ConvSite]) -> None:
+    """Splice the new nodes in place (keeps topological order), then drop weights nobody reads."""
+    graph = model.graph
+    if not replacements:
+        return
+    nodes = []
+    for i, node in enumerate(graph.node):
+        nodes.extend(replacements.get(i, [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    if model.ir_version < 4:  # IR < 4: every initializer must also be a graph input
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in new_inits)
+    candidates = []
+    for site in replaced:
+        candidates.extend([site.weight.source, *site.weight.via])
+    _remove_dead(graph, candidates)
+
+
+def _remove_dead(graph: onnx.GraphProto, candidates: list[str]) -> None:
+    """Remove the given tensors' producers and initializers once nothing reads them any more."""
+    for _ in range(len(candidates) + 1):
+        index = GraphIndex(graph)
+        used = set(index.consumers) | index.graph_outputs | subgraph_reads(graph)
+        dead = [name for name in candidates if name not in used]
+        if not dead:
+            return
+        dead_set = set(dead)
+        keep = [n for n in graph.node if not (set(n.output) & dead_set and not set(n.output) - dead_set - {""})]
+        removed_inputs = [i for n in graph.node if n not in keep for i in n.input]
+        del graph.node[:]
+        graph.node.extend(keep)
+        # Delete in place: clearing and re-adding the survivors would copy every weight.
+        for field_name in ("initializer", "input", "value_info"):
+            container = getattr(graph, field_name)
+            for i in reversed(range(len(container))):
+                if container[i].name in dead_set:
+                    del container[i]
+        candidates = [c for c in candidates if c not in dead_set] + removed_inputs
