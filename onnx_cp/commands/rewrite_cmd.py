@@ -104,16 +104,16 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
         task = bar.add_task("fitting", total=None)
 
         def progress(layer: str, done: int, total: int) -> None:
-            bar.update(task, description=f"fitting {layer}" if layer else "done", completed=done,
-                       total=total)
+            bar.update(task, description=layer or "done", completed=done, total=total)
 
         result = rewrite_with_report(model, config, progress=progress)
     save_model(result.model, output, overwrite=overwrite, protect=model)
     if report_path:
         save_text(result.report.to_json(), report_path, protect=[model, output])
     if not quiet:
-        render_rewrite(result.report, make_console())
-        click.echo(f"wrote {output}" + _speed_summary(result.report, threads))
+        out = make_console()
+        render_rewrite(result.report, out)
+        out.print(f"wrote {output}" + _speed_summary(result.report, threads), markup=False, highlight=False)
 
 
 def _speed_summary(report, threads: int) -> str:
