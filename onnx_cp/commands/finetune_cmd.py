@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ import click
 from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.graph import runtime_inputs
-from onnx_cp.model_io import check_output_path, load_model, save_model
+from onnx_cp.model_io import check_output_path, load_model, save_model, save_text
 
 _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model expects) and y (N int "
               "labels), an .npy of x alone (then --teacher is needed), or a folder with one subfolder "
@@ -36,7 +37,11 @@ _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds initial state and shuffling.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [default: cuda when available, else cpu].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch and onnxruntime [default: their choice].")
+              help="CPU threads for torch and onnxruntime, per worker [default: their choice; with several "
+                   "workers, the machine's cores shared out among them].")
+@click.option("--nproc", default=1, show_default=True, type=int,
+              help="Data-parallel training processes on this machine (torch.distributed: gloo on the CPU, one "
+                   "GPU each with nccl); --batch-size is split among them. Under torchrun, leave it out.")
 @input_shape_option
 @click.option("--mean", default=None, metavar="M[,M,M]",
               help="Image folders: per-channel mean subtracted after scaling pixels to [0, 1].")
@@ -47,60 +52,151 @@ _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, no table.")
 def finetune_command(model: Path, output: Path, data: Path, val: Path | None, teacher: Path | None, epochs: int,
                      lr: float, batch_size: int, temperature: float, distill_weight: float, weight_decay: float,
-                     seed: int, device: str | None, threads: int | None, input_shapes, mean, std,
+                     seed: int, device: str | None, threads: int | None, nproc: int, input_shapes, mean, std,
                      report_path: Path | None, overwrite: bool, quiet: bool) -> None:
-    """Fine-tune MODEL (a rewritten model) on --data and write it to -o with the same CP structure."""
-    from onnx_cp.evaluate import evaluate
-    from onnx_cp.finetune import FinetuneConfig, finetune_with_report
-    from onnx_cp.finetune._deps import require_torch
+    """Fine-tune MODEL (a rewritten model) on --data and write it to -o with the same CP structure.
 
+    With --nproc N, N processes train on shares of the data (torch.distributed); under torchrun the
+    command joins the group torchrun starts, on one machine or several. Rank 0 writes -o and --report.
+    """
+    from onnx_cp.finetune import FinetuneConfig
+    from onnx_cp.finetune.distributed import launch, world_from_env
+
+    if nproc < 1:
+        raise OnnxCpError(f"--nproc must be at least 1 (the number of training processes), got {nproc}",
+                          usage=True)
+    joined = world_from_env()
+    if joined is not None and nproc > 1:
+        raise OnnxCpError(f"--nproc {nproc} under torchrun (WORLD_SIZE={joined.size}): torchrun starts the "
+                          "workers (--nproc-per-node); leave out --nproc", usage=True)
+    workers = joined.size if joined is not None else nproc
+    if batch_size % workers:
+        raise OnnxCpError(f"--batch-size {batch_size} does not split evenly among {workers} workers; give a "
+                          f"multiple of {workers} (each worker takes batch-size / {workers} samples a step)",
+                          usage=True)
     config = FinetuneConfig(epochs=epochs, lr=lr, temperature=temperature, distill_weight=distill_weight,
                             weight_decay=weight_decay, seed=seed, device=device)
-    check_output_path(output, protect=model, overwrite=overwrite)
-    torch, _ = require_torch()
-    if threads:
-        torch.set_num_threads(threads)
-    source = load_model(model)
-    teacher_model = load_model(teacher) if teacher is not None else None
-    shape = _image_shape(source, parse_input_shapes(input_shapes))
-    x, y, classes = _load(data, shape, mean, std, None)
-    xv, yv, _ = _load(val, shape, mean, std, classes) if val is not None else (None, None, None)
-    if y is None and teacher_model is None:
-        raise OnnxCpError(f"{data}: holds no labels; pass an .npz with x and y, or --teacher to distill from",
-                          usage=True)
-
-    # Accuracy is measured on --val, else on the training data (labelled so in the table).
-    ex, ey, where = (xv, yv, str(val)) if yv is not None else (x, y, f"{data} (training data)")
-    accuracy: dict[str, object] = {}
-    if ey is not None:
-        if teacher_model is not None:
-            accuracy["before rewrite (teacher)"] = evaluate(teacher_model, ex, ey, threads=threads)
-        accuracy["after rewrite (input)"] = evaluate(source, ex, ey, threads=threads)
-
-    generator = torch.Generator().manual_seed(seed)
-    train_set = _dataset(torch, x, y)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    val_loader = (torch.utils.data.DataLoader(_dataset(torch, xv, yv), batch_size=max(batch_size, 256))
-                  if yv is not None else None)
-    console = make_console(stderr=True, quiet=quiet)
-    with _Bars(console, quiet) as bars:
-        result = finetune_with_report(source, loader, teacher=teacher_model, val_loader=val_loader,
-                                      callback=bars.update, **_settings(config))
-    save_model(result.model, output, overwrite=overwrite, protect=model)
-    if ey is not None:
-        accuracy["after fine-tuning"] = evaluate(result.model, ex, ey, threads=threads)
-    report = result.report
+    if joined is None or joined.leader:  # rank 0 writes; another machine's paths need not exist
+        check_output_path(output, protect=model, overwrite=overwrite)
+        if report_path:
+            check_output_path(report_path, protect=[model, output], option="--report")
+    job = _Job(model, data, val, teacher, config, batch_size, threads, tuple(input_shapes), mean, std, quiet)
+    if nproc > 1:
+        _check_devices(device, nproc)
+        outcome = launch(_run, (job,), nproc)  # rank 0's outcome, once every worker has finished
+    else:
+        outcome = _run(job)  # alone, or one of torchrun's workers
+    if outcome is None:
+        return  # a torchrun worker other than rank 0: rank 0 writes
+    save_model(outcome.model, output, overwrite=overwrite, protect=model)
+    report = outcome.report
     if report_path:
-        payload = {"model": str(model), "output": str(output), "data": str(data), "accuracy_on": where,
-                   "accuracy": {k: {"top1": a.top1, "top5": a.top5, "count": a.count} for k, a in accuracy.items()},
-                   "report": report.to_dict()}
-        report_path.write_text(json.dumps(payload, indent=2))
+        accuracy = {k: {"top1": a.top1, "top5": a.top5, "count": a.count} for k, a in outcome.accuracy.items()}
+        payload = {"model": str(model), "output": str(output), "data": str(data), "world_size": report.world_size,
+                   "accuracy_on": outcome.where, "accuracy": accuracy, "report": report.to_dict()}
+        save_text(json.dumps(payload, indent=2), report_path, protect=[model, output])
     if not quiet:
-        _render(make_console(), accuracy, where, report)
+        _render(make_console(), outcome.accuracy, outcome.where, report)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     if not quiet:
         click.echo(f"wrote {output}")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every worker needs to do its part (picklable: workers are new processes)."""
+
+    model: Path
+    data: Path
+    val: Path | None
+    teacher: Path | None
+    config: object  # FinetuneConfig
+    batch_size: int  # for all workers together
+    threads: int | None
+    input_shapes: tuple[str, ...]
+    mean: str | None
+    std: str | None
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """Rank 0's result: what the command writes and shows."""
+
+    model: object  # onnx.ModelProto
+    report: object  # FinetuneReport
+    accuracy: dict
+    where: str
+
+
+def _run(job: _Job) -> _Outcome | None:
+    """One worker's part: load the data, train on this worker's share; rank 0 also measures the
+    accuracy before and after and returns the outcome (the other workers return None)."""
+    from onnx_cp.evaluate import evaluate
+    from onnx_cp.finetune import finetune_with_report
+    from onnx_cp.finetune._deps import require_torch
+    from onnx_cp.finetune.distributed import process_group, threads_per_worker
+
+    torch, _ = require_torch()
+    with process_group(job.config.device) as (world, _device):
+        threads = job.threads or (threads_per_worker(world.local_size) if world.size > 1 else None)
+        if threads:
+            torch.set_num_threads(threads)
+        source = load_model(job.model)
+        teacher_model = load_model(job.teacher) if job.teacher is not None else None
+        shape = _image_shape(source, parse_input_shapes(job.input_shapes))
+        x, y, classes = _load(job.data, shape, job.mean, job.std, None)
+        xv, yv, _ = _load(job.val, shape, job.mean, job.std, classes) if job.val is not None else (None, None, None)
+        if y is None and teacher_model is None:
+            raise OnnxCpError(f"{job.data}: holds no labels; pass an .npz with x and y, or --teacher to distill "
+                              "from", usage=True)
+
+        # Accuracy is measured on --val, else on the training data (labelled so in the table).
+        ex, ey, where = (xv, yv, str(job.val)) if yv is not None else (x, y, f"{job.data} (training data)")
+        accuracy: dict[str, object] = {}
+        if ey is not None and world.leader:
+            if teacher_model is not None:
+                accuracy["before rewrite (teacher)"] = evaluate(teacher_model, ex, ey, threads=threads)
+            accuracy["after rewrite (input)"] = evaluate(source, ex, ey, threads=threads)
+
+        loader, val_loader = _loaders(torch, job, world, (x, y), (xv, yv))
+        quiet = job.quiet or not world.leader
+        with _Bars(make_console(stderr=True, quiet=quiet), quiet) as bars:
+            result = finetune_with_report(source, loader, teacher=teacher_model, val_loader=val_loader,
+                                          callback=bars.update, **_settings(job.config))
+    if not world.leader:
+        return None
+    if ey is not None:
+        accuracy["after fine-tuning"] = evaluate(result.model, ex, ey, threads=threads)
+    return _Outcome(result.model, result.report, accuracy, where)
+
+
+def _loaders(torch, job: _Job, world, train, val):
+    """The training loader (shuffled; each worker's share and its part of the batch) and the validation
+    loader (each worker's share, rank::size) or None."""
+    data = torch.utils.data
+    train_set = _dataset(torch, *train)
+    if world.size == 1:
+        loader = data.DataLoader(train_set, batch_size=job.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(job.config.seed))
+    else:
+        sampler = data.DistributedSampler(train_set, num_replicas=world.size, rank=world.rank, shuffle=True,
+                                          seed=job.config.seed)
+        loader = data.DataLoader(train_set, batch_size=job.batch_size // world.size, sampler=sampler)
+    if val[1] is None:
+        return loader, None
+    val_set = _dataset(torch, *val)
+    if world.size > 1:
+        val_set = data.Subset(val_set, range(world.rank, len(val_set), world.size))
+    return loader, data.DataLoader(val_set, batch_size=max(job.batch_size, 256))
+
+
+def _check_devices(device: str | None, nproc: int) -> None:
+    """Refuse, before starting workers, a device they cannot share (one GPU each)."""
+    from onnx_cp.finetune.distributed import World, pick_device
+
+    pick_device(device, World(rank=nproc - 1, size=nproc, local_rank=nproc - 1, local_size=nproc))
 
 
 def _settings(config) -> dict:
@@ -186,6 +282,7 @@ def _render(console, accuracy: dict, where: str, report) -> None:
             table.add_row(name, f"{acc.top1:.2%}", f"{acc.top5:.2%}", str(acc.count))
         console.print(table)
     how = " + ".join(k for k, on in (("labels", report.labelled), ("distillation", report.distilled)) if on)
-    console.print(f"fine-tuned {len(report.epochs)} epoch(s), {report.steps} steps ({how}) on {report.device} "
-                  f"in {report.seconds:.1f} s; exported model matches torch within "
-                  f"{report.export_difference:.2g}")
+    workers = f" x {report.world_size} workers" if report.world_size > 1 else ""
+    console.print(f"fine-tuned {len(report.epochs)} epoch(s), {report.steps} steps ({how}) on {report.device}"
+                  f"{workers} in {report.seconds:.1f} s ({report.samples_per_second:.0f} samples/s); exported model "
+                  f"matches torch within {report.export_difference:.2g}")

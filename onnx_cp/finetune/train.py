@@ -10,12 +10,19 @@ alone. Adam with a cosine learning-rate decay over all steps.
 Before training, the untrained module is exported once and checked: same operators as the
 input, same outputs in onnxruntime. So a model that would lose its CP structure or its
 numerics on the way back fails in seconds, not after the epochs.
+
+Inside a torch.distributed group (``onnx_cp.finetune.distributed``: ``onnx-cp finetune --nproc``,
+or torchrun) every worker calls ``finetune`` with its own share of the batches (a
+DistributedSampler, whose ``set_epoch`` is called each epoch): the module trains through
+DistributedDataParallel, the report's figures are the whole group's, and a stop asked by the
+callback on any worker stops all of them. Every worker must see the same number of batches.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -23,6 +30,7 @@ import onnx
 
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.finetune._deps import require_torch
+from onnx_cp.finetune.distributed import anyone, current_world, data_parallel, pick_device, summed
 from onnx_cp.finetune.convert import (
     ExportNotes,
     first_output,
@@ -109,6 +117,9 @@ class FinetuneReport:
     epochs: list[EpochStats] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0  # training only (epochs, validation included)
+    world_size: int = 1  # data-parallel workers (torch.distributed)
+    samples: int = 0  # training samples seen by all workers together
+    samples_per_second: float = 0.0  # samples over the training loops' time (validation excluded)
     stopped_early: bool = False
     labelled: bool = False  # trained on labels (cross-entropy)
     distilled: bool = False  # trained on the teacher's outputs
@@ -149,12 +160,19 @@ def finetune_with_report(model, loader: Iterable, *, teacher=None, val_loader: I
                          callback: Callback | None = None, **settings) -> FinetuneResult:
     """Like ``finetune``, and also say what happened (``settings`` are FinetuneConfig's fields)."""
     config = FinetuneConfig(**settings)
+    with warnings.catch_warnings():
+        # onnx2torch's Slice indexes with a list, which torch deprecates on every forward pass.
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                                category=UserWarning)
+        return _finetune(config, model, loader, teacher, val_loader, callback)
+
+
+def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callback) -> FinetuneResult:
     torch, _ = require_torch()
     source = load_model(model)
-    dev = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OnnxCpError(f"device {config.device!r}: torch sees no CUDA device; use --device cpu")
-    report = FinetuneReport(config, str(dev))
+    world = current_world()
+    dev = pick_device(config.device, world)
+    report = FinetuneReport(config, str(dev), world_size=world.size)
     with _deterministic(torch, config.seed):
         x0, y0 = _first_batch(loader)
         x0 = x0[:_CHECK_SAMPLES]
@@ -256,6 +274,8 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
     import torch.nn.functional as F
 
     batches = _len(loader)
+    trainee = data_parallel(student, dev)  # student itself outside a torch.distributed group
+    sampler = getattr(loader, "sampler", None)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
         raise OnnxCpError("the converted model has no trainable parameters; nothing to fine-tune")
@@ -264,14 +284,17 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches)
                 if batches else None)
     t, w = config.temperature, config.distill_weight
+    training_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
-        student.train()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch - 1)  # a DistributedSampler's shuffle, the same on every worker
+        trainee.train()
         start, total, correct, labelled, seen, done = time.perf_counter(), 0.0, 0, 0, 0, 0
         stop = False
         for batch in loader:
             x, y = _split(batch)
             x = x.to(dev, non_blocking=True)
-            logits = first_output(student(x))
+            logits = first_output(trainee(x))
             losses = []
             if y is not None:
                 y = y.to(dev, non_blocking=True).long()
@@ -290,6 +313,9 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
                 schedule.step()
             value = float(loss.detach())
             if not math.isfinite(value):
+                if not bool(torch.isfinite(x).all()):
+                    raise OnnxCpError(f"the training batch at epoch {epoch}, batch {done + 1} holds NaN or "
+                                      "infinite inputs; remove them from the data")
                 raise OnnxCpError(f"the loss became {value} at epoch {epoch}, batch {done + 1}; "
                                   f"lower the learning rate (now {config.lr})")
             n = len(x)
@@ -300,16 +326,22 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
             report.steps += 1
             step = Step("train", epoch, config.epochs, done, batches, total / seen,
                         correct / labelled if labelled else None, None, optimizer.param_groups[0]["lr"])
-            if callback is not None and callback(step):
+            if anyone(callback is not None and callback(step), dev):
                 stop = True
                 break
+        training_seconds += time.perf_counter() - start
+        total, seen, correct, labelled = summed([total, seen, correct, labelled], dev)  # the whole group's
+        seen, correct, labelled = int(seen), int(correct), int(labelled)
+        report.samples += seen
         val = _accuracy(student, val_loader, dev) if val_loader is not None else None
         report.epochs.append(EpochStats(epoch, total / max(seen, 1), correct / labelled if labelled else None,
                                         val, time.perf_counter() - start))
+        report.samples_per_second = report.samples / training_seconds if training_seconds > 0 else 0.0
         if callback is not None and val_loader is not None:
             stop = bool(callback(Step("val", epoch, config.epochs, done, batches, total / max(seen, 1),
                                       correct / labelled if labelled else None, val,
                                       optimizer.param_groups[0]["lr"]))) or stop
+        stop = anyone(stop, dev)
         if stop:
             report.stopped_early = epoch < config.epochs or done != batches
             break
@@ -328,6 +360,7 @@ def _accuracy(module, loader, dev) -> float | None:
             pred = first_output(module(x.to(dev))).argmax(1).cpu()
             correct += int((pred == y.long()).sum())
             seen += len(y)
+    correct, seen = summed([correct, seen], dev)  # every worker's share
     return correct / seen if seen else None
 
 
@@ -412,5 +445,6 @@ def _provenance(report: FinetuneReport) -> dict:
     return {"version": 1, "epochs": len(report.epochs), "steps": report.steps, "lr": c.lr, "seed": c.seed,
             "distilled": report.distilled, "temperature": c.temperature if report.distilled else None,
             "distill_weight": c.distill_weight if report.distilled else None,
-            "weight_decay": c.weight_decay, "device": report.device, "seconds": round(report.seconds, 1),
+            "weight_decay": c.weight_decay, "device": report.device, "world_size": report.world_size,
+            "seconds": round(report.seconds, 1),
             "val_accuracy": report.epochs[-1].val_accuracy if report.epochs else None}
