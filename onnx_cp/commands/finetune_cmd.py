@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,11 @@ from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_co
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import check_output_path, load_model, save_model, save_text
+
+if TYPE_CHECKING:
+    import onnx
+
+    from onnx_cp.finetune import FinetuneConfig, FinetuneReport
 
 _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model expects) and y (N int "
               "labels), an .npy of x alone (then --teacher is needed), or a folder with one subfolder "
@@ -111,7 +117,7 @@ class _Job:
     data: Path
     val: Path | None
     teacher: Path | None
-    config: object  # FinetuneConfig
+    config: FinetuneConfig
     batch_size: int  # for all workers together
     threads: int | None
     input_shapes: tuple[str, ...]
@@ -124,8 +130,8 @@ class _Job:
 class _Outcome:
     """Rank 0's result: what the command writes and shows."""
 
-    model: object  # onnx.ModelProto
-    report: object  # FinetuneReport
+    model: onnx.ModelProto
+    report: FinetuneReport
     accuracy: dict
     where: str
 

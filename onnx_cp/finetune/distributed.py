@@ -125,7 +125,7 @@ def launch(fn: Callable, args: Sequence, nproc: int) -> Any:
     fails, the others are stopped and OnnxCpError names the worker and its error.
     """
     if not isinstance(nproc, int) or nproc < 1:
-        raise OnnxCpError(f"--nproc must be at least 1 (the number of training processes), got {nproc}", usage=True)
+        raise OnnxCpError(f"nproc must be a positive number of workers, got {nproc!r}", usage=True)
     require_torch()
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
