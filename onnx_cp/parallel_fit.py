@@ -48,8 +48,10 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
             results[task.key] = _fit_task(task, options) if fitter is None else \
                 fit_layer(list(task.groups), task.rank, task.seed, lambda k, r, s, init: fitter(k, r, s))
         return results
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["onnx_cp.parallel_fit"])
+    # fork: workers need nothing but numpy, and unlike spawn or forkserver it does not re-run a
+    # caller's script, which an API user's script without a __main__ guard would not survive.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context) as pool:
         pending = {pool.submit(_fit_task, task, options): task for task in order}
         if progress:
