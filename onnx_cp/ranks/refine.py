@@ -73,9 +73,21 @@ def refine(options, budget: float, starts: dict[tuple[int, ...], float], evaluat
     queued = {tuple(t.system_attrs.get("fixed_params", t.params).get(n) for n in names)
               for t in study.get_trials(deepcopy=False)}  # any state: another process may be running them
     fresh = [start for start in starts if tuple(start) not in queued]
-    for start in fresh:
-        study.enqueue_trial(dict(zip(names, start)))
-    total, done = trials + len(fresh), 0
+    if storage is None:
+        for start in fresh:
+            study.enqueue_trial(dict(zip(names, start)))
+        total = trials + len(fresh)
+    else:
+        # Shared: the starts go in as finished trials. Queued ones would wait in the database,
+        # and two processes could both take the same one (sqlite has no row lock), and the
+        # second to finish it fails ("Cannot tell a COMPLETE trial").
+        spaces = {n: optuna.distributions.IntDistribution(0, len(o[0]) - 1) for n, o in zip(names, options)}
+        for start in fresh:
+            study.add_trial(optuna.trial.create_trial(
+                params=dict(zip(names, (int(k) for k in start))), distributions=spaces, value=starts[start],
+                user_attrs={_PICKS_ATTR: [int(k) for k in start]}))
+        total = trials
+    done = 0
 
     def objective(trial) -> float:
         nonlocal done
