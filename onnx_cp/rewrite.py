@@ -23,7 +23,7 @@ from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, choose_f
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.ranks.fitting import LayerFit, solver_fitter
-from onnx_cp.ranks.rules import RankDecision, choose_rank, rank_cap
+from onnx_cp.ranks.rules import RankDecision, choose_rank
 from onnx_cp.report import LayerReport, RewriteReport
 from onnx_cp.shapes import dynamic_dims, infer_shapes
 from onnx_cp.splice import Replacement, splice
@@ -78,7 +78,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     ranked = [l for l in layers if l.decision.rank is not None]
     capped = [l for l in layers if l.decision.capped]
     if capped:
-        notes.append(_capped_note(capped, config.realize))
+        notes.append(_capped_note(capped))
 
     if config.realize == "auto" and ranked and timing is not None:
         if progress:
@@ -236,8 +236,8 @@ def _stage(progress: Progress | None, what: str) -> Progress | None:
     return lambda label, done, total: progress(f"{what} {label}".strip(), done, total)
 
 
-def _capped_note(capped: list[_Layer], realize: str) -> str:
-    names = ", ".join(f"{l.site.name} (cap {rank_cap(l.site, realize)})" for l in capped[:4])
+def _capped_note(capped: list[_Layer]) -> str:
+    names = ", ".join(f"{l.site.name} (cap {l.decision.cap})" for l in capped[:4])
     more = f" and {len(capped) - 4} more" if len(capped) > 4 else ""
     rank = capped[0].decision.requested
     return (f"rank {rank} is above the cap of {len(capped)} layer(s), {names}{more}: above its cap a CP "

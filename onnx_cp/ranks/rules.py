@@ -19,6 +19,7 @@ class RankDecision:
     requested: int | float | str | None = None
     capped: bool = False  # the requested rank was above the layer's cap
     reason: str = ""
+    cap: int | None = None  # set when capped
 
 
 def rank_unit_cost(site: ConvSite, realize: str) -> tuple[int, int]:
@@ -30,12 +31,6 @@ def rank_unit_cost(site: ConvSite, realize: str) -> tuple[int, int]:
         spec.out_channels * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
     kind = "cp4" if realize == "auto" else realize  # auto: the cheaper form
     return before, cp_cost(kind, spec, 1, in_shape, out_shape, False).macs or 1
-
-
-def rank_cap(site: ConvSite, realize: str) -> int:
-    """The largest rank whose CP form costs no more multiply-adds than the Conv."""
-    before, per_rank = rank_unit_cost(site, realize)
-    return int(before // per_rank)
 
 
 def choose_rank(site: ConvSite, config) -> RankDecision:
@@ -52,6 +47,6 @@ def choose_rank(site: ConvSite, config) -> RankDecision:
     if cap is not None and cap < 1:
         return RankDecision(None, rule.value, reason="no CP rank is cheaper than this Conv")
     if cap is not None and rank > cap:
-        return RankDecision(None, rule.value, capped=True,
+        return RankDecision(None, rule.value, capped=True, cap=int(cap),
                             reason=f"rank {rank} exceeds {site.name}'s cap {int(cap)}: kept")
     return RankDecision(rank, rule.value)
