@@ -1,6 +1,7 @@
 """The one configuration object shared by the CLI and the Python API."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -105,6 +106,11 @@ class RewriteConfig:
     fit_tol: float = 1e-3
     jobs: int | None = None
     measure: bool = True
+    calib: str | None = None
+    calib_samples: int = 512
+    recover: bool = True
+    recover_steps: int = 300
+    recover_time: float | None = 300.0
 
     def __post_init__(self):
         ranks = self.ranks
@@ -147,6 +153,15 @@ class RewriteConfig:
             raise OnnxCpError(f"--jobs must be at least 1, got {self.jobs}", usage=True)
         if self.max_time is not None and not self.max_time > 0:
             raise OnnxCpError(f"--max-time must be positive, got {self.max_time}", usage=True)
+        if self.calib_samples < 1:
+            raise OnnxCpError(f"--calib-samples must be at least 1, got {self.calib_samples}", usage=True)
+        if self.recover_steps < 0:
+            raise OnnxCpError(f"--recover-steps must be 0 or more, got {self.recover_steps}", usage=True)
+        if self.recover_time is not None and not self.recover_time > 0:
+            raise OnnxCpError(f"--recover-time must be positive, got {self.recover_time}", usage=True)
+        if self.calib is not None and self.selection is not None and self.selection.calib is None:
+            # One set of calibration inputs: the rank proxy reads the same data.
+            object.__setattr__(self, "selection", dataclasses.replace(self.selection, calib=self.calib))
 
     def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
         """The rule for a layer: the last matching rule with a pattern, else the last without one."""

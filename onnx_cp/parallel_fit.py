@@ -13,8 +13,9 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from onnx_cp.calibrate.weighted_fit import GroupWeights, fit_weighted
 from onnx_cp.decompose import FitOptions, Fitter
-from onnx_cp.ranks.fitting import LayerFit, fit_layer, solver_fitter
+from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer, solver_fitter
 
 # Called as progress(label, done, total): before the first fit and as fits finish.
 Progress = Callable[[str, int, int], None]
@@ -27,6 +28,8 @@ class FitTask:
     groups: Sequence[np.ndarray]
     rank: int
     seed: int
+    # Per group, how the layer's input statistics weight the fit (--calib); None: the kernel error.
+    weights: Sequence[GroupWeights] | None = None
 
     @property
     def size(self) -> float:
@@ -46,7 +49,7 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
             if progress:
                 progress(task.label, done, len(order))
             results[task.key] = _fit_task(task, options) if fitter is None else \
-                fit_layer(list(task.groups), task.rank, task.seed, lambda k, r, s, init: fitter(k, r, s))
+                _fit(task, lambda k, r, s, init: fitter(k, r, s))
         return results
     # fork: workers need nothing but numpy, and unlike spawn or forkserver it does not re-run a
     # caller's script, which an API user's script without a __main__ guard would not survive.
@@ -75,4 +78,10 @@ def _fit_task(task: FitTask, options: FitOptions) -> LayerFit:
     """Runs in a worker: the layer's groups share its time budget."""
     if options.max_time is not None:
         options = replace(options, max_time=options.max_time / len(task.groups))
-    return fit_layer(list(task.groups), task.rank, task.seed, solver_fitter(options))
+    return _fit(task, solver_fitter(options))
+
+
+def _fit(task: FitTask, fitter: WarmFitter) -> LayerFit:
+    if task.weights is not None:
+        return fit_weighted(list(task.groups), task.rank, task.seed, fitter, task.weights)
+    return fit_layer(list(task.groups), task.rank, task.seed, fitter)

@@ -36,6 +36,11 @@ class LayerReport:
     timings_ms: dict[str, float] | None = None  # auto: each candidate alone in onnxruntime
     proxy_error: float | None = None  # rank selection: relative error of the layer's output maps
     cost: float | None = None  # rank selection: cost at the chosen rank (MACs or ms, see rank_selection)
+    # --calib: the layer's output error (after its activation) on held-back calibration inputs,
+    # fed by the rewritten prefix, before and after recovery; and what recovery did.
+    output_error_before: float | None = None
+    output_error_after: float | None = None
+    recovery: str | None = None
     new_nodes: list[str] = field(default_factory=list)
 
 
@@ -46,6 +51,7 @@ class RewriteReport:
     notes: list[str] = field(default_factory=list)
     rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
     speed: dict | None = None  # the rewritten model against the input in onnxruntime (forms.SpeedCheck)
+    calibration: dict | None = None  # --calib: samples, held back, whole-model output errors (calibrate.session)
 
     @property
     def rewritten(self) -> list[LayerReport]:
@@ -76,7 +82,8 @@ class RewriteReport:
 
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
-                "rank_selection": self.rank_selection, "speed": self.speed, "layers": [asdict(layer) for layer in self.layers]}
+                "rank_selection": self.rank_selection, "speed": self.speed, "calibration": self.calibration,
+                "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -112,12 +119,14 @@ def render_rewrite(report: RewriteReport, console) -> None:
     draw(rewrite_table(report), console)
     if report.rank_selection:
         console.print(Text(describe_selection(report.rank_selection)))
+    if report.calibration:
+        console.print(Text(describe_calibration(report.calibration)))
     for note in report.notes:
         console.print(Text.assemble(("note:", "yellow"), " ", note))
 
 
 # Left out first when the terminal is narrow; the layer, its form, rank, error, MACs and note stay.
-_OPTIONAL = ("fit s", "params", "params after", "degen.", "proxy", "kernel", "cost", "cost ms", "MACs")
+_OPTIONAL = ("fit s", "params", "params after", "degen.", "proxy", "kernel", "cost", "cost ms", "MACs", "out err")
 
 
 def rewrite_table(report: RewriteReport):
@@ -130,15 +139,19 @@ def rewrite_table(report: RewriteReport):
                "params after", "fit s", "note"]
     if selection:
         headers[5:5] = ["proxy", "cost ms" if latency else "cost"]
+    calibrated = bool(report.calibration)
+    if calibrated:
+        headers[5:5] = ["out err"]
     table = Table(f"onnx-cp rewrite ({report.method})", headers,
                   [h not in ("layer", "kernel", "form", "note") for h in headers],
                   optional=tuple(headers.index(h) for h in _OPTIONAL if h in headers))
 
     def extra(l: LayerReport) -> list[str]:
+        out = [_before_after(l.output_error_before, l.output_error_after)] if calibrated else []
         if not selection:
-            return []
-        return ["-" if l.proxy_error is None else f"{l.proxy_error:.4f}",
-                "-" if l.cost is None else f"{l.cost:.3f}" if latency else human(l.cost)]
+            return out
+        return out + ["-" if l.proxy_error is None else f"{l.proxy_error:.4f}",
+                      "-" if l.cost is None else f"{l.cost:.3f}" if latency else human(l.cost)]
 
     for l in report.layers:
         kernel = "x".join(map(str, l.kernel)) if l.kernel else "-"
@@ -155,17 +168,34 @@ def rewrite_table(report: RewriteReport):
                                human(l.macs_after), human(l.params_before), human(l.params_after),
                                f"{l.fit_seconds:.2f}", "; ".join(notes)])
         else:
-            table.rows.append([l.node, kernel, "conv", "-", "-", *(["-", "-"] if selection else []), "-",
+            table.rows.append([l.node, kernel, "conv", "-", "-", *["-"] * (len(headers) - 12), "-",
                                human(l.macs_before), human(l.macs_before), human(l.params_before),
                                human(l.params_before), "-", f"{l.status}: {l.reason}"])
         table.emphasis.append(l.status == "rewritten")
     t = report.totals()
-    table.footer.append(["total", "", "", "", "", *(["", ""] if selection else []), "",
+    table.footer.append(["total", "", "", "", "", *[""] * (len(headers) - 12), "",
                          human(t["conv_macs_before"]), human(t["conv_macs_after"]), human(t["conv_params_before"]),
                          human(t["conv_params_after"]), "",
                          f"{t['layers_rewritten']} of {t['layers_total']} rewritten; Conv MACs "
                          f"{ratio(t['conv_macs_before'], t['conv_macs_after'])} fewer"])
     return table
+
+
+def _before_after(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "-"
+    return f"{before:.3f}>{after:.3f}"
+
+
+def describe_calibration(c: dict) -> str:
+    """One line on --calib: the data and the whole model's output error on held-back inputs."""
+    text = (f"calibration: {c['samples']} samples of {c['data']} ({c['held_back']} held back), data-aware fits, "
+            f"{c['recovered_layers']} layer(s) recovered")
+    if c.get("output_error") is not None:
+        text += f"; model output error on held-back inputs {c['output_error']:.4f}"
+        if c["recovered_layers"]:
+            text += f" ({c['output_error_fitted']:.4f} before recovery)"
+    return text + f"; {c['seconds']:.1f} s"
 
 
 def describe_selection(s: dict) -> str:

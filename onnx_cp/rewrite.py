@@ -13,6 +13,7 @@ from typing import Callable
 import onnx
 
 from onnx_cp import provenance
+from onnx_cp.calibrate.session import Calibration
 from onnx_cp.config import RewriteConfig
 from onnx_cp.conv import cp_cost
 from onnx_cp.decompose import Fitter
@@ -57,6 +58,7 @@ class _Layer:
     extra_timings: dict[str, float] = field(default_factory=dict)
     proxy: float | None = None
     cost: float | None = None
+    recovery: object | None = None  # calibrate.LayerRecovery, with --calib
 
 
 def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *,
@@ -91,15 +93,17 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
             l.form = FormChoice("cp4" if config.realize == "auto" else config.realize)
     winners = [l for l in ranked if l.form.kind != "original"]
 
+    calib = Calibration.start(model, config, [l.site for l in winners], _stage(progress, "calibration:"), notes)
     tasks = {}
     for k, l in enumerate(winners):
-        key = (l.site.weight.source, l.decision.rank)
+        key = _fit_key(l, calib)
         if key not in fits and key not in tasks:
-            tasks[key] = FitTask(key, l.site.name, l.site.groups(), l.decision.rank, config.seed)
+            tasks[key] = FitTask(key, l.site.name, l.site.groups(), l.decision.rank, config.seed,
+                                 calib.weights(l.site) if calib else None)
     fits.update(fit_all(list(tasks.values()), config.fit_options(), config.worker_count(),
                         _stage(progress, "fitting"), fitter))
     for l in winners:
-        l.fit = fits[(l.site.weight.source, l.decision.rank)]
+        l.fit = fits[_fit_key(l, calib)]
 
     final, new_names = _splice(model, winners)
     if config.realize == "auto" and timing is not None and winners:
@@ -114,6 +118,8 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
         winners = [l for l in winners if l.kept_because is None]
         if slower:
             final, new_names = _splice(model, winners)
+    if calib and winners:
+        final = _recover(model, final, winners, calib, config, progress)
     speed = _measured_by_selection(rank_selection, config)
     if speed is None and timing is not None and config.measure and winners:
         if progress:
@@ -132,6 +138,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     report = RewriteReport([_layer_report(site, chosen, layers, new_names) for site in sites],
                            config.method, notes)
     report.speed = speed.to_dict() if speed else None
+    report.calibration = calib.summary() if calib else None
     if rank_selection is not None:
         if speed and config.selection.target_speedup is not None:
             rank_selection["measured"] = {"measured_speedup": speed.speedup, "original_ms": speed.original_ms,
@@ -215,6 +222,23 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
     return layers, dict(plan.summary), fits
 
 
+def _fit_key(l: _Layer, calib: Calibration | None) -> tuple:
+    """Layers sharing a weight share its fit, unless their inputs (and so their fits) differ."""
+    return (l.site.weight.source, l.decision.rank) + ((l.site.key,) if calib else ())
+
+
+def _recover(model, fitted, winners: list[_Layer], calib: Calibration, config: RewriteConfig, progress):
+    """The rewritten model with every layer recovered (when ``config.recover``), each layer's
+    fit carrying its recovered factors."""
+    reps = [Replacement(l.site, l.form.kind, l.decision.rank, [f.factors for f in l.fit.fits]) for l in winners]
+    final, recovered = calib.recover(model, fitted, reps, _stage(progress, "calibration:"))
+    for l in winners:
+        l.recovery = recovered.get(l.site.key)
+        if l.recovery is not None and l.recovery.result is not None:
+            l.fit = calib.refit(l.fit, l.site, l.recovery)
+    return final
+
+
 def _measured_by_selection(summary: dict | None, config: RewriteConfig) -> SpeedCheck | None:
     """The kept measurement round of --target-speedup, when it timed exactly the final model
     (a forced form: nothing changed after the selection)."""
@@ -270,6 +294,8 @@ def _layer_report(site: ConvSite, chosen: set[str], layers: list[_Layer], new_na
         row.max_term_norm = max(f.max_term_norm for f in fits)
         row.stabilized = any(f.stabilized for f in fits)
         row.fit_seconds = sum(f.seconds for f in fits)
+    if l.recovery is not None:
+        row.output_error_before, row.output_error_after, row.recovery = l.recovery.report()
     if l.form is not None and l.form.kind == "original":
         row.status, row.realization = "kept", "original"
         row.reason = f"no CP form at rank {d.rank} was faster in onnxruntime (" + ", ".join(

@@ -30,8 +30,17 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--budget-macs", type=float, default=None, metavar="N",
               help="Choose ranks so the whole model costs at most N multiply-adds (e.g. 5e9).")
 @click.option("--calib", type=click.Path(path_type=str), default=None,
-              help="Calibration inputs for the rank proxy: .npz (array x), .npy, or a folder of images.")
-@click.option("--calib-count", default=8, show_default=True, help="Calibration inputs used at most.")
+              help="Unlabeled calibration inputs: .npz (array x), .npy, or a folder of images. Turns on data-aware "
+                   "fits and layer-wise recovery, and feeds the rank proxy.")
+@click.option("--calib-count", default=8, show_default=True, help="Calibration inputs the rank proxy uses at most.")
+@click.option("--calib-samples", default=512, show_default=True, metavar="N",
+              help="Calibration inputs the fits and recovery use at most; a fifth is held back for the report.")
+@click.option("--no-recover", is_flag=True,
+              help="With --calib: keep the data-aware fits as they are, without layer-wise recovery.")
+@click.option("--recover-steps", default=300, show_default=True, metavar="N",
+              help="Adam steps per layer in recovery (torch; without it, least squares alone).")
+@click.option("--recover-time", type=float, default=300.0, show_default=True, metavar="S",
+              help="Seconds of recovery training for all layers together.")
 @click.option("--search", default=0, show_default=True, metavar="N",
               help="Refine the allocation with N Bayesian-optimization trials (optuna) on the proxy.")
 @click.option("--search-storage", default=None, metavar="URL",
@@ -73,7 +82,8 @@ from onnx_cp.rewrite import rewrite_with_report
               help="Also write the per-layer report as JSON.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
-def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, search,
+def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, calib_samples,
+                    no_recover, recover_steps, recover_time, search,
                     search_storage, study_name,
                     cost, layers, exclude, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
@@ -87,7 +97,8 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
     config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
                            max_iter=max_iter, fit_tol=fit_tol, jobs=jobs, max_time=max_time, stabilize=stabilize, seed=seed,
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
-                           input_shapes=parse_input_shapes(input_shapes))
+                           input_shapes=parse_input_shapes(input_shapes), calib=calib, calib_samples=calib_samples,
+                           recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time)
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
     if report_path:

@@ -40,13 +40,34 @@ def load_calibration(model: onnx.ModelProto, path: str | None, count: int, seed:
         feeds = [{name: rng.standard_normal(sample).astype(np.float32)} for _ in range(count)]
         return feeds, (f"no --calib given: the proxy used {count} random inputs, which say little about "
                        "real data; pass --calib images/ or calib.npz")
+    data = read_calibration(model, path, count, shapes)
+    return [{name: data[i:i + 1]} for i in range(len(data))], None
+
+
+def read_calibration(model: onnx.ModelProto, path: str, count: int,
+                     shapes: Mapping[str, tuple[int, ...]]) -> np.ndarray:
+    """The first ``count`` samples of ``path`` as one float32 array (N, ...) that fits the
+    model's one input; refused with one line when the shape or dtype does not fit, a sample
+    holds NaN or Inf, or there is nothing to read."""
+    name, shape = input_shape(model, shapes)
+    sample = (1, *shape[1:])
     data = _read(Path(path), sample)
     if data.ndim == len(sample) - 1:
         data = data[None]
     if tuple(data.shape[1:]) != tuple(sample[1:]):
         raise OnnxCpError(f"--calib {path}: samples have shape {list(data.shape[1:])}, the model's input "
-                          f"{name!r} wants {list(sample[1:])}")
-    return [{name: data[i:i + 1].astype(np.float32)} for i in range(min(count, len(data)))], None
+                          f"{name!r} wants {list(sample[1:])}", usage=True)
+    if data.dtype.kind not in "fiu":
+        raise OnnxCpError(f"--calib {path}: samples are {data.dtype}, the model's input {name!r} takes floats; "
+                          "save them as float32", usage=True)
+    if len(data) == 0:
+        raise OnnxCpError(f"--calib {path}: holds no samples", usage=True)
+    data = data[:count].astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(data.reshape(len(data), -1)).all(axis=1))
+    if len(bad):
+        raise OnnxCpError(f"--calib {path}: {len(bad)} sample(s) hold NaN or Inf (the first is sample {bad[0]}); "
+                          "drop or clean them", usage=True)
+    return data
 
 
 def _read(path: Path, sample: tuple[int, ...]) -> np.ndarray:
@@ -76,9 +97,11 @@ def _images(folder: Path, sample: tuple[int, ...]) -> np.ndarray:
         raise OnnxCpError("--calib with a folder of images needs Pillow: pip install pillow") from None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise OnnxCpError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        raise OnnxCpError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder; "
+                          "point it at a folder of images, an .npz (array x) or an .npy", usage=True)
     if len(sample) != 4 or sample[1] != 3:
-        raise OnnxCpError(f"--calib {folder}: images need an input of shape 1x3xHxW, the model has {list(sample)}")
+        raise OnnxCpError(f"--calib {folder}: images need an input of shape 1x3xHxW, the model has {list(sample)}",
+                          usage=True)
     height, width = sample[2], sample[3]
     arrays = []
     for file in files:

@@ -1,0 +1,151 @@
+"""Recovery of every rewritten layer, in graph order, fed by the already-rewritten prefix.
+
+Layers are taken in waves: a layer's wave is one more than the latest wave of any rewritten
+layer upstream of its input, so one onnxruntime pass of the model with the earlier waves
+recovered gives every layer of a wave its real (prefix-fed) inputs, and errors do not pile up.
+Only the small CP chains are trained; the rest of the model runs as it is in onnxruntime,
+whatever its ops.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnx_cp.calibrate.activations import batch_size, stream
+from onnx_cp.calibrate.follow import Activation, following
+from onnx_cp.calibrate.observe import Observation
+from onnx_cp.calibrate.patches import extract
+from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, recover
+from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
+from onnx_cp.splice import Replacement, splice
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerRecovery:
+    """One layer after recovery: its new factors and bias, and how it went."""
+
+    replacement: Replacement
+    bias: np.ndarray
+    result: Recovered | None  # None when the layer could not be trained (reason says why)
+    activation: str
+    reason: str | None = None
+
+    def report(self) -> tuple[float | None, float | None, str]:
+        """(held-back output error before, after, what was done) for the layer's report row."""
+        if self.result is None:
+            return None, None, f"not recovered: {self.reason}"
+        r = self.result
+        how = f"{r.method} ({r.steps} steps)" if r.method == "adam" else r.method
+        return r.error_before, r.error_after, f"{how}, target after {self.activation}"
+
+
+def waves(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, int]:
+    """Each rewritten layer's wave (0: no rewritten layer upstream of its input)."""
+    wanted = set(keys)
+    upstream: dict[str, frozenset[str]] = {}
+    wave: dict[str, int] = {}
+    for node in model.graph.node:
+        above = frozenset().union(*(upstream.get(i, frozenset()) for i in node.input if i))
+        out = node.output[0] if node.output else None
+        if out in wanted:
+            wave[out] = 1 + max((wave[k] for k in above), default=-1)
+            above = above | {out}
+        for o in node.output:
+            upstream[o] = above
+    return wave
+
+
+def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], observed: dict[str, Observation],
+                   x: np.ndarray, options: RecoveryOptions, max_time: float | None, threads: int = 1,
+                   progress: Progress | None = None) -> list[LayerRecovery]:
+    """Every replacement recovered on its layer's prefix-fed patches (``x``: the calibration
+    inputs that ``observed`` was measured on)."""
+    index = GraphIndex(model.graph)
+    order = waves(model, [r.site.key for r in replacements])
+    done: list[LayerRecovery] = []
+    start = time.perf_counter()
+    todo = sorted(replacements, key=lambda r: order[r.site.key])
+    for w in sorted(set(order.values())):
+        layer_reps = [r for r in todo if order[r.site.key] == w]
+        prefix = apply(model, done)
+        inputs = _prefix_patches(prefix, layer_reps, observed, x, threads)
+        for rep in layer_reps:
+            if progress:
+                progress(f"recovering {rep.site.name}", len(done), len(replacements))
+            left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
+            share = None if left is None else left / (len(replacements) - len(done))
+            done.append(_recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
+                                     replace(options, max_time=share, threads=threads)))
+    return done
+
+
+def _recover_one(index: GraphIndex, rep: Replacement, seen: Observation, patches: np.ndarray,
+                 options: RecoveryOptions) -> LayerRecovery:
+    act = following(index, rep.site.node)
+    bias = None
+    if rep.site.bias is not None:
+        value = index.constant(rep.site.bias)
+        if isinstance(value, str):
+            zero = np.zeros(rep.site.spec.out_channels)
+            return LayerRecovery(rep, zero, None, act.kind, f"bias is not constant: {value}")
+        bias = value.value.astype(np.float64)
+    train, held = Pairs(patches, seen.targets).split(seen.held)
+    result = recover(train, held if len(held.targets) else train, rep.factors, bias, act, options)
+    return LayerRecovery(replace(rep, factors=result.factors), result.bias, result, act.kind)
+
+
+def _prefix_patches(prefix: onnx.ModelProto, reps: Sequence[Replacement], observed: dict[str, Observation],
+                    x: np.ndarray, threads: int) -> dict[str, np.ndarray]:
+    """Each layer's patches at its observed positions, read from ``prefix``."""
+    parts: dict[str, list[np.ndarray]] = {r.site.key: [] for r in reps}
+    for start, values in stream(prefix, [r.site.node.input[0] for r in reps], x, threads=threads):
+        for r in reps:
+            parts[r.site.key].append(extract(values[r.site.node.input[0]], start, observed[r.site.key].positions,
+                                             r.site.spec, tuple(r.site.out_shape[2:])))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def apply(model: onnx.ModelProto, layers: Sequence[LayerRecovery]) -> onnx.ModelProto:
+    """A copy of ``model`` with the recovered layers spliced in, biases included."""
+    out, _ = splice(model, [l.replacement for l in layers])
+    set_biases(out, {l.replacement.site.key: l.bias for l in layers if l.result is not None})
+    return out
+
+
+def set_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:
+    """Give the node writing each key (a rewritten layer's last stage) its new bias, in place;
+    the old bias initializer goes when nothing else reads it."""
+    if not biases:
+        return
+    graph = model.graph
+    names = NameAllocator(all_names(model))
+    old = set()
+    inits = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        key = node.output[0] if node.output else None
+        if key not in biases:
+            continue
+        weight = inits.get(node.input[1])
+        dtype = numpy_helper.to_array(weight).dtype if weight is not None else np.float32
+        name = names.fresh(f"{node.name}.recovered_bias")
+        tensor = numpy_helper.from_array(biases[key].astype(dtype), name)
+        graph.initializer.append(tensor)
+        if model.ir_version < 4:  # IR < 4: every initializer must also be a graph input
+            graph.input.append(helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims)))
+        if len(node.input) > 2 and node.input[2]:
+            old.add(node.input[2])
+            node.input[2] = name
+        else:
+            node.input.append(name)
+    dead = old - {i for n in graph.node for i in n.input} - {o.name for o in graph.output} - subgraph_reads(graph)
+    for container in (graph.initializer, graph.input):
+        for i in reversed(range(len(container))):
+            if container[i].name in dead:
+                del container[i]

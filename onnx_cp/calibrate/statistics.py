@@ -1,0 +1,67 @@
+"""A layer's input statistics, from the patches its Conv reads on calibration inputs.
+
+The output error of a kernel error E on a patch p is <E, p>; over the data it is E's norm
+weighted by the patches' second moment. That moment is approximated as a Kronecker product
+of per-mode moments (input channels x rows x columns), which a CP fit can honour mode by mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModeMoments:
+    """Uncentered second moments of one group's input patches, per mode, trace-normalized."""
+
+    channels: np.ndarray  # (S, S)
+    rows: np.ndarray  # (kh, kh)
+    cols: np.ndarray  # (kw, kw)
+    patches: int  # how many patches they were measured on
+
+
+class MomentAccumulator:
+    """Sums of per-mode outer products over batches of patches (M, C, kh, kw)."""
+
+    def __init__(self, channels: int, kernel: tuple[int, int], group: int):
+        self.group, self.per = group, channels // group
+        self.sums = [[np.zeros((self.per, self.per)), np.zeros((kernel[0],) * 2), np.zeros((kernel[1],) * 2)]
+                     for _ in range(group)]
+        self.count = 0
+
+    def add(self, patches: np.ndarray) -> None:
+        for g, sums in enumerate(self.sums):
+            p = patches[:, g * self.per:(g + 1) * self.per].astype(np.float64)
+            sums[0] += np.einsum("msyx,mtyx->st", p, p, optimize=True)
+            sums[1] += np.einsum("msyx,msYx->yY", p, p, optimize=True)
+            sums[2] += np.einsum("msyx,msyX->xX", p, p, optimize=True)
+        self.count += len(patches)
+
+    def result(self) -> list[ModeMoments]:
+        return [ModeMoments(*(_normalized(s) for s in sums), self.count) for sums in self.sums]
+
+
+def _normalized(moment: np.ndarray) -> np.ndarray:
+    trace = float(np.trace(moment))
+    return moment / trace * len(moment) if trace > 0 else np.eye(len(moment))
+
+
+def whitener(moment: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(A, A^-1) with A = (M + floor * mean eigenvalue * I)^(1/2) for a symmetric moment M.
+
+    The floor keeps directions the data never excites from being fitted arbitrarily (their
+    error would show on other inputs) and A well conditioned.
+    """
+    values, vectors = np.linalg.eigh((moment + moment.T) / 2)
+    values = np.maximum(values, 0.0) + floor * max(float(np.mean(values)), 1e-12)
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def samples_needed(in_per_group: int, kernel: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """Calibration samples whose patches span the layer's patch space (S * kh * kw dimensions),
+    with 16 positions per sample counted as independent (neighbouring pixels are alike)."""
+    dims = in_per_group * kernel[0] * kernel[1]
+    per_sample = min(16, out_hw[0] * out_hw[1])
+    return -(-dims // per_sample)
