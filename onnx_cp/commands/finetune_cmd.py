@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from onnx_cp.finetune import FinetuneConfig, FinetuneReport
 
 _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model expects) and y (N int "
-              "labels), an .npy of x alone (then --teacher is needed), or a folder with one subfolder "
-              "of images per class.")
+              "labels), an .npz or .npy of x alone, a folder with one subfolder of images per class, or a "
+              "folder of images alone (without labels --teacher is needed: distillation alone).")
 
 
 @click.command("finetune", cls=ProjectCommand)
@@ -31,7 +31,13 @@ _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model
 @click.option("--val", type=click.Path(path_type=Path), default=None,
               help="Validation data (same formats), for per-epoch and before/after accuracy.")
 @click.option("--teacher", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The model before the rewrite: distill from its outputs as well as the labels.")
+              help="The model before the rewrite: distill every output the two share (as well as the labels, "
+                   "when there are any).")
+@click.option("--class-axis", "class_axes", multiple=True, metavar="[OUTPUT=]AXIS|mse",
+              help="Distillation loss of an output (or, without OUTPUT=, of every output): KL along class axis "
+                   "AXIS, or mse (normalized squared error, for regression and detection heads). Repeatable. "
+                   "Default per output: 2-D (N, C) -> KL on axis 1; 3-D (T, N, C) -> KL on the last axis; "
+                   "others -> mse.")
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate (cosine decay).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
@@ -59,13 +65,14 @@ _DATA_HELP = ("An .npz with arrays x (N,C,H,W float32, preprocessed as the model
 def finetune_command(model: Path, output: Path, data: Path, val: Path | None, teacher: Path | None, epochs: int,
                      lr: float, batch_size: int, temperature: float, distill_weight: float, weight_decay: float,
                      seed: int, device: str | None, threads: int | None, nproc: int, input_shapes, mean, std,
-                     report_path: Path | None, overwrite: bool, quiet: bool) -> None:
+                     report_path: Path | None, overwrite: bool, quiet: bool, class_axes: tuple[str, ...]) -> None:
     """Fine-tune MODEL (a rewritten model) on --data and write it to -o with the same CP structure.
 
     With --nproc N, N processes train on shares of the data (torch.distributed); under torchrun the
     command joins the group torchrun starts, on one machine or several. Rank 0 writes -o and --report.
     """
     from onnx_cp.finetune import FinetuneConfig
+    from onnx_cp.finetune.distill import parse_class_axes
     from onnx_cp.finetune.distributed import launch, world_from_env
 
     if nproc < 1:
@@ -81,7 +88,9 @@ def finetune_command(model: Path, output: Path, data: Path, val: Path | None, te
                           f"multiple of {workers} (each worker takes batch-size / {workers} samples a step)",
                           usage=True)
     config = FinetuneConfig(epochs=epochs, lr=lr, temperature=temperature, distill_weight=distill_weight,
-                            weight_decay=weight_decay, seed=seed, device=device)
+                            weight_decay=weight_decay, seed=seed, device=device,
+                            class_axes=parse_class_axes(class_axes))
+    _check_importable(model, teacher)  # before any data is read or worker started
     if joined is None or joined.leader:  # rank 0 writes; another machine's paths need not exist
         check_output_path(output, protect=model, overwrite=overwrite)
         if report_path:
@@ -198,6 +207,16 @@ def _loaders(torch, job: _Job, world, train, val):
     return loader, data.DataLoader(val_set, batch_size=max(job.batch_size, 256))
 
 
+def _check_importable(model: Path, teacher: Path | None) -> None:
+    """Refuse, naming them, the operators of MODEL or --teacher that onnx2torch cannot convert."""
+    from onnx_cp.finetune import normalize
+    from onnx_cp.finetune.converters import require_converters
+
+    for path in (model, teacher):
+        if path is not None:
+            require_converters(normalize(load_model(path)), str(path))
+
+
 def _check_devices(device: str | None, nproc: int) -> None:
     """Refuse, before starting workers, a device they cannot share (one GPU each)."""
     from onnx_cp.finetune.distributed import World, pick_device
@@ -207,7 +226,7 @@ def _check_devices(device: str | None, nproc: int) -> None:
 
 def _settings(config) -> dict:
     return {name: getattr(config, name) for name in
-            ("epochs", "lr", "temperature", "distill_weight", "weight_decay", "seed", "device")}
+            ("epochs", "lr", "temperature", "distill_weight", "weight_decay", "seed", "device", "class_axes")}
 
 
 def _image_shape(model, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] | None:
@@ -225,16 +244,19 @@ def _image_shape(model, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...] |
 
 
 def _load(path: Path, shape, mean, std, classes):
-    """(x, y or None, class names or None) from an .npz/.npy or an image folder."""
+    """(x, y or None, class names or None) from an .npz/.npy, a folder of class folders, or a folder of
+    images alone (no labels)."""
     from onnx_cp.evaluate import load_dataset
-    from onnx_cp.finetune.data import load_image_folder, parse_floats
+    from onnx_cp.finetune.data import class_folders, load_image_folder, load_images, parse_floats
 
     if path.is_dir():
         if shape is None:
             raise OnnxCpError(f"{path}: reading images needs their size; the model's input is dynamic, so "
                               "pass --input-shape NAME=1x3x224x224", usage=True)
-        return load_image_folder(path, shape, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-                                 classes=classes)
+        mean_v, std_v = parse_floats(mean, "--mean"), parse_floats(std, "--std")
+        if not class_folders(path):
+            return load_images(path, shape, mean=mean_v, std=std_v), None, None
+        return load_image_folder(path, shape, mean=mean_v, std=std_v, classes=classes)
     if mean is not None or std is not None:
         raise OnnxCpError("--mean/--std apply to image folders only; store .npz data already normalized",
                           usage=True)
@@ -279,6 +301,7 @@ class _Bars:
 
 def _render(console, accuracy: dict, where: str, report) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     if accuracy:
         table = Table(title=f"accuracy on {where}", title_justify="left")
@@ -292,3 +315,12 @@ def _render(console, accuracy: dict, where: str, report) -> None:
     console.print(f"fine-tuned {len(report.epochs)} epoch(s), {report.steps} steps ({how}) on {report.device}"
                   f"{workers} in {report.seconds:.1f} s ({report.samples_per_second:.0f} samples/s); exported model "
                   f"matches torch within {report.export_difference:.2g}")
+    if report.outputs:
+        table = Table(title="distillation on the first batch", title_justify="left")
+        for col, justify in (("output", "left"), ("loss", "left"), ("why", "left"), ("before", "right"),
+                             ("after", "right")):
+            table.add_column(col, justify=justify)
+        for out in report.outputs:
+            after = f"{out.after:.4g}" if out.after is not None else "-"
+            table.add_row(Text(out.name), out.loss, Text(out.rule), f"{out.before:.4g}", after)  # names as they are
+        console.print(table)

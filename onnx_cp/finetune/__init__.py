@@ -4,7 +4,8 @@
     tuned = onnx_cp.finetune("fast.onnx", loader, epochs=3, lr=1e-3, teacher="orig.onnx")
     onnx_cp.save_model(tuned, "tuned.onnx")
 
-``to_torch`` / ``to_onnx`` are the two conversions on their own. torch and onnx2torch (the
+``to_torch`` / ``to_onnx`` are the two conversions on their own; ``missing_converters`` names the
+operators onnx2torch cannot import (onnx-cp adds a converter for LSTM). torch and onnx2torch (the
 ``finetune`` extra) are imported when a function needs them, so importing this package, or
 ``onnx_cp``, works without them.
 """
@@ -12,9 +13,11 @@ import sys
 import types
 
 from onnx_cp.finetune.convert import ExportNotes, op_counts, structure_changes, to_onnx, to_torch
-from onnx_cp.finetune.data import load_image_folder
+from onnx_cp.finetune.converters import missing_converters
+from onnx_cp.finetune.data import load_image_folder, load_images
 from onnx_cp.finetune.normalize import normalize
 from onnx_cp.finetune.train import (
+    DistilledOutput,
     EpochStats,
     FinetuneConfig,
     FinetuneReport,
@@ -25,9 +28,9 @@ from onnx_cp.finetune.train import (
 )
 
 __all__ = [
-    "EpochStats", "ExportNotes", "FinetuneConfig", "FinetuneReport", "FinetuneResult", "Step", "finetune",
-    "finetune_with_report", "load_image_folder", "normalize", "op_counts", "structure_changes", "to_onnx",
-    "to_torch",
+    "DistilledOutput", "EpochStats", "ExportNotes", "FinetuneConfig", "FinetuneReport", "FinetuneResult", "Step",
+    "finetune", "finetune_with_report", "load_image_folder", "load_images", "missing_converters", "normalize",
+    "op_counts", "structure_changes", "to_onnx", "to_torch",
 ]
 
 

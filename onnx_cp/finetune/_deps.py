@@ -17,3 +17,13 @@ def require_torch():
     except ImportError as exc:
         raise OnnxCpError(f"{EXTRA_HINT} (cannot import onnx2torch: {exc})") from None
     return torch, onnx2torch
+
+
+def onnx2torch_version() -> str:
+    """The installed onnx2torch's version ('' when unknown), for messages."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnx2torch")
+    except PackageNotFoundError:
+        return ""

@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.finetune._deps import require_torch
+from onnx_cp.finetune._deps import onnx2torch_version, require_torch
+from onnx_cp.finetune.converters import IMPORT_FREE_HINT, require_converters
 from onnx_cp.finetune.normalize import normalize
 from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import load_model
@@ -48,24 +49,28 @@ class ExportNotes:
     nodes_of: dict[str, list[str]] = field(default_factory=dict)
 
 
-def to_torch(model: ModelLike):
+def to_torch(model: ModelLike, *, what: str = "the model"):
     """A torch module (``torch.fx.GraphModule``, eval mode) computing what ``model`` computes.
 
     The graph is normalized first (``onnx_cp.finetune.normalize``) so onnx2torch can read every
-    Conv's weights. Raises OnnxCpError when onnx2torch has no converter for an operator.
+    Conv's weights, and onnx-cp's converters (LSTM) are added to onnx2torch's. An operator without
+    a converter is refused before any conversion, with every such operator named (``what`` names
+    the model in that message); a converter that fails on a node raises OnnxCpError too.
     """
     torch, onnx2torch = require_torch()
     graph = normalize(load_model(model))
+    require_converters(graph, what)
     opset = _default_opset(graph)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             module = onnx2torch.convert(graph)
     except NotImplementedError as exc:
-        raise OnnxCpError(f"onnx2torch {_version(onnx2torch)} cannot convert the model ({exc}); re-export "
-                          f"it at another opset (it is at {opset}) or without that operator") from None
+        raise OnnxCpError(f"onnx2torch {onnx2torch_version()} cannot convert {what} ({exc}); re-export it at "
+                          f"another opset (it is at {opset}) or without that operator, or {IMPORT_FREE_HINT}"
+                          ) from None
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise OnnxCpError(f"onnx2torch {_version(onnx2torch)} failed on the model ({type(exc).__name__}: "
+        raise OnnxCpError(f"onnx2torch {onnx2torch_version()} failed on {what} ({type(exc).__name__}: "
                           f"{exc}); check it with 'onnx-cp inspect' and onnx.checker") from None
     assert isinstance(module, torch.nn.Module)
     return module.eval()
@@ -155,23 +160,45 @@ def structure_changes(before: onnx.ModelProto, after: onnx.ModelProto) -> dict[s
 
 
 def max_difference(model: onnx.ModelProto, module, x) -> tuple[float, float]:
-    """(largest |onnxruntime - torch| over the first output, largest |torch|) on batch ``x``."""
+    """(largest |onnxruntime - torch| over all outputs, largest |torch|) on batch ``x``."""
     torch, _ = require_torch()
 
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            ref = module(torch.as_tensor(x).to(_device_of(module)))
+            refs = output_list(module(torch.as_tensor(x).to(_device_of(module))), len(model.graph.output))
     finally:
         module.train(was_training)
-    ref = first_output(ref).detach().cpu().numpy()
+    refs = [r.detach().cpu().numpy() for r in refs]
     session = open_session(model)
     name = session.get_inputs()[0].name
-    got = session.run(None, {name: np.asarray(torch.as_tensor(x).cpu().numpy())})[0]
-    if got.shape != ref.shape:
-        return float("inf"), float(np.max(np.abs(ref), initial=0.0))
-    return float(np.max(np.abs(got - ref), initial=0.0)), float(np.max(np.abs(ref), initial=0.0))
+    gots = session.run(None, {name: np.asarray(torch.as_tensor(x).cpu().numpy())})
+    scale = max(float(np.max(np.abs(r), initial=0.0)) for r in refs)
+    if [g.shape for g in gots] != [r.shape for r in refs]:
+        return float("inf"), scale
+    return max(float(np.max(np.abs(g - r), initial=0.0)) for g, r in zip(gots, refs)), scale
+
+
+def output_list(out, count: int | None = None) -> list:
+    """A module's outputs as a list of ``count`` tensors (any number when None), in the ONNX graph's
+    output order.
+
+    onnx2torch returns a tensor for one output and a tuple for several; an output read from a node
+    with several outputs comes back as that node's whole tuple, which is flattened here.
+    """
+    flat, stack = [], [out]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, (tuple, list)):
+            stack[:0] = list(item)
+        else:
+            flat.append(item)
+    if count is not None and len(flat) != count:
+        raise OnnxCpError(f"the converted module returns {len(flat)} tensors for the model's {count} outputs; "
+                          "onnx2torch returns a whole node for an output read from a node with several "
+                          "outputs: re-export the model with that output computed by a node of its own")
+    return flat
 
 
 def first_output(out):
@@ -282,5 +309,3 @@ def _dims(tensor) -> str:
                     for d in tensor.shape.dim)
 
 
-def _version(module) -> str:
-    return getattr(module, "__version__", "")

@@ -3,9 +3,11 @@
     tuned = finetune("fast.onnx", loader, epochs=3, lr=1e-3, teacher="orig.onnx")
 
 The whole network trains (every CP factor, bias and the layers around them) with cross-entropy
-on the labels; with a teacher, also with distillation from the teacher's logits (KL divergence
-of temperature-softened distributions, scaled by T^2); batches without labels use distillation
-alone. Adam with a cosine learning-rate decay over all steps.
+on the labels (of the first output, N x C class logits); with a teacher, also with distillation
+over every output the two models share (``onnx_cp.finetune.distill``: KL of temperature-softened
+distributions along a class axis, given or detected from the shape, or normalized MSE for other
+heads); batches without labels use distillation alone. Adam with a cosine learning-rate decay
+over all steps.
 
 Before training, the untrained module is exported once and checked: same operators as the
 input, same outputs in onnxruntime. So a model that would lose its CP structure or its
@@ -36,10 +38,12 @@ from onnx_cp.finetune.convert import (
     first_output,
     fit_batch,
     max_difference,
+    output_list,
     structure_changes,
     to_onnx,
     to_torch,
 )
+from onnx_cp.finetune.distill import OutputLoss, normalize_class_axes, output_loss, plan_losses, softmax_outputs
 from onnx_cp.model_io import load_model
 
 FINETUNE_METADATA_KEY = "onnx_cp_finetune"
@@ -54,8 +58,11 @@ class FinetuneConfig:
     """How to train. Validated on construction, shared by the CLI and the Python API.
 
     temperature: softens both logit sets before the KL divergence (Hinton et al.).
-    distill_weight: with labels and a teacher, loss = (1 - w) * CE + w * T^2 * KL.
+    distill_weight: with labels and a teacher, loss = (1 - w) * CE + w * distillation.
     device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when torch sees it, else the CPU.
+    class_axes: per output name (or "*" for every output), the class axis of its KL loss, or None
+    for normalized MSE; outputs not named get the shape rule (``onnx_cp.finetune.distill``).
+    A mapping is accepted and stored as sorted (name, axis) pairs.
     """
 
     epochs: int = 3
@@ -65,8 +72,10 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     seed: int = 0
     device: str | None = None
+    class_axes: tuple[tuple[str, int | None], ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "class_axes", normalize_class_axes(self.class_axes))
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise OnnxCpError(f"--epochs must be at least 1, got {self.epochs}", usage=True)
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -106,6 +115,19 @@ class EpochStats:
     accuracy: float | None
     val_accuracy: float | None
     seconds: float
+    distillation: dict[str, float] = field(default_factory=dict)  # output -> mean loss over the epoch
+
+
+@dataclass
+class DistilledOutput:
+    """One output's distillation: its loss, why that loss, and its value on the check batch (the
+    first training batch, at most 8 samples, in eval mode) before and after training."""
+
+    name: str
+    loss: str  # "kl(axis=1)" or "mse"
+    rule: str
+    before: float
+    after: float | None = None
 
 
 @dataclass
@@ -123,6 +145,7 @@ class FinetuneReport:
     stopped_early: bool = False
     labelled: bool = False  # trained on labels (cross-entropy)
     distilled: bool = False  # trained on the teacher's outputs
+    outputs: list[DistilledOutput] = field(default_factory=list)  # per distilled output
     export_difference: float = 0.0  # max |onnxruntime - torch| of the exported model on a batch
     structure: dict[str, int] = field(default_factory=dict)  # operator count changes vs the input
     notes: list[str] = field(default_factory=list)
@@ -141,19 +164,22 @@ class FinetuneResult:
 
 def finetune(model, loader: Iterable, *, epochs: int, lr: float, teacher=None, val_loader: Iterable | None = None,
              seed: int = 0, device: str | None = None, callback: Callback | None = None,
-             temperature: float = 4.0, distill_weight: float = 0.5,
-             weight_decay: float = 0.0) -> onnx.ModelProto:
+             temperature: float = 4.0, distill_weight: float = 0.5, weight_decay: float = 0.0,
+             class_axes=()) -> onnx.ModelProto:
     """Train ``model`` (an ONNX model or path) on ``loader``'s batches; return it as ONNX.
 
     ``loader`` yields ``(x, y)`` (images and integer labels) or ``x`` alone (then ``teacher`` is
     needed); it is iterated once per epoch (a DataLoader or a list of batches; without a
-    ``len`` the learning rate stays constant instead of decaying). ``teacher`` (ONNX model, path, or torch module) adds distillation. ``val_loader``
-    gives the per-epoch validation accuracy that the callback sees. The result has the input's
-    input/output names, dynamic dimensions and metadata, and its operators.
+    ``len`` the learning rate stays constant instead of decaying). ``teacher`` (ONNX model, path,
+    or torch module) adds distillation over every output the two share (by name; by position
+    when no name is shared), ``class_axes`` chooses each output's loss (FinetuneConfig).
+    ``val_loader`` gives the per-epoch validation accuracy that the callback sees. The result
+    has the input's input/output names, dynamic dimensions and metadata, and its operators.
     """
     return finetune_with_report(model, loader, epochs=epochs, lr=lr, teacher=teacher, val_loader=val_loader,
                                 seed=seed, device=device, callback=callback, temperature=temperature,
-                                distill_weight=distill_weight, weight_decay=weight_decay).model
+                                distill_weight=distill_weight, weight_decay=weight_decay,
+                                class_axes=class_axes).model
 
 
 def finetune_with_report(model, loader: Iterable, *, teacher=None, val_loader: Iterable | None = None,
@@ -179,14 +205,17 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
         student = to_torch(source)
         _precheck(source, student, x0, report)
         student.to(dev)
-        teacher_module = _teacher(teacher, dev, x0, student) if teacher is not None else None
-        if teacher_module is None and y0 is None:
+        if teacher is None and y0 is None:
             raise OnnxCpError("the training batches have no labels and no teacher is given; "
                               "pass labels (x, y) or a teacher to distill from")
-        report.distilled, report.labelled = teacher_module is not None, y0 is not None
+        distiller = _teacher(teacher, dev, x0, student, source, config, report) if teacher is not None else None
+        report.distilled, report.labelled = distiller is not None, y0 is not None
         start = time.perf_counter()
-        _train(student, teacher_module, loader, val_loader, config, dev, callback, report)
+        _train(student, distiller, loader, val_loader, config, dev, callback, report)
         report.seconds = time.perf_counter() - start
+        if distiller is not None:
+            for out, value in zip(report.outputs, distiller.check(student, x0, dev, config.temperature)):
+                out.after = value
     student.eval()
     export_notes = ExportNotes()
     tuned = to_onnx(student, source, example=x0, notes=export_notes)
@@ -243,7 +272,7 @@ def _agreement(model: onnx.ModelProto, module, x, report: FinetuneReport, what: 
 
 
 def _rounding_error(module, x) -> float:
-    """max |float32 output - float64 output| of the module on batch ``x``."""
+    """max |float32 output - float64 output| of the module on batch ``x``, over all outputs."""
     import copy
 
     import torch
@@ -254,11 +283,11 @@ def _rounding_error(module, x) -> float:
     module.eval()
     try:
         with torch.no_grad():
-            narrow = first_output(module(torch.as_tensor(x).to(dev))).double()
-            exact = first_output(wide(torch.as_tensor(x).to(dev).double()))
+            narrow = output_list(module(torch.as_tensor(x).to(dev)))
+            exact = output_list(wide(torch.as_tensor(x).to(dev).double()))
     finally:
         module.train(was_training)
-    return float((narrow - exact).abs().max())
+    return max(float((a.double() - b).abs().max()) for a, b in zip(narrow, exact))
 
 
 def _note_structure(report: FinetuneReport) -> None:
@@ -269,7 +298,8 @@ def _note_structure(report: FinetuneReport) -> None:
         report.notes.append("the exported graph's operators differ from the input's: " + "; ".join(parts))
 
 
-def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, callback, report) -> None:
+def _train(student, teacher: _Distiller | None, loader, val_loader, config: FinetuneConfig, dev, callback,
+           report) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -284,27 +314,33 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * batches)
                 if batches else None)
     t, w = config.temperature, config.distill_weight
+    count = len(report.outputs)  # distilled outputs
     training_seconds = 0.0
     for epoch in range(1, config.epochs + 1):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch - 1)  # a DistributedSampler's shuffle, the same on every worker
         trainee.train()
         start, total, correct, labelled, seen, done = time.perf_counter(), 0.0, 0, 0, 0, 0
+        per_output = [0.0] * count  # distillation loss of each output, summed over samples
         stop = False
         for batch in loader:
             x, y = _split(batch)
             x = x.to(dev, non_blocking=True)
-            logits = first_output(trainee(x))
+            outputs = output_list(trainee(x))
+            logits = outputs[0]
             losses = []
             if y is not None:
                 y = y.to(dev, non_blocking=True).long()
+                if logits.ndim != 2:
+                    raise OnnxCpError(f"labels need the model's first output to be N x C class logits, but it "
+                                      f"is {tuple(logits.shape)}; leave out the labels (y) and distill from a "
+                                      "teacher")
                 losses.append((1.0 - w if teacher is not None else 1.0, F.cross_entropy(logits, y)))
             if teacher is not None:
-                with torch.no_grad():
-                    target = first_output(teacher(x)).float()
-                kd = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(target / t, dim=1),
-                              reduction="batchmean", log_target=True) * (t * t)
-                losses.append((w if y is not None else 1.0, kd))
+                parts = teacher.losses(outputs, x, t)
+                for k, part in enumerate(parts):
+                    per_output[k] += float(part.detach()) * len(x)
+                losses.append((w if y is not None else 1.0, sum(parts) / len(parts)))
             loss = sum(weight * value for weight, value in losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,12 +366,14 @@ def _train(student, teacher, loader, val_loader, config: FinetuneConfig, dev, ca
                 stop = True
                 break
         training_seconds += time.perf_counter() - start
-        total, seen, correct, labelled = summed([total, seen, correct, labelled], dev)  # the whole group's
+        total, seen, correct, labelled, *per_output = summed([total, seen, correct, labelled, *per_output],
+                                                             dev)  # the whole group's
         seen, correct, labelled = int(seen), int(correct), int(labelled)
         report.samples += seen
         val = _accuracy(student, val_loader, dev) if val_loader is not None else None
         report.epochs.append(EpochStats(epoch, total / max(seen, 1), correct / labelled if labelled else None,
-                                        val, time.perf_counter() - start))
+                                        val, time.perf_counter() - start,
+                                        {o.name: v / max(seen, 1) for o, v in zip(report.outputs, per_output)}))
         report.samples_per_second = report.samples / training_seconds if training_seconds > 0 else 0.0
         if callback is not None and val_loader is not None:
             stop = bool(callback(Step("val", epoch, config.epochs, done, batches, total / max(seen, 1),
@@ -364,20 +402,87 @@ def _accuracy(module, loader, dev) -> float | None:
     return correct / seen if seen else None
 
 
-def _teacher(teacher, dev, x0, student):
+@dataclass
+class _Distiller:
+    """The teacher and what to distill: student output ``i`` against teacher output ``j`` for
+    each pair, with the loss ``plan`` gives."""
+
+    module: Any
+    count: int | None  # the teacher's number of outputs (None: a torch module, as many as it returns)
+    pairs: list[tuple[int, int]]
+    plan: list[OutputLoss]
+
+    def losses(self, student_outputs: list, x, temperature: float) -> list:
+        import torch
+
+        with torch.no_grad():
+            targets = output_list(self.module(x), self.count)
+        return [output_loss(spec, student_outputs[i], targets[j], temperature)
+                for spec, (i, j) in zip(self.plan, self.pairs)]
+
+    def check(self, student, x0, dev, temperature: float) -> list[float]:
+        """Each output's loss on ``x0`` with the student in eval mode (the report's before/after)."""
+        import torch
+
+        was_training = student.training
+        student.eval()
+        try:
+            with torch.no_grad():
+                x = x0.to(dev)
+                return [float(v) for v in self.losses(output_list(student(x)), x, temperature)]
+        finally:
+            student.train(was_training)
+
+
+def _teacher(teacher, dev, x0, student, source: onnx.ModelProto, config: FinetuneConfig,
+             report: FinetuneReport) -> _Distiller:
+    """Convert the teacher, pair its outputs with the student's, and choose each output's loss."""
     import torch
 
-    module = teacher if isinstance(teacher, torch.nn.Module) else to_torch(load_model(teacher))
+    if isinstance(teacher, torch.nn.Module):
+        module, names, probabilities = teacher, None, set()
+    else:
+        teacher_model = load_model(teacher)
+        module = to_torch(teacher_model, what="the teacher")
+        names = [o.name for o in teacher_model.graph.output]
+        probabilities = softmax_outputs(teacher_model)
     module = module.to(dev).eval()
     for p in module.parameters():
         p.requires_grad_(False)
+    student_names = [o.name for o in source.graph.output]
     with torch.no_grad():
-        t = first_output(module(x0.to(dev)))
-        s = first_output(student.eval()(x0.to(dev)))
-    if t.shape != s.shape:
-        raise OnnxCpError(f"the teacher outputs {tuple(t.shape)} but the model {tuple(s.shape)} on the same "
-                          "batch; distill from the model that was rewritten")
-    return module
+        t_outs = output_list(module(x0.to(dev)), len(names) if names is not None else None)
+        s_outs = output_list(student.eval()(x0.to(dev)), len(student_names))
+    pairs = _pair_outputs(student_names, names, len(t_outs))
+    for i, j in pairs:
+        if t_outs[j].shape != s_outs[i].shape:
+            raise OnnxCpError(f"the teacher outputs {tuple(t_outs[j].shape)} but the model {tuple(s_outs[i].shape)} "
+                              f"for output {student_names[i]!r} on the same batch; distill from the model that "
+                              "was rewritten")
+    plan = plan_losses([(student_names[i], tuple(s_outs[i].shape)) for i, _ in pairs], dict(config.class_axes),
+                       teacher_probabilities={student_names[i] for i, j in pairs
+                                              if names is not None and names[j] in probabilities},
+                       student_probabilities=softmax_outputs(source))
+    distiller = _Distiller(module, len(names) if names is not None else None, pairs, plan)
+    before = distiller.check(student, x0, dev, config.temperature)
+    report.outputs = [DistilledOutput(spec.name, spec.label, spec.rule, value) for spec, value in zip(plan, before)]
+    left = [name for k, name in enumerate(student_names) if k not in {i for i, _ in pairs}]
+    if left:
+        report.notes.append(f"output(s) {left} not distilled: the teacher has no output of that name")
+    return distiller
+
+
+def _pair_outputs(student: list[str], teacher: list[str] | None, teacher_count: int) -> list[tuple[int, int]]:
+    """(student index, teacher index) of the outputs to distill: those of the same name, or all of
+    them by position when the teacher has no names (a torch module) or shares none."""
+    if teacher is not None:
+        shared = [(i, teacher.index(name)) for i, name in enumerate(student) if name in teacher]
+        if shared:
+            return shared
+    if teacher_count == len(student):
+        return [(k, k) for k in range(len(student))]
+    raise OnnxCpError(f"the teacher's {teacher_count} outputs {teacher or ''} share no name with the model's "
+                      f"{student}; distill from the model that was rewritten")
 
 
 def _first_batch(loader):
@@ -445,6 +550,7 @@ def _provenance(report: FinetuneReport) -> dict:
     return {"version": 1, "epochs": len(report.epochs), "steps": report.steps, "lr": c.lr, "seed": c.seed,
             "distilled": report.distilled, "temperature": c.temperature if report.distilled else None,
             "distill_weight": c.distill_weight if report.distilled else None,
+            "distill_losses": {o.name: o.loss for o in report.outputs} if report.distilled else None,
             "weight_decay": c.weight_decay, "device": report.device, "world_size": report.world_size,
             "seconds": round(report.seconds, 1),
             "val_accuracy": report.epochs[-1].val_accuracy if report.epochs else None}
