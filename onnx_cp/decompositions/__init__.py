@@ -1,0 +1,56 @@
+"""Decompositions of a Conv weight, one module each, behind one interface (base.Decomposition):
+fit the weight, realize the factors as ONNX nodes, count their cost, say whether they apply.
+
+    from onnx_cp import decompositions
+    tucker = decompositions.get("tucker2")
+    factors = tucker.fit(site.groups(), "16x12")
+    part = tucker.realize("tucker2", site.name, x, y, bias, site.spec, factors.groups, dtype, names)
+
+A new decomposition is a new module registered here; the orchestrator needs no edit.
+"""
+from __future__ import annotations
+
+from onnx_cp.decompositions.base import Decomposition, Factors
+from onnx_cp.decompositions.cp import CP
+from onnx_cp.decompositions.gkpd import GKPD
+from onnx_cp.decompositions.lrcp import LowRankFactorCP
+from onnx_cp.decompositions.nodes import Realization
+from onnx_cp.decompositions.svd import SVD
+from onnx_cp.decompositions.tucker2 import Tucker2
+from onnx_cp.errors import OnnxCpError
+
+_REGISTRY: dict[str, Decomposition] = {}
+
+
+def _register(decomposition: Decomposition) -> Decomposition:
+    """Add a decomposition under its name; a second one of the same name is a bug."""
+    if decomposition.name in _REGISTRY:
+        raise ValueError(f"a decomposition named {decomposition.name!r} is already registered")
+    _REGISTRY[decomposition.name] = decomposition
+    return decomposition
+
+
+for _d in (CP(), Tucker2(), SVD(), GKPD(), LowRankFactorCP()):
+    _register(_d)
+
+NAMES = tuple(_REGISTRY)
+
+
+def get(name: str) -> Decomposition:
+    """The decomposition called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise OnnxCpError(f"decomposition={name!r}: choose one of {', '.join(NAMES)}") from None
+
+
+def for_form(form: str) -> Decomposition:
+    """The decomposition that realizes ``form`` (cp4 -> cp, lrcp3 -> lrcp, ...)."""
+    for decomposition in _REGISTRY.values():
+        if form in decomposition.forms:
+            return decomposition
+    forms = [f for d in _REGISTRY.values() for f in d.forms]
+    raise OnnxCpError(f"form={form!r}: choose one of {', '.join(forms)}")
+
+
+__all__ = ["NAMES", "Decomposition", "Factors", "Realization", "for_form", "get"]

@@ -1,0 +1,55 @@
+"""Calibration statistics: fitting a layer's output instead of its weight.
+
+With x the layer's input channels and Sigma = E[x x^T], the output error of a kernel estimate
+is E||(W - W_hat) x||^2 = ||(W - W_hat) x_in Sigma^{1/2}||^2 (the input-channel axis multiplied
+by Sigma^{1/2}). So a decomposition fits W' = W x_in S (S = Sigma^{1/2}) as usual and maps the
+input-side factor back with S^{-1}: the weighted problem becomes the plain one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_cp.errors import OnnxCpError
+
+# Eigenvalues below this fraction of the largest are raised to it: a channel that never varies
+# in the calibration data still needs a finite inverse.
+RIDGE = 1e-6
+
+
+def group_covariances(sigma: np.ndarray, group: int) -> list[np.ndarray]:
+    """A full (C x C) input covariance as the diagonal blocks a grouped Conv's groups see."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    c = sigma.shape[0]
+    if sigma.ndim != 2 or sigma.shape != (c, c) or c % group:
+        raise OnnxCpError(f"sigma has shape {list(sigma.shape)}; give a square (C, C) matrix with C "
+                          f"a multiple of group={group}")
+    per = c // group
+    return [sigma[g * per:(g + 1) * per, g * per:(g + 1) * per] for g in range(group)]
+
+
+def covariance(activations: np.ndarray) -> np.ndarray:
+    """The input-channel second moment E[x x^T] of NCHW activations."""
+    x = np.asarray(activations, dtype=np.float64)
+    flat = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+    return flat @ flat.T / flat.shape[1]
+
+
+def square_roots(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Sigma^{1/2}, Sigma^{-1/2}) of a symmetric positive semi-definite matrix, ridged."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if not np.all(np.isfinite(sigma)) or not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-12 * np.abs(sigma).max()):
+        raise OnnxCpError("stats: a covariance is not finite and symmetric; pass E[x x^T] of the "
+                          "layer's input channels (calibration.covariance computes it)")
+    values, vectors = np.linalg.eigh((sigma + sigma.T) / 2)
+    top = max(float(values.max()), 1e-300)
+    values = np.maximum(values, RIDGE * top)
+    root = np.sqrt(values)
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def whiten(kernel: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(W x_in S, S^{-1}), or (W, None) without statistics."""
+    if sigma is None:
+        return kernel, None
+    root, inverse = square_roots(sigma)
+    return np.einsum("fc...,cd->fd...", kernel, root), inverse

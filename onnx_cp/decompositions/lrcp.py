@@ -1,0 +1,151 @@
+"""Low-rank-factor CP: a rank-R CP whose channel factor matrices have rank L (factor rank).
+
+Per group W ~ sum_r (U_out a_r) o (U_in b_r) o c_r o d_r with U_out (F, L), U_in (C, L): a
+Tucker-2 of ranks (L, L) whose core has a rank-R CP. Realized as 1x1 C -> L (U_in^T), the CP
+form of the core (1x1 L -> R, kh x 1 and 1 x kw depthwise or one kh x kw depthwise, 1x1 R -> L),
+1x1 L -> F (U_out, with the bias). A side's two 1x1 stages merge into one (C -> R, or R -> F)
+where that costs no more (C R <= C L + L R), which is then the plain CP stage with factor
+U_in b (or U_out a). Fitted by HOOI to (L, L), then CP-NLS of the core with decompose.fit_kernel;
+calibration statistics whiten the input side as for Tucker-2.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from onnx_cp.conv import ConvSpec, Cost, cp_cost
+from onnx_cp.decompose import FitOptions, fit_kernel
+from onnx_cp.decompositions import cp
+from onnx_cp.decompositions.base import Decomposition, Factors, parse_positive, relative_error
+from onnx_cp.decompositions.calibration import whiten
+from onnx_cp.decompositions.nodes import NodeBuilder, one_by_one, stacked_1x1
+from onnx_cp.decompositions.tucker2 import Tucker2Options, hooi
+from onnx_cp.errors import OnnxCpError
+
+FORMS = {"lrcp4": "cp4", "lrcp3": "cp3"}  # form -> the CP form of the core
+
+
+@dataclass(frozen=True)
+class LrcpOptions:
+    tucker: Tucker2Options = field(default_factory=Tucker2Options)
+    cp: FitOptions = field(default_factory=FitOptions)
+
+
+def parse_lrcp_rank(value) -> tuple[int, int]:
+    """(24, 8), [24, 8] or "24:8" -> (CP rank R, factor rank L)."""
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", value):
+        value = tuple(value.split(":"))
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise OnnxCpError(f"rank={value!r}: lrcp takes the CP rank and the factor rank, e.g. (24, 8) or \"24:8\"")
+    return parse_positive(value[0], "rank", "(24, 8)"), parse_positive(value[1], "rank", "(24, 8)")
+
+
+def merges(spec: ConvSpec, rank: int, factor_rank: int) -> tuple[bool, bool]:
+    """Whether the input and the output side's two 1x1 stages are cheaper merged into one."""
+    c, f = spec.in_per_group, spec.out_per_group
+    return c * rank <= c * factor_rank + factor_rank * rank, f * rank <= f * factor_rank + factor_rank * rank
+
+
+def core_spec(spec: ConvSpec, in_merged: bool, out_merged: bool, factor_rank: int) -> ConvSpec:
+    """The Conv the CP stages realize: L channels per group on a side that keeps its 1x1 stage."""
+    g = spec.group
+    return replace(spec, in_channels=spec.in_channels if in_merged else g * factor_rank,
+                   out_channels=spec.out_channels if out_merged else g * factor_rank)
+
+
+class LowRankFactorCP(Decomposition):
+    name = "lrcp"
+    forms = tuple(FORMS)
+    uses_stats = True
+
+    def parse_rank(self, value) -> tuple[int, int]:
+        return parse_lrcp_rank(value)
+
+    def applies(self, spec: ConvSpec) -> str | None:
+        if spec.kernel == (1, 1):
+            return "1x1 kernel: CP stages cannot make it cheaper (svd factors a 1x1 Conv)"
+        if spec.in_per_group == 1:
+            return "one input channel per group: no input factor to make low-rank"
+        return None
+
+    def cap(self, spec, in_shape, out_shape):
+        return None  # two ranks trade against each other; no single largest one
+
+    def checked(self, rank, in_dim: int, out_dim: int) -> tuple[int, int]:
+        r, l = self.parse_rank(rank)
+        if l > min(in_dim, out_dim):
+            raise OnnxCpError(f"rank=({r}, {l}): the factor rank exceeds the channels per group "
+                              f"({in_dim} in, {out_dim} out); give at most {min(in_dim, out_dim)}")
+        return r, l
+
+    def fit(self, groups, rank, seed=0, options: LrcpOptions | None = None, *, init=None, stats=None) -> Factors:
+        """HOOI to (L, L), then CP of the (L, L, kh, kw) core per group; ``init``: an lrcp fit
+        of the same weight (its core factors start CP-NLS)."""
+        self.check_stats(stats, groups)
+        r, l = self.checked(rank, groups[0].shape[1], groups[0].shape[0])
+        options = options or LrcpOptions()
+        start = time.perf_counter()
+        fitted, fits, targets, approx = [], [], [], []
+        for g, kernel in enumerate(groups):
+            target, inverse = whiten(np.asarray(kernel, np.float64), None if stats is None else stats[g])
+            core, u_out, u_in = hooi(target, (l, l), options.tucker)
+            warm = None if init is None else cp.kernel_fit(init.groups[g][2:])
+            fit = fit_kernel(core, r, seed, options.cp, init=warm)
+            a, b, c, d = fit.factors
+            targets.append(target)
+            approx.append(np.einsum("fr,cr,ir,jr->fcij", u_out @ a, u_in @ b, c, d))
+            fitted.append((u_out, u_in if inverse is None else inverse @ u_in, a, b, c, d))
+            fits.append(fit)
+        return Factors((r, l), tuple(fitted), relative_error(targets, approx), time.perf_counter() - start,
+                       tuple(fits))
+
+    def realize(self, form, name, x, y, bias, spec, group_factors, dtype, names):
+        self.check_form(form)
+        l, r = group_factors[0][2].shape
+        in_merged, out_merged = merges(spec, r, l)
+        builder = NodeBuilder(name, "lrcp", dtype, names)
+        core = NodeBuilder(name, "lrcp/core", dtype, names)
+        core.out = builder.out  # one realization, the core's stages named apart
+        current = x
+        if not in_merged:
+            current = builder.conv("reduce", x, stacked_1x1([f[1].T for f in group_factors]), one_by_one(spec.group))
+        core_out = y if out_merged else names.fresh(f"{name}/lrcp/core_out")
+        factors = [(u_out @ a if out_merged else a, u_in @ b if in_merged else b, c, d)
+                   for u_out, u_in, a, b, c, d in group_factors]
+        cp.build(core, FORMS[form], current, core_out, bias if out_merged else None,
+                 core_spec(spec, in_merged, out_merged, l), factors)
+        if not out_merged:
+            builder.conv("expand", core_out, stacked_1x1([f[0] for f in group_factors]), one_by_one(spec.group),
+                         y, (bias,) if bias else ())
+        return builder.out
+
+    def cost(self, form, spec, rank, in_shape, out_shape, has_bias) -> Cost:
+        self.check_form(form)
+        r, l = self.checked(rank, spec.in_per_group, spec.out_per_group)
+        in_merged, out_merged = merges(spec, r, l)
+        inner = core_spec(spec, in_merged, out_merged, l)
+        known = in_shape is not None and out_shape is not None
+        core = cp_cost(FORMS[form], inner, r, (in_shape[0], inner.in_channels, *in_shape[2:]) if known else None,
+                       out_shape, has_bias and out_merged)
+        params = (core.params + spec.in_channels * l * (not in_merged)
+                  + (spec.out_channels * l + spec.out_channels * has_bias) * (not out_merged))
+        if not known:
+            return Cost(None, params)
+        n, _, hi, wi = in_shape
+        _, _, ho, wo = out_shape
+        macs = core.macs + n * hi * wi * spec.in_channels * l * (not in_merged) + \
+            n * ho * wo * spec.out_channels * l * (not out_merged)
+        return Cost(macs, params)
+
+    def kernels(self, group_factors):
+        return [np.einsum("fr,cr,ir,jr->fcij", u_out @ a, u_in @ b, c, d) for u_out, u_in, a, b, c, d in group_factors]
+
+    def placeholder(self, spec, rank, seed=0):
+        rng = np.random.default_rng(seed)
+        r, l = self.checked(rank, spec.in_per_group, spec.out_per_group)
+        dims = ((spec.out_per_group, l), (spec.in_per_group, l), (l, r), (l, r), (spec.kernel[0], r),
+                (spec.kernel[1], r))
+        return [tuple(rng.standard_normal(d) * 0.1 for d in dims) for _ in range(spec.group)]
