@@ -211,3 +211,44 @@ def test_the_command_refuses_a_model_it_cannot_import_before_reading_any_data(tm
     assert line.endswith("has no converter for Frobnicate (domain com.example, version 1); "
                          "use `onnx-cp rewrite --calib DATA`, which needs no import")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def rank_hiding_model() -> onnx.ModelProto:
+    """A Reshape to a shape computed at run time (as PP-OCR's recognizers have), then BatchNormalization:
+
+        x (n x 4 x 3 x 3) -> Shape -> s;  e = int(sqrt(float(s[1]))^2) = 4;  k = s[0:e]
+        Reshape(x, k) -> BatchNormalization -> y
+    Shape inference cannot tell the Reshape's rank (it does not evaluate Sqrt), which onnx2torch's
+    BatchNormalization converter needs.
+    """
+    def ints(name, v):
+        return onnx.numpy_helper.from_array(np.array(v, np.int64), name)
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["g"]),
+             helper.make_node("Cast", ["g"], ["gf"], to=TensorProto.FLOAT), helper.make_node("Sqrt", ["gf"], ["q"]),
+             helper.make_node("Mul", ["q", "q"], ["qq"]), helper.make_node("Cast", ["qq"], ["e"], to=TensorProto.INT64),
+             helper.make_node("Slice", ["s", "zero", "e"], ["k"]), helper.make_node("Reshape", ["x", "k"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["y"])]
+    stats = [onnx.numpy_helper.from_array(np.full(4, v, np.float32), n)
+             for n, v in (("scale", 2.0), ("bias", 0.5), ("mean", 0.1), ("var", 4.0))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 3, 3])],
+                              [ints("one", [1]), ints("zero", [0])] + stats)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # onnx2torch's Slice
+def test_an_example_batch_tells_the_ranks_shape_inference_cannot(torch):
+    from onnx_cp.finetune import to_torch
+
+    model = rank_hiding_model()
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    with pytest.raises(OnnxCpError, match="BatchNorm operation with spatial rank == -2"):
+        to_torch(model)
+    module = to_torch(model, example=x)
+    x3 = np.random.default_rng(1).standard_normal((3, 4, 3, 3)).astype(np.float32)  # another batch size
+    with torch.no_grad():
+        got = module(torch.from_numpy(x3)).numpy()
+    np.testing.assert_allclose(got, run(model, {"x": x3})[0], rtol=1e-5, atol=1e-6)

@@ -31,8 +31,10 @@ from onnx_cp.model_io import load_model
 from onnx_cp.provenance import carry
 from onnx_cp.runtime import open_session
 
-# The TorchScript exporter's opset range (torch.onnx._constants in torch 2.x).
-_MIN_OPSET, _MAX_OPSET = 7, 20
+# The TorchScript exporter's opset range (torch.onnx._constants in torch 2.x). Models below 13 are
+# exported at 13: below it onnx2torch's Squeeze exports as an If whose branch reads a tensor computed
+# after it, which the ONNX checker refuses (PP-OCRv4's recognizer, opset 12).
+_MIN_OPSET, _MAX_OPSET = 13, 20
 _NUMPY_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
                  onnx.TensorProto.FLOAT16: np.float16}
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
@@ -49,17 +51,21 @@ class ExportNotes:
     nodes_of: dict[str, list[str]] = field(default_factory=dict)
 
 
-def to_torch(model: ModelLike, *, what: str = "the model"):
+def to_torch(model: ModelLike, *, what: str = "the model", example=None):
     """A torch module (``torch.fx.GraphModule``, eval mode) computing what ``model`` computes.
 
     The graph is normalized first (``onnx_cp.finetune.normalize``) so onnx2torch can read every
     Conv's weights, and onnx-cp's converters (LSTM) are added to onnx2torch's. An operator without
     a converter is refused before any conversion, with every such operator named (``what`` names
     the model in that message); a converter that fails on a node raises OnnxCpError too.
+    ``example`` (an input batch, optional) lets onnxruntime tell the ranks of tensors that shape
+    inference cannot (``runtime_ranks``), which some converters need.
     """
     torch, onnx2torch = require_torch()
     graph = normalize(load_model(model))
     require_converters(graph, what)
+    if example is not None:
+        graph = runtime_ranks(graph, example)
     opset = _default_opset(graph)
     try:
         with warnings.catch_warnings():
@@ -76,6 +82,37 @@ def to_torch(model: ModelLike, *, what: str = "the model"):
     return module.eval()
 
 
+def runtime_ranks(model: onnx.ModelProto, x) -> onnx.ModelProto:
+    """``model`` with a value_info (the rank alone, every dimension unnamed) for each node output
+    whose rank shape inference cannot tell, read from an onnxruntime run on batch ``x``.
+
+    onnx2torch picks BatchNorm1d/2d/3d by its input's rank; a Reshape to a shape computed at run
+    time (PP-OCR's recognizers) leaves the rank unknown and the conversion fails without this.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best effort: without it nothing is known, the probe says all
+        inferred = model
+    g = inferred.graph
+    known = {v.name for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.HasField("shape")}
+    missing = [o for node in model.graph.node for o in node.output if o and o not in known]
+    if not missing:
+        return model
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in missing)
+    session = open_session(probe)
+    values = session.run(missing, {session.get_inputs()[0].name: np.asarray(x)})
+    ranked = onnx.ModelProto()
+    ranked.CopyFrom(model)
+    ranked.graph.value_info.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), [None] * v.ndim)
+        for name, v in zip(missing, values))
+    return ranked
+
+
 def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
             notes: ExportNotes | None = None) -> onnx.ModelProto:
     """Export ``module`` (from ``to_torch(like)``, perhaps trained) with ``like``'s interface.
@@ -83,7 +120,7 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
     Input and output names, dynamic dimensions and ``metadata_props`` come from ``like``; nodes
     that map one-to-one to ``like``'s nodes get their names back. ``example`` is an input batch
     (a tensor or array); without it one is made from ``like``'s input shape, which must then be
-    static apart from the batch. ``opset`` defaults to ``like``'s, within the exporter's 7..20.
+    static apart from the batch. ``opset`` defaults to ``like``'s, within 13..20 (see _MIN_OPSET).
     ``notes``, when given, is filled with what could not be carried over exactly.
     """
     torch, _ = require_torch()

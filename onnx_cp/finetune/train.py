@@ -202,7 +202,7 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
     with _deterministic(torch, config.seed):
         x0, y0 = _first_batch(loader)
         x0 = x0[:_CHECK_SAMPLES]
-        student = to_torch(source)
+        student = to_torch(source, example=fit_batch(source, x0).numpy())
         _precheck(source, student, x0, report)
         student.to(dev)
         if teacher is None and y0 is None:
@@ -443,7 +443,7 @@ def _teacher(teacher, dev, x0, student, source: onnx.ModelProto, config: Finetun
         module, names, probabilities = teacher, None, set()
     else:
         teacher_model = load_model(teacher)
-        module = to_torch(teacher_model, what="the teacher")
+        module = to_torch(teacher_model, what="the teacher", example=fit_batch(teacher_model, x0).numpy())
         names = [o.name for o in teacher_model.graph.output]
         probabilities = softmax_outputs(teacher_model)
     module = module.to(dev).eval()
