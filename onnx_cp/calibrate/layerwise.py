@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_cp.calibrate.activations import batch_size, stream
-from onnx_cp.calibrate.follow import Activation, following
+from onnx_cp.calibrate.activations import stream
+from onnx_cp.calibrate.follow import following
 from onnx_cp.calibrate.observe import Observation
 from onnx_cp.calibrate.patches import extract
 from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, recover

@@ -129,8 +129,7 @@ def _adam(torch, train: Pairs, factors, bias, act: Activation, options: Recovery
     start = time.perf_counter()
     torch.set_num_threads(options.threads)
     gen = torch.Generator().manual_seed(options.seed)
-    groups = len(factors)
-    per_in, per_out = train.patches.shape[1] // groups, train.targets.shape[1] // groups
+    per_in = train.patches.shape[1] // len(factors)
     patches = torch.from_numpy(np.ascontiguousarray(train.patches, dtype=np.float32))
     patches = patches.reshape(len(patches), patches.shape[1], -1)  # (M, C, kh*kw)
     want = act.torch(torch.from_numpy(train.targets.astype(np.float32)))
