@@ -19,19 +19,21 @@ from onnx_cp.realize import REALIZATIONS
 class RankRule:
     """``value`` applies to layers matching ``pattern`` (None: every layer).
 
-    An int is the CP rank per group; a float in (0, 1) is the share of the layer's
-    multiply-adds that the CP form may cost.
+    An int is the rank per group; a float in (0, 1) is the share of the layer's multiply-adds
+    that the decomposed form may cost; a string is a rank in a decomposition's own syntax
+    ("16x12" for tucker2, "4:16x8x3x1" for gkpd, "24:8" for lrcp), checked by its parse_rank.
     """
 
     pattern: str | None
-    value: int | float
+    value: int | float | str
 
     def matches(self, names: tuple[str, ...]) -> bool:
         return self.pattern is None or any(fnmatch.fnmatchcase(n, self.pattern) for n in names if n)
 
 
-def parse_rank(text: str | int | float) -> RankRule:
-    """``'200'``, ``'0.25'``, ``'conv2=200'`` or ``'layer3.*=0.5'`` -> RankRule."""
+def parse_rank(text: str | int | float, decomposition: str = "cp") -> RankRule:
+    """``'200'``, ``'0.25'``, ``'conv2=200'`` or ``'layer3.*=0.5'`` -> RankRule; for a
+    ``decomposition`` other than cp also its own rank syntax (``'conv2=16x12'`` for tucker2)."""
     if isinstance(text, bool):
         raise OnnxCpError(f"--rank {text!r} is not a number", usage=True)
     if isinstance(text, (int, float)):
@@ -49,6 +51,8 @@ def parse_rank(text: str | int | float) -> RankRule:
         try:
             value = float(raw)
         except ValueError:
+            if decomposition not in ("cp", "auto"):
+                return RankRule(pattern, _own_rank(text, raw, decomposition))
             raise OnnxCpError(f"--rank {text!r}: {raw!r} is not a number; give an integer rank such "
                               "as 64, or a fraction of the layer's cost such as 0.25", usage=True) from None
         if not 0.0 < value < 1.0:
@@ -57,7 +61,24 @@ def parse_rank(text: str | int | float) -> RankRule:
     else:
         if value < 1:
             raise OnnxCpError(f"--rank {text!r}: the rank must be at least 1, got {value}", usage=True)
+    if decomposition == "gkpd" and isinstance(value, float):
+        raise OnnxCpError(f"--rank {text!r}: gkpd takes a number of terms (4) or terms and A's shape "
+                          "('4:16x8x3x1'), not a fraction of the cost", usage=True)
     return RankRule(pattern, value)
+
+
+def _own_rank(text, raw: str, decomposition: str) -> str:
+    """``raw`` when ``decomposition`` reads it as a rank, else a one-line error with its syntax."""
+    from onnx_cp import decompositions
+
+    if decomposition not in decompositions.NAMES:
+        return raw  # an unknown decomposition is refused by RewriteConfig, with the names
+    try:
+        decompositions.get(decomposition).parse_rank(raw)
+    except OnnxCpError:
+        raise OnnxCpError(f"--rank {text!r}: {raw!r} is not a {decomposition} rank; give "
+                          f"{decompositions.RANK_SYNTAX[decomposition]}", usage=True) from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,10 @@ class RewriteConfig:
     max_time: seconds per layer for the fit and its degeneracy correction together.
     jobs: worker processes that fit layers in parallel (None: one per available core); the
         same seed gives the same factors whatever the number.
+    decomposition: cp (today's rewrite), tucker2, svd, gkpd, lrcp, or auto (per layer, the
+        candidate with the lowest error among those faster than the Conv at the layer's share
+        of the budget; docs/decompositions.md). ``method`` stays the CP solver.
+    factor_rank: lrcp's factor rank L (with auto: lrcp joins the candidates).
     measure: time the rewritten model against the input in onnxruntime before returning it
         (needs static input shapes); with realize="auto" a slower result gives the layers
         their Convs back.
@@ -111,12 +136,15 @@ class RewriteConfig:
     recover: bool = True
     recover_steps: int = 300
     recover_time: float | None = 300.0
+    decomposition: str = "cp"
+    factor_rank: int | None = None
 
     def __post_init__(self):
+        self._check_decomposition()
         ranks = self.ranks
         if isinstance(ranks, (str, int, float, RankRule)):
             ranks = (ranks,)
-        rules = tuple(r if isinstance(r, RankRule) else parse_rank(r) for r in ranks)
+        rules = tuple(r if isinstance(r, RankRule) else parse_rank(r, self.decomposition) for r in ranks)
         if self.selection is not None:
             plain = [r for r in rules if r.pattern is None]
             if plain:
@@ -135,9 +163,7 @@ class RewriteConfig:
         if self.method not in METHODS:
             raise OnnxCpError(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}",
                               usage=True)
-        if self.realize not in (*REALIZATIONS, "auto"):
-            raise OnnxCpError(f"--realize {self.realize!r}: choose one of "
-                              f"{', '.join(REALIZATIONS)}, auto", usage=True)
+        self._check_realize(rules)
         if self.threads < 1:
             raise OnnxCpError(f"--threads must be at least 1, got {self.threads}", usage=True)
         if self.opt_level not in OPT_LEVELS:
@@ -162,6 +188,38 @@ class RewriteConfig:
         if self.calib is not None and self.selection is not None and self.selection.calib is None:
             # One set of calibration inputs: the rank proxy reads the same data.
             object.__setattr__(self, "selection", dataclasses.replace(self.selection, calib=self.calib))
+
+    def _check_decomposition(self) -> None:
+        from onnx_cp import decompositions
+
+        if self.decomposition not in (*decompositions.NAMES, "auto"):
+            raise OnnxCpError(f"--decomposition {self.decomposition!r}: choose one of "
+                              f"{', '.join(decompositions.NAMES)}, auto", usage=True)
+        if self.factor_rank is None:
+            return
+        if isinstance(self.factor_rank, bool) or not isinstance(self.factor_rank, int) or self.factor_rank < 1:
+            raise OnnxCpError(f"--factor-rank must be a positive integer, got {self.factor_rank!r}", usage=True)
+        if self.decomposition not in ("lrcp", "auto"):
+            raise OnnxCpError(f"--factor-rank is lrcp's factor rank; give it with --decomposition lrcp "
+                              f"(or auto), not {self.decomposition}", usage=True)
+
+    def _check_realize(self, rules: tuple[RankRule, ...]) -> None:
+        """--realize names a form of the decomposition (cp4/cp3 also pick lrcp's), or auto;
+        lrcp needs its factor rank; rank selection plans CP ranks (cp, or auto's budgets)."""
+        from onnx_cp import decompositions
+
+        d = self.decomposition
+        forms = REALIZATIONS if d in ("cp", "auto") else decompositions.get(d).forms
+        allowed = (*forms, *(REALIZATIONS if d == "lrcp" else ()), "auto") if d != "auto" else ("auto",)
+        if self.realize not in allowed:
+            raise OnnxCpError(f"--realize {self.realize!r} is not a form of --decomposition {d}; choose one of "
+                              f"{', '.join(allowed)}", usage=True)
+        if d == "lrcp" and self.factor_rank is None and not all(isinstance(r.value, str) for r in rules):
+            raise OnnxCpError("--decomposition lrcp needs its factor rank: give --factor-rank L (e.g. "
+                              "--rank 24 --factor-rank 8) or write each rank as R:L", usage=True)
+        if self.selection is not None and d not in ("cp", "auto"):
+            raise OnnxCpError(f"{self.selection.describe()} chooses CP ranks; with --decomposition {d} "
+                              "give --rank, or choose --decomposition cp or auto", usage=True)
 
     def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
         """The rule for a layer: the last matching rule with a pattern, else the last without one."""

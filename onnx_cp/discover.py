@@ -54,9 +54,17 @@ class ConvSite:
         return node.input[2] if node is not None and len(node.input) > 2 and node.input[2] else None
 
 
-def find_convs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[ConvSite]:
+def find_convs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], decomposition: str = "cp"
+               ) -> list[ConvSite]:
+    """Every convolution, eligible when ``decomposition`` (a name, or auto: any it tries) can
+    rewrite it."""
     index = GraphIndex(model.graph)
-    sites = [_site(index, node, i, shapes) for i, node in enumerate(model.graph.node)
+    refusal = None
+    if decomposition != "cp":
+        from onnx_cp import decompositions
+
+        refusal = lambda spec: decompositions.refusal(decomposition, spec)  # noqa: E731
+    sites = [_site(index, node, i, shapes, refusal) for i, node in enumerate(model.graph.node)
              if node.op_type in CONV_LIKE]
     for node in model.graph.node:
         for attr in node.attribute:
@@ -65,7 +73,7 @@ def find_convs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> li
     return sites
 
 
-def _site(index: GraphIndex, node: onnx.NodeProto, i: int, shapes) -> ConvSite:
+def _site(index: GraphIndex, node: onnx.NodeProto, i: int, shapes, refusal=None) -> ConvSite:
     name = display_name(node, i)
     weight_name = node.input[1] if len(node.input) > 1 and node.input[1] else None
     in_shape = shapes.get(node.input[0]) if node.input else None
@@ -100,7 +108,7 @@ def _site(index: GraphIndex, node: onnx.NodeProto, i: int, shapes) -> ConvSite:
         base.reason = problem
         return base
     base.weight = weight
-    base.reason = ineligibility(spec, weight)
+    base.reason = ineligibility(spec, weight, refusal)
     return base
 
 

@@ -1,8 +1,8 @@
 """Which form each layer takes, by time measured in onnxruntime: before fitting and after.
 
 Time does not depend on the weights' values, so the forms are chosen before any fit, on the
-model with placeholder factors at the layers' ranks: a layer that no CP form makes faster is
-never fitted. After the fits the chosen mix is timed once more (a layer's time depends on its
+model with placeholder factors at the layers' ranks: a layer that no form makes faster is never
+fitted (the forms of the chosen decomposition, or with ``--decomposition auto`` every candidate). After the fits the chosen mix is timed once more (a layer's time depends on its
 neighbours' forms: where a chain leaves onnxruntime's blocked NCHWc layout, the layout
 conversion lands on the layer next to it), and finally the whole model against the input.
 Layers are timed in place, so onnxruntime's fusions and layout changes around them count.
@@ -38,7 +38,7 @@ class Timing:
 
 @dataclass
 class FormChoice:
-    kind: str  # cp4, cp3 or original
+    kind: str  # a form (cp4, cp3, tucker2, svd, gkpd, lrcp4, lrcp3) or original
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -91,20 +91,41 @@ def onnxruntime_timing(model: onnx.ModelProto, threads: int, opt_level: str,
     return Timing(layers, whole)
 
 
-def choose_forms(model: onnx.ModelProto, ranked: Sequence[tuple[ConvSite, int]], timing: Timing
-                 ) -> dict[str, FormChoice]:
-    """Each layer's fastest form at its rank (``original`` when no CP form beats the Conv),
-    from profiles of the model as it is, all-cp4 and all-cp3 with placeholder factors."""
-    candidates = ("original", *REALIZATIONS)
+@dataclass(frozen=True)
+class Candidate:
+    """A way to rewrite one layer: a form (of any decomposition) at that decomposition's rank."""
+
+    form: str
+    rank: object
+
+
+def time_candidates(model: onnx.ModelProto, layers: Sequence[tuple[ConvSite, Sequence[Candidate]]],
+                    timing: Timing) -> dict[str, dict[str, float]]:
+    """Per site key, ``{"original": ms, form: ms, ...}``: the model as it is, then one variant per
+    candidate position (every layer in its i-th candidate), all with placeholder factors."""
+    count = max((len(c) for _, c in layers), default=0)
     variants = [model] + [
-        splice(model, [Replacement(site, kind, rank, placeholder_factors(site, rank)) for site, rank in ranked])[0]
-        for kind in REALIZATIONS]
+        splice(model, [Replacement(site, c[i].form, c[i].rank, placeholder_factors(site, c[i].rank, form=c[i].form))
+                       for site, c in layers if i < len(c)])[0]
+        for i in range(count)]
     per_model = timing.layers(variants)
+    timed = {}
+    for site, candidates in layers:
+        out = site.node.output[0]
+        names = ["original"] + [c.form for c in candidates]
+        timed[site.key] = {name: times[out] for name, times in zip(names, per_model) if out in times}
+    return timed
+
+
+def choose_forms(model: onnx.ModelProto, ranked: Sequence[tuple[ConvSite, object]], timing: Timing,
+                 forms: Sequence[str] = REALIZATIONS) -> dict[str, FormChoice]:
+    """Each layer's fastest form at its rank (``original`` when none of ``forms`` beats the Conv),
+    from profiles of the model as it is and with every layer in each form, placeholder factors."""
+    timed = time_candidates(model, [(site, [Candidate(f, rank) for f in forms]) for site, rank in ranked], timing)
     choices = {}
     for site, _ in ranked:
-        out = site.node.output[0]
-        timings = {kind: times[out] for kind, times in zip(candidates, per_model) if out in times}
-        kind = min(timings, key=timings.get) if "original" in timings and len(timings) > 1 else "cp4"
+        timings = timed[site.key]
+        kind = min(timings, key=timings.get) if "original" in timings and len(timings) > 1 else forms[0]
         choices[site.key] = FormChoice(kind, timings)
     return choices
 

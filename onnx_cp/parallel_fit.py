@@ -13,8 +13,10 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from onnx_cp import decompositions
 from onnx_cp.calibrate.weighted_fit import GroupWeights, fit_weighted
 from onnx_cp.decompose import FitOptions, Fitter
+from onnx_cp.decompositions import Factors
 from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer, solver_fitter
 
 # Called as progress(label, done, total): before the first fit and as fits finish.
@@ -26,20 +28,26 @@ class FitTask:
     key: Hashable
     label: str  # what the progress bar shows
     groups: Sequence[np.ndarray]
-    rank: int
+    rank: object  # an int for cp; the decomposition's own rank otherwise
     seed: int
     # Per group, how the layer's input statistics weight the fit (--calib); None: the kernel error.
     weights: Sequence[GroupWeights] | None = None
+    # Another decomposition than cp fits through its own ``fit`` (a Factors comes back), with
+    # ``stats`` (per group, the input-channel covariance) when it uses them.
+    decomposition: str = "cp"
+    stats: Sequence[np.ndarray] | None = None
 
     @property
     def size(self) -> float:
         """A rough cost estimate (the kernel's entries times the rank), for ordering."""
-        return float(sum(g.size for g in self.groups)) * self.rank
+        leaves = np.ravel(np.array(self.rank, dtype=object)) if not isinstance(self.rank, int) else [self.rank]
+        return float(sum(g.size for g in self.groups)) * max(int(np.prod(v)) for v in leaves)
 
 
 def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: Progress | None = None,
-            fitter: Fitter | None = None) -> dict[Hashable, LayerFit]:
-    """Every task's LayerFit, by key. ``fitter`` (tests) replaces the solver and runs in process."""
+            fitter: Fitter | None = None) -> dict[Hashable, LayerFit | Factors]:
+    """Every task's LayerFit (Factors for a decomposition other than cp), by key. ``fitter``
+    (tests) replaces the CP solver and runs in process."""
     results: dict[Hashable, LayerFit] = {}
     if not tasks:
         return results
@@ -48,7 +56,7 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
         for done, task in enumerate(order):
             if progress:
                 progress(task.label, done, len(order))
-            results[task.key] = _fit_task(task, options) if fitter is None else \
+            results[task.key] = _fit_task(task, options) if fitter is None or task.decomposition != "cp" else \
                 _fit(task, lambda k, r, s, init: fitter(k, r, s))
         return results
     # fork: workers need nothing but numpy, and unlike spawn or forkserver it does not re-run a
@@ -74,10 +82,14 @@ def _labels(tasks) -> str:
     return ", ".join(names[:2]) + (f" (+{len(names) - 2})" if len(names) > 2 else "")
 
 
-def _fit_task(task: FitTask, options: FitOptions) -> LayerFit:
+def _fit_task(task: FitTask, options: FitOptions) -> LayerFit | Factors:
     """Runs in a worker: the layer's groups share its time budget."""
     if options.max_time is not None:
         options = replace(options, max_time=options.max_time / len(task.groups))
+    if task.decomposition != "cp":
+        decomposition = decompositions.get(task.decomposition)
+        return decomposition.fit(list(task.groups), task.rank, task.seed, decomposition.options(options),
+                                 stats=task.stats if decomposition.uses_stats else None)
     return _fit(task, solver_fitter(options))
 
 

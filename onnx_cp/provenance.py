@@ -4,12 +4,13 @@ which Conv. This module alone writes, merges, reads and remaps it.
 The entry is JSON::
 
     {"version": 1, "method": "nls",
-     "layers": [{"node", "nodes", "rank", "realization", "macs_before", "macs_after", "rel_error"}, ...]}
+     "layers": [{"node", "nodes", "rank", "decomposition", "realization", "macs_before", "macs_after",
+                 "rel_error"}, ...]}
 
 ``node`` is the original Conv's name, ``nodes`` the names of the nodes that replaced it. A model
 rewritten twice lists the layers of both rewrites, the earlier first. Readers need only
-``node`` and ``nodes``; nodes named ``<original>/cp/<stage>`` that no entry lists are grouped by
-that prefix.
+``node`` and ``nodes``; nodes named ``<original>/<decomposition>/<stage>`` (``/cp/``, ``/tucker2/``,
+``/svd/``, ``/gkpd/``, ``/lrcp/``) that no entry lists are grouped by that prefix.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import onnx
 METADATA_KEY = "onnx_cp"
 VERSION = 1
 CP_MARK = "/cp/"
+# The tag every decomposition's nodes carry after the original node's name (decompositions/nodes.py).
+MARKS = (CP_MARK, "/tucker2/", "/svd/", "/gkpd/", "/lrcp/")
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ def read_cp_layers(model: onnx.ModelProto) -> tuple[dict[str, CpLayer], list[str
     listed = {name for layer in layers.values() for name in layer.nodes}
     by_prefix: dict[str, list[str]] = {}
     for node in model.graph.node:
-        if CP_MARK in node.name and node.name not in listed:
-            by_prefix.setdefault(node.name.split(CP_MARK, 1)[0], []).append(node.name)
+        prefix = _prefix(node.name)
+        if prefix is not None and node.name not in listed:
+            by_prefix.setdefault(prefix, []).append(node.name)
     for prefix, names in by_prefix.items():
         if prefix in layers:
             old = layers[prefix]
@@ -87,6 +91,12 @@ def read_cp_layers(model: onnx.ModelProto) -> tuple[dict[str, CpLayer], list[str
         else:
             layers[prefix] = CpLayer(prefix, tuple(names))
     return layers, notes
+
+
+def _prefix(name: str) -> str | None:
+    """The original node's name in a decomposition's node name (before its earliest mark)."""
+    cuts = [name.index(mark) for mark in MARKS if mark in name]
+    return name[:min(cuts)] if cuts else None
 
 
 def carry(source: onnx.ModelProto, target: onnx.ModelProto, renamed: Mapping[str, list[str]]) -> list[str]:

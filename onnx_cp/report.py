@@ -22,8 +22,8 @@ class LayerReport:
     out_shape: list[int] | None = None
     macs_before: int | None = None
     params_before: int | None = None
-    rank: int | None = None
-    rank_requested: int | float | None = None
+    rank: int | str | None = None  # an int, or the decomposition's own syntax: 16x12, 24:8, 4:16x8x3x1
+    rank_requested: int | float | str | None = None
     rank_capped: bool = False
     rel_error: float | None = None
     degeneracy: float | None = None
@@ -32,7 +32,8 @@ class LayerReport:
     fit_seconds: float | None = None
     macs_after: int | None = None
     params_after: int | None = None
-    realization: str | None = None  # cp4 | cp3 | original (auto kept the Conv)
+    realization: str | None = None  # the form: cp4 | cp3 | tucker2 | svd | gkpd | lrcp4 | lrcp3 | original
+    decomposition: str | None = None  # cp | tucker2 | svd | gkpd | lrcp (the form's owner)
     timings_ms: dict[str, float] | None = None  # auto: each candidate alone in onnxruntime
     proxy_error: float | None = None  # rank selection: relative error of the layer's output maps
     cost: float | None = None  # rank selection: cost at the chosen rank (MACs or ms, see rank_selection)
@@ -91,7 +92,8 @@ class RewriteReport:
     def metadata(self) -> dict:
         """The provenance that bench and later rewrites read back from the model."""
         return {"version": 1, "method": self.method, "layers": [
-            {"node": l.node, "nodes": l.new_nodes, "rank": l.rank, "realization": l.realization, "macs_before": l.macs_before,
+            {"node": l.node, "nodes": l.new_nodes, "rank": l.rank, "decomposition": l.decomposition,
+             "realization": l.realization, "macs_before": l.macs_before,
              "macs_after": l.macs_after, "rel_error": l.rel_error} for l in self.rewritten]}
 
 
@@ -164,7 +166,8 @@ def rewrite_table(report: RewriteReport):
             if l.timings_ms:
                 notes.append(f"{l.timings_ms['original'] / l.timings_ms[l.realization]:.2f}x faster alone")
             table.rows.append([l.node, kernel, l.realization, str(l.rank) + ("*" if l.rank_capped else ""),
-                               f"{l.rel_error:.4f}", *extra(l), f"{l.degeneracy:.2f}", human(l.macs_before),
+                               f"{l.rel_error:.4f}", *extra(l), "-" if l.degeneracy is None else f"{l.degeneracy:.2f}",
+                               human(l.macs_before),
                                human(l.macs_after), human(l.params_before), human(l.params_after),
                                f"{l.fit_seconds:.2f}", "; ".join(notes)])
         else:

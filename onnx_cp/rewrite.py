@@ -15,16 +15,17 @@ import onnx
 from onnx_cp import provenance
 from onnx_cp.calibrate.session import Calibration
 from onnx_cp.config import RewriteConfig
-from onnx_cp.conv import cp_cost
+from onnx_cp import decomposed
 from onnx_cp.decompose import Fitter
+from onnx_cp.discover_linear import LinearSite, find_linears
 from onnx_cp.discover import ConvSite, find_convs, site_report
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, choose_forms, from_layer_timer,
+from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, from_layer_timer, time_candidates,
                            onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.ranks.fitting import LayerFit, solver_fitter
-from onnx_cp.ranks.rules import RankDecision, choose_rank
+from onnx_cp.ranks.rules import RankDecision
 from onnx_cp.report import LayerReport, RewriteReport
 from onnx_cp.shapes import dynamic_dims, infer_shapes
 from onnx_cp.splice import Replacement, splice
@@ -59,6 +60,7 @@ class _Layer:
     proxy: float | None = None
     cost: float | None = None
     recovery: object | None = None  # calibrate.LayerRecovery, with --calib
+    candidates: list = field(default_factory=list)  # forms.Candidate: what may replace the layer
 
 
 def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *,
@@ -71,7 +73,9 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     """
     model = load_model(model)
     shapes, notes = infer_shapes(model, config.input_shapes)
-    sites = find_convs(model, shapes)
+    sites = find_convs(model, shapes, config.decomposition)
+    if config.decomposition in ("svd", "auto"):
+        sites += find_linears(model, shapes)
     chosen = select(sites, config)
     notes.extend(rule_warnings(sites, chosen, config))
     timing = _timing(model, config, timer, notes)
@@ -82,28 +86,23 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     if capped:
         notes.append(_capped_note(capped))
 
-    if config.realize == "auto" and ranked and timing is not None:
-        if progress:
-            progress("timing the forms in onnxruntime", 0, len(ranked))
-        forms = choose_forms(model, [(l.site, l.decision.rank) for l in ranked], timing)
-        for l in ranked:
-            l.form = forms[l.site.key]
-    else:
-        for l in ranked:
-            l.form = FormChoice("cp4" if config.realize == "auto" else config.realize)
-    winners = [l for l in ranked if l.form.kind != "original"]
+    _candidates(model, ranked, timing, config, progress)
+    winners = [l for l in ranked if l.candidates]
 
-    calib = Calibration.start(model, config, [l.site for l in winners], _stage(progress, "calibration:"), notes)
+    calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
+                              _stage(progress, "calibration:"), notes)
     tasks = {}
-    for k, l in enumerate(winners):
-        key = _fit_key(l, calib)
-        if key not in fits and key not in tasks:
-            tasks[key] = FitTask(key, l.site.name, l.site.groups(), l.decision.rank, config.seed,
-                                 calib.weights(l.site) if calib else None)
+    for l in winners:
+        for c in l.candidates:
+            key = decomposed.fit_key(l.site, c, calib is not None)
+            if key not in fits and key not in tasks:
+                tasks[key] = _task(key, l, c, config, calib)
     fits.update(fit_all(list(tasks.values()), config.fit_options(), config.worker_count(),
                         _stage(progress, "fitting"), fitter))
     for l in winners:
-        l.fit = fits[_fit_key(l, calib)]
+        fitted = [(c, fits[decomposed.fit_key(l.site, c, calib is not None)]) for c in l.candidates]
+        best, l.fit = decomposed.pick(l.site, fitted, l.form.timings_ms, _stats(l.site, calib))
+        l.form.kind, l.decision = best.form, decomposed.with_rank(l.decision, best.rank)
 
     final, new_names = _splice(model, winners)
     if config.realize == "auto" and timing is not None and winners:
@@ -119,7 +118,11 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
         if slower:
             final, new_names = _splice(model, winners)
     if calib and winners:
-        final = _recover(model, final, winners, calib, config, progress)
+        if all(isinstance(l.fit, LayerFit) for l in winners):
+            final = _recover(model, final, winners, calib, config, progress)
+        else:
+            notes.append("--calib: layer-wise recovery retrains CP chains only, and this rewrite has other "
+                         "decompositions too; every layer keeps its data-aware fit, unrecovered")
     speed = _measured_by_selection(rank_selection, config)
     if speed is None and timing is not None and config.measure and winners:
         if progress:
@@ -135,7 +138,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     if progress:
         progress("done", 1, 1)
 
-    report = RewriteReport([_layer_report(site, chosen, layers, new_names) for site in sites],
+    report = RewriteReport([_layer_report(site, chosen, layers, new_names, config) for site in sites],
                            config.method, notes)
     report.speed = speed.to_dict() if speed else None
     report.calibration = calib.summary() if calib else None
@@ -204,7 +207,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
     the selection already made, keyed (weight source, rank)."""
     fits: dict = {}
     if config.selection is None:
-        layers = [_Layer(s, choose_rank(s, config)) for s in sites if s.key in chosen]
+        layers = [_Layer(s, decomposed.decide(s, config)) for s in sites if s.key in chosen]
         return layers, None, fits
     from onnx_cp.ranks.plan import plan_ranks
 
@@ -222,15 +225,46 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
     return layers, dict(plan.summary), fits
 
 
-def _fit_key(l: _Layer, calib: Calibration | None) -> tuple:
-    """Layers sharing a weight share its fit, unless their inputs (and so their fits) differ."""
-    return (l.site.weight.source, l.decision.rank) + ((l.site.key,) if calib else ())
+def _candidates(model, ranked: list[_Layer], timing: Timing | None, config: RewriteConfig, progress) -> None:
+    """Each layer's candidate forms and its FormChoice: with timing (realize auto), the candidates
+    faster than the Conv alone, and ``original`` when there are none (never fitted)."""
+    offered = {l.site.key: decomposed.candidates(l.site, l.decision.rank, config) for l in ranked}
+    timed = {}
+    if config.realize == "auto" and ranked and timing is not None:
+        if progress:
+            progress("timing the forms in onnxruntime", 0, len(ranked))
+        timed = time_candidates(model, [(l.site, offered[l.site.key]) for l in ranked], timing)
+    for l in ranked:
+        timings = timed.get(l.site.key, {})
+        l.candidates = offered[l.site.key]
+        if "original" in timings and len(timings) > 1:
+            l.candidates = [c for c in l.candidates if c.form in timings and timings[c.form] < timings["original"]]
+        elif config.decomposition != "auto":
+            l.candidates = l.candidates[:1]  # untimed: the decomposition's first form, as forced
+        l.form = FormChoice(min(timings, key=timings.get) if l.candidates and timings else
+                            l.candidates[0].form if l.candidates else "original", timings)
+
+
+def _task(key, l: _Layer, c, config: RewriteConfig, calib: Calibration | None) -> FitTask:
+    name = decomposed.decomposition_of(l.site, config) if config.decomposition != "auto" else \
+        decomposed.owner(c.form)
+    if name == "cp":
+        return FitTask(key, l.site.name, l.site.groups(), c.rank, config.seed, calib.weights(l.site) if calib else None)
+    return FitTask(key, f"{l.site.name} ({c.form})", l.site.groups(), c.rank, config.seed, decomposition=name,
+                   stats=_stats(l.site, calib))
+
+
+def _stats(site: ConvSite, calib: Calibration | None):
+    """Per group, the input-channel covariance calibration observed (None without --calib)."""
+    if calib is None or isinstance(site, LinearSite) or site.key not in calib.observed:
+        return None
+    return [m.channels for m in calib.observed[site.key].moments]
 
 
 def _recover(model, fitted, winners: list[_Layer], calib: Calibration, config: RewriteConfig, progress):
     """The rewritten model with every layer recovered (when ``config.recover``), each layer's
     fit carrying its recovered factors."""
-    reps = [Replacement(l.site, l.form.kind, l.decision.rank, [f.factors for f in l.fit.fits]) for l in winners]
+    reps = [Replacement(l.site, l.form.kind, l.decision.rank, decomposed.group_factors(l.fit)) for l in winners]
     final, recovered = calib.recover(model, fitted, reps, _stage(progress, "calibration:"))
     for l in winners:
         l.recovery = recovered.get(l.site.key)
@@ -250,7 +284,7 @@ def _measured_by_selection(summary: dict | None, config: RewriteConfig) -> Speed
 
 def _splice(model: onnx.ModelProto, layers: list[_Layer]) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
     """A copy of ``model`` with ``layers`` in their forms, and the new node names per site."""
-    return splice(model, [Replacement(l.site, l.form.kind, l.decision.rank, [f.factors for f in l.fit.fits])
+    return splice(model, [Replacement(l.site, l.form.kind, l.decision.rank, decomposed.group_factors(l.fit))
                           for l in layers])
 
 
@@ -261,15 +295,16 @@ def _stage(progress: Progress | None, what: str) -> Progress | None:
 
 
 def _capped_note(capped: list[_Layer]) -> str:
-    names = ", ".join(f"{l.site.name} (cap {l.decision.cap})" for l in capped[:4])
+    names = ", ".join(l.site.name + ("" if l.decision.cap is None else f" (cap {l.decision.cap})") for l in capped[:4])
     more = f" and {len(capped) - 4} more" if len(capped) > 4 else ""
     rank = capped[0].decision.requested
-    return (f"rank {rank} is above the cap of {len(capped)} layer(s), {names}{more}: above its cap a CP "
-            "form costs more multiply-adds than the Conv, so these keep their Conv and were not fitted; "
+    return (f"rank {rank} is above the cap of {len(capped)} layer(s), {names}{more}: above its cap the "
+            "decomposed form costs more multiply-adds than the Conv, so these keep their Conv and were not fitted; "
             "ask for a lower rank or a fraction such as 0.25")
 
 
-def _layer_report(site: ConvSite, chosen: set[str], layers: list[_Layer], new_names) -> LayerReport:
+def _layer_report(site: ConvSite, chosen: set[str], layers: list[_Layer], new_names, config: RewriteConfig
+                  ) -> LayerReport:
     """The report row of one convolution, from what was decided for it."""
     row = site_report(site)
     if not site.eligible:
@@ -284,33 +319,41 @@ def _layer_report(site: ConvSite, chosen: set[str], layers: list[_Layer], new_na
     if d.rank is None:
         row.status, row.reason = ("kept" if d.capped else "skipped"), d.reason
         return row
-    row.rank = d.rank
+    form = l.form.kind if l.form is not None and l.form.kind != "original" else None
+    row.decomposition = decomposed.owner(form) if form else decomposed.decomposition_of(site, config)
+    row.rank = decomposed.rank_label(d.rank, row.decomposition)
     if l.form is not None and l.form.timings_ms:
         row.timings_ms = {**l.form.timings_ms, **l.extra_timings}
-    if l.fit is not None:
+    if isinstance(l.fit, LayerFit):
         fits = l.fit.fits
         row.rel_error = l.fit.rel_error
         row.degeneracy = max(f.degeneracy for f in fits)
         row.max_term_norm = max(f.max_term_norm for f in fits)
         row.stabilized = any(f.stabilized for f in fits)
         row.fit_seconds = sum(f.seconds for f in fits)
+    elif l.fit is not None:  # another decomposition: its kernel error, like CP's
+        row.rel_error, row.fit_seconds = decomposed.error(site, form, l.fit), l.fit.seconds
     if l.recovery is not None:
         row.output_error_before, row.output_error_after, row.recovery = l.recovery.report()
     if l.form is not None and l.form.kind == "original":
         row.status, row.realization = "kept", "original"
-        row.reason = f"no CP form at rank {d.rank} was faster in onnxruntime (" + ", ".join(
+        row.reason = f"no {_forms_label(row.decomposition)} at rank {row.rank} was faster in onnxruntime (" + ", ".join(
             f"{k} {v:.3f} ms" for k, v in l.form.timings_ms.items()) + "); not fitted"
         return row
     if l.kept_because is not None:
         row.status, row.realization = "kept", "original"
         timed = ", ".join(f"{k} {v:.3f} ms" for k, v in (row.timings_ms or {}).items())
-        row.reason = f"no CP form was faster in onnxruntime: {l.kept_because}" + (f" ({timed})" if timed else "")
+        row.reason = f"no {_forms_label(row.decomposition)} was faster in onnxruntime: {l.kept_because}" + (f" ({timed})" if timed else "")
         return row
-    after = cp_cost(l.form.kind, site.spec, d.rank, site.in_shape, site.out_shape, site.bias is not None)
+    after = decomposed.cost_after(site, l.form.kind, d.rank)
     row.status, row.realization = "rewritten", l.form.kind
     row.macs_after, row.params_after = after.macs, after.params
     row.new_nodes = new_names.get(site.key, [])
     return row
+
+
+def _forms_label(decomposition: str) -> str:
+    return {"cp": "CP form", "auto": "candidate form"}.get(decomposition, f"{decomposition} form")
 
 
 def select(sites: list[ConvSite], config: RewriteConfig) -> set[str]:

@@ -11,19 +11,32 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnx_cp import decompositions
+from onnx_cp.decompositions.linear import realize_linear
+from onnx_cp.decompositions.nodes import Realization
 from onnx_cp.discover import ConvSite
+from onnx_cp.discover_linear import LinearSite
 from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
-from onnx_cp.realize import realize
 
 
 @dataclass(frozen=True)
 class Replacement:
-    """One Conv to replace: its site, the form (cp4, cp3), the rank and the per-group factors."""
+    """One layer to replace: its site, the form (cp4, cp3, tucker2, svd, gkpd, lrcp4, lrcp3:
+    ``decompositions.for_form`` finds its decomposition), the rank and the per-group factors."""
 
     site: ConvSite
-    kind: str
-    rank: int
+    form: str
+    rank: object  # the decomposition's rank: an int, a pair, (terms, split)
     factors: Sequence[tuple[np.ndarray, ...]]
+
+    def realize(self, names: NameAllocator) -> Realization:
+        site = self.site
+        dtype = site.weight.value.dtype
+        if isinstance(site, LinearSite):
+            return realize_linear(site.node, tuple(self.factors[0]), dtype, names)
+        return decompositions.for_form(self.form).realize(
+            self.form, site.name, site.node.input[0], site.node.output[0], site.bias, site.spec,
+            list(self.factors), dtype, names)
 
 
 def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_place: bool = False
@@ -42,8 +55,7 @@ def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_pl
     new_names: dict[str, list[str]] = {}
     for rep in replacements:
         site = rep.site
-        part = realize(rep.kind, site.name, site.node.input[0], site.node.output[0], site.bias,
-                       site.spec, list(rep.factors), site.weight.value.dtype, names)
+        part = rep.realize(names)
         by_position[position[site.key]] = part.nodes
         new_inits.extend(part.initializers)
         new_names[site.key] = [n.name for n in part.nodes]
@@ -56,13 +68,13 @@ def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.Mode
     return splice(model, [Replacement(site, kind, rank, factors) for site, rank, factors in layers])[0]
 
 
-def placeholder_factors(site: ConvSite, rank: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
-    """Random factors of the right shapes: onnxruntime's time does not depend on the values, so
+def placeholder_factors(site: ConvSite, rank, seed: int = 0, form: str = "cp4") -> list[tuple[np.ndarray, ...]]:
+    """Random factors of ``form``'s shapes: onnxruntime's time does not depend on the values, so
     forms and ranks can be timed before anything is fitted."""
-    rng = np.random.default_rng(seed)
-    spec = site.spec
-    shape = (spec.out_per_group, spec.in_per_group, *spec.kernel)
-    return [tuple(rng.standard_normal((d, rank)) * 0.1 for d in shape) for _ in range(spec.group)]
+    factors = decompositions.for_form(form).placeholder(site.spec, rank, seed)
+    if isinstance(site, LinearSite):  # svd's Q of a 1x1 Conv, as the (R, in) matrix a Gemm takes
+        factors = [(p, q.reshape(q.shape[0], -1)) for p, q in factors]
+    return factors
 
 
 def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],

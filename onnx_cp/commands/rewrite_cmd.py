@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.config import RewriteConfig
 from onnx_cp.decompose import METHODS
+from onnx_cp.decompositions import FORMS, NAMES
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.model_io import check_output_path, save_model, save_text
 from onnx_cp.report import render_rewrite
@@ -20,7 +21,8 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("-o", "--output", required=True, type=click.Path(path_type=str),
               help="Where to write the rewritten model.")
 @click.option("--rank", "ranks", multiple=True, metavar="R|FRACTION|GLOB=R",
-              help="CP rank per layer (per group): 64; 0.25 = a quarter of the layer's multiply-adds; "
+              help="Rank per layer (per group): 64; 0.25 = a quarter of the layer's multiply-adds; "
+                   "tucker2 16x12, gkpd 4:16x8x3x1, lrcp 24:8; "
                    "'conv2*=200' for matching layers only. Repeatable: a rule with a pattern beats one "
                    "without, whatever the order; between two patterns the later wins.")
 @click.option("--max-error", type=float, default=None, metavar="E",
@@ -53,6 +55,13 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--layers", multiple=True, metavar="GLOB",
               help="Rewrite only Convs whose node or weight name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching Convs alone (repeatable).")
+@click.option("--decomposition", type=click.Choice([*NAMES, "auto"]), default="cp", show_default=True,
+              help="How each layer is factored: cp; tucker2 (--rank R or R1xR2); svd (also 1x1 Convs, and Gemm/"
+                   "MatMul with a constant weight); gkpd (--rank TERMS or TERMS:F1xC1xh1xw1); lrcp (CP with "
+                   "low-rank factors, --factor-rank L); auto: per layer the lowest-error candidate among those "
+                   "faster than the Conv at the layer's share of the budget (the CP form's cost at its rank).")
+@click.option("--factor-rank", type=int, default=None, metavar="L",
+              help="lrcp's factor rank: the channel factors have rank L (with auto, lrcp joins the candidates).")
 @click.option("--method", type=click.Choice(METHODS), default="nls", show_default=True,
               help="CP solver: nls (Gauss-Newton) or als (tensorly ALS baseline).")
 @click.option("--max-iter", default=500, show_default=True, help="Solver iterations per layer, at most.")
@@ -71,9 +80,10 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--no-rank-align", is_flag=True,
               help="Keep computed ranks (fractions, caps) as they are instead of rounding them down to a "
                    "multiple of 16 (8 below 16) for onnxruntime's NCHWc layout.")
-@click.option("--realize", type=click.Choice(["auto", "cp4", "cp3"]), default="auto", show_default=True,
+@click.option("--realize", type=click.Choice(["auto", *FORMS]), default="auto", show_default=True,
               help="CP form: cp4 (1x1, kh x 1, 1 x kw, 1x1), cp3 (1x1, kh x kw depthwise, 1x1), or auto: "
-                   "time both and the original layer in onnxruntime and keep the fastest.")
+                   "time the decomposition's forms and the original layer in onnxruntime and keep the fastest. "
+                   "Another decomposition's form (tucker2, svd, gkpd, lrcp4, lrcp3) forces it, untimed.")
 @click.option("--threads", default=1, show_default=True, help="onnxruntime threads that auto times with.")
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
               show_default=True, help="onnxruntime graph optimization level that auto times with.")
@@ -85,7 +95,7 @@ from onnx_cp.rewrite import rewrite_with_report
 def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, calib_samples,
                     no_recover, recover_steps, recover_time, search,
                     search_storage, study_name,
-                    cost, layers, exclude, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
+                    cost, layers, exclude, decomposition, factor_rank, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
     """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
     selection = None
@@ -98,7 +108,8 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                            max_iter=max_iter, fit_tol=fit_tol, jobs=jobs, max_time=max_time, stabilize=stabilize, seed=seed,
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes), calib=calib, calib_samples=calib_samples,
-                           recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time)
+                           recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time,
+                           decomposition=decomposition, factor_rank=factor_rank)
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
     if report_path:

@@ -34,6 +34,18 @@ for _d in (CP(), Tucker2(), SVD(), GKPD(), LowRankFactorCP()):
     _register(_d)
 
 NAMES = tuple(_REGISTRY)
+FORMS = tuple(f for d in _REGISTRY.values() for f in d.forms)
+# How a rank is written for each decomposition, for error messages and --help.
+RANK_SYNTAX = {
+    "cp": "an integer rank such as 64, or a fraction of the layer's cost such as 0.25",
+    "tucker2": "R for both ranks (16), R1xR2 (16x12), or a fraction of the layer's cost (0.25)",
+    "svd": "an integer rank such as 12, or a fraction of the layer's cost such as 0.25",
+    "gkpd": "a number of terms (4), or terms and A's shape F1xC1xh1xw1 ('4:16x8x3x1')",
+    "lrcp": "the CP rank R with --factor-rank L, or R:L (24:8), or a fraction of the layer's cost",
+}
+# What --decomposition auto tries per layer (lrcp too when a factor rank is given; gkpd's cost
+# depends on its factor shapes more than on a rank, so it is left to an explicit choice).
+AUTO = ("cp", "tucker2", "svd")
 
 
 def get(name: str) -> Decomposition:
@@ -42,6 +54,16 @@ def get(name: str) -> Decomposition:
         return _REGISTRY[name]
     except KeyError:
         raise OnnxCpError(f"decomposition={name!r}: choose one of {', '.join(NAMES)}") from None
+
+
+def refusal(name: str, spec) -> str | None:
+    """Why decomposition ``name`` (or every one auto tries) cannot rewrite a Conv of ``spec``."""
+    if name != "auto":
+        return get(name).applies(spec)
+    reasons = [(n, get(n).applies(spec)) for n in AUTO]
+    if any(reason is None for _, reason in reasons):
+        return None
+    return "; ".join(f"{n}: {reason}" for n, reason in reasons)
 
 
 def for_form(form: str) -> Decomposition:
@@ -53,4 +75,5 @@ def for_form(form: str) -> Decomposition:
     raise OnnxCpError(f"form={form!r}: choose one of {', '.join(forms)}")
 
 
-__all__ = ["NAMES", "Decomposition", "Factors", "Realization", "for_form", "get"]
+__all__ = ["AUTO", "FORMS", "NAMES", "RANK_SYNTAX", "Decomposition", "Factors", "Realization", "for_form", "get",
+           "refusal"]

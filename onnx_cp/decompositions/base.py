@@ -78,6 +78,28 @@ class Decomposition(ABC):
         """An upper bound for ``cap``'s search."""
         return spec.out_per_group * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
 
+    def options(self, cp_options):
+        """This decomposition's fit options, given the CP solver's (FitOptions): its defaults,
+        unless it runs the CP solver."""
+        return None
+
+    def concrete(self, value, spec: ConvSpec, groups: list[np.ndarray] | None = None,
+                 factor_rank: int | None = None):
+        """The rank a rule's ``value`` (an int or this decomposition's string) gives a layer,
+        lowered to what the layer's channels allow; OnnxCpError when it cannot apply."""
+        return self.parse_rank(value)
+
+    def rank_within(self, spec: ConvSpec, in_shape: Shape, out_shape: Shape, budget: Cost,
+                    factor_rank: int | None = None, align: Callable[[int], int] = int):
+        """The largest rank (aligned by ``align``) whose first form costs less than ``budget``
+        (multiply-adds, parameters when shapes are unknown); None when none does."""
+        def cost(r: int) -> Cost:
+            return self.cost(self.forms[0], spec, self.concrete(r, spec, None, factor_rank), in_shape, out_shape,
+                             False)
+
+        found = largest_cheaper(cost, budget, self.max_rank(spec))
+        return None if found is None else self.concrete(max(1, align(found)), spec, None, factor_rank)
+
     def check_form(self, form: str) -> None:
         if form not in self.forms:
             raise OnnxCpError(f"form={form!r} is not a form of {self.name}; choose one of {self.forms}")

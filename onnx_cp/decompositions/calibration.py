@@ -53,3 +53,19 @@ def whiten(kernel: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, np
         return kernel, None
     root, inverse = square_roots(sigma)
     return np.einsum("fc...,cd->fd...", kernel, root), inverse
+
+
+def output_error(groups, approx, stats=None) -> float:
+    """||W - W_hat|| / ||W|| over all groups, each group's input side weighted by Sigma^{1/2}
+    when ``stats`` (per group, E[x x^T] of its input channels) is given: the layer's relative
+    output error on inputs with that covariance, whatever decomposition made ``approx``."""
+    num = den = 0.0
+    for g, (kernel, estimate) in enumerate(zip(groups, approx)):
+        kernel = np.asarray(kernel, np.float64)
+        diff = kernel - estimate
+        if stats is not None:
+            root = square_roots(stats[g])[0]
+            kernel, diff = (np.einsum("fc...,cd->fd...", t, root) for t in (kernel, diff))
+        num += float(np.sum(diff ** 2))
+        den += float(np.sum(kernel ** 2))
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))

@@ -103,6 +103,9 @@ class CP(Decomposition):
     def parse_rank(self, value) -> int:
         return parse_positive(value, "rank", "64")
 
+    def options(self, cp_options):
+        return cp_options
+
     def applies(self, spec: ConvSpec) -> str | None:
         if spec.kernel == (1, 1):
             return "1x1 kernel: already as cheap as its CP form (svd factors a 1x1 Conv)"

@@ -128,6 +128,20 @@ def tail_error(kernels: list[np.ndarray], split: Split, terms: int) -> float:
     return float(np.sqrt(residual / max(total, 1e-300)))
 
 
+def choose_split(groups: list[np.ndarray], terms: int, options: GkpdOptions) -> Split:
+    """A's shape for ``terms`` terms: the lowest error among the splits no dearer than
+    ``max_cost_ratio`` of the Conv (splits within TIE of it count as equal, the cheapest wins)."""
+    shape = groups[0].shape
+    budget = options.max_cost_ratio * int(np.prod(shape))
+    candidates = [s for s in splits(shape) if unit_macs(shape, s, terms) <= budget]
+    if not candidates:
+        raise OnnxCpError(f"rank={terms}: no split of {list(shape)} costs at most max_cost_ratio="
+                          f"{options.max_cost_ratio} of the Conv; lower the rank or raise max_cost_ratio")
+    errors = [tail_error(groups, s, terms) for s in candidates]
+    fine = [s for s, e in zip(candidates, errors) if e <= min(errors) + TIE]
+    return min(fine, key=lambda s: (unit_macs(shape, s, terms), s))
+
+
 def static_pads(spec: ConvSpec) -> tuple[int, int, int, int] | None:
     """Explicit pads (top, left, bottom, right); None when they depend on the input size."""
     if not spec.auto_pad.startswith("SAME"):
@@ -176,19 +190,7 @@ class GKPD(Decomposition):
         terms, split = self.parse_rank(rank)
         options = options or GkpdOptions()
         start = time.perf_counter()
-        shape = groups[0].shape
-        if split is not None:
-            candidates = [check_split(shape, split)]
-        else:
-            budget = options.max_cost_ratio * int(np.prod(shape))
-            candidates = [s for s in splits(shape) if unit_macs(shape, s, terms) <= budget]
-            if not candidates:
-                raise OnnxCpError(f"rank={terms}: no split of {list(shape)} costs at most max_cost_ratio="
-                                  f"{options.max_cost_ratio} of the Conv; lower the rank or raise max_cost_ratio")
-        errors = [tail_error(groups, s, terms) for s in candidates]
-        # Lowest error at the rank; splits within TIE of it count as equal, the cheapest wins.
-        fine = [s for s, e in zip(candidates, errors) if e <= min(errors) + TIE]
-        chosen = min(fine, key=lambda s: (unit_macs(shape, s, terms), s))
+        chosen = check_split(groups[0].shape, split) if split is not None else choose_split(groups, terms, options)
         fitted, residual, total = svd_fit(groups, chosen, terms)
         error = float(np.sqrt(residual / max(total, 1e-300)))
         return Factors((terms, chosen), tuple(fitted), error, time.perf_counter() - start)
@@ -241,7 +243,15 @@ class GKPD(Decomposition):
         return builder.node("Gather", stage, [current, builder.constant(f"{stage}.indices", order, np.int64)],
                             output, axis=1)
 
-    def concrete(self, spec: ConvSpec, rank) -> tuple[int, Split]:
+    def concrete(self, value, spec, groups=None, factor_rank=None) -> tuple[int, Split]:
+        """Terms and A's shape; a rank without the shape takes the one ``choose_split`` finds
+        for ``groups`` (the layer's kernels)."""
+        terms, split = self.parse_rank(value)
+        if split is None and groups is not None:
+            split = choose_split(groups, terms, GkpdOptions())
+        return self.checked(spec, (terms, split))
+
+    def checked(self, spec: ConvSpec, rank) -> tuple[int, Split]:
         terms, split = self.parse_rank(rank)
         if split is None:
             raise OnnxCpError(f"rank={terms}: gkpd's cost depends on A's shape; give it, e.g. "
@@ -250,7 +260,7 @@ class GKPD(Decomposition):
 
     def cost(self, form, spec, rank, in_shape, out_shape, has_bias) -> Cost:
         self.check_form(form)
-        terms, split = self.concrete(spec, rank)
+        terms, split = self.checked(spec, rank)
         f1, c1, h1, w1 = split
         f2, c2, h2, w2 = b_shape((spec.out_per_group, spec.in_per_group, *spec.kernel), split)
         g = spec.group
@@ -271,7 +281,7 @@ class GKPD(Decomposition):
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)
-        terms, split = self.concrete(spec, rank)
+        terms, split = self.checked(spec, rank)
         inner = b_shape((spec.out_per_group, spec.in_per_group, *spec.kernel), split)
         return [(rng.standard_normal((terms, *split)) * 0.1, rng.standard_normal((terms, *inner)) * 0.1)
                 for _ in range(spec.group)]

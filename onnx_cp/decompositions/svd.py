@@ -49,6 +49,9 @@ class SVD(Decomposition):
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.out_per_group, spec.in_per_group * spec.kernel[0] * spec.kernel[1])
 
+    def concrete(self, value, spec, groups=None, factor_rank=None) -> int:
+        return min(self.parse_rank(value), self.max_rank(spec))
+
     def checked(self, rank, weight_shape) -> int:
         r = self.parse_rank(rank)
         limit = min(weight_shape[0], int(np.prod(weight_shape[1:])))

@@ -98,6 +98,10 @@ class Tucker2(Decomposition):
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.in_per_group, spec.out_per_group)
 
+    def concrete(self, value, spec, groups=None, factor_rank=None) -> tuple[int, int]:
+        r_in, r_out = self.parse_rank(value)
+        return min(r_in, spec.in_per_group), min(r_out, spec.out_per_group)
+
     def checked(self, rank, in_dim: int, out_dim: int) -> tuple[int, int]:
         r_in, r_out = self.parse_rank(rank)
         if r_in > in_dim or r_out > out_dim:
