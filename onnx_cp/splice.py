@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnx_cp import decompositions
 from onnx_cp.decompositions.linear import realize_linear
@@ -53,14 +53,36 @@ def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_pl
     by_position: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[onnx.TensorProto] = []
     new_names: dict[str, list[str]] = {}
+    index = GraphIndex(model.graph)
+    folded: list[str] = []
     for rep in replacements:
         site = rep.site
         part = rep.realize(names)
+        folded.extend(_fold_gathers(part, index))
         by_position[position[site.key]] = part.nodes
         new_inits.extend(part.initializers)
         new_names[site.key] = [n.name for n in part.nodes]
-    _apply(out, by_position, new_inits, [rep.site for rep in replacements])
+    _apply(out, by_position, new_inits, [rep.site for rep in replacements], folded)
     return out, new_names
+
+
+def _fold_gathers(part: Realization, index: GraphIndex) -> list[str]:
+    """Gathers of constants in ``part`` (gkpd's reordered bias) become initializers, which every
+    consumer reads (onnx2torch's Conv takes its bias from an initializer only); the constants
+    they read are returned, to be dropped when nothing else reads them."""
+    own = {t.name: t for t in part.initializers}
+    read = []
+    for node in [n for n in part.nodes if n.op_type == "Gather" and n.input[1] in own]:
+        data = index.constant(node.input[0])
+        if isinstance(data, str):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        value = np.take(data.value, numpy_helper.to_array(own[node.input[1]]), axis=axis)
+        part.nodes.remove(node)
+        part.initializers.remove(own.pop(node.input[1]))
+        part.initializers.append(numpy_helper.from_array(value, node.output[0]))
+        read.append(node.input[0])
+    return read
 
 
 def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.ModelProto:
@@ -78,7 +100,7 @@ def placeholder_factors(site: ConvSite, rank, seed: int = 0, form: str = "cp4") 
 
 
 def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],
-           new_inits: list[onnx.TensorProto], replaced: list[ConvSite]) -> None:
+           new_inits: list[onnx.TensorProto], replaced: list[ConvSite], folded: Sequence[str] = ()) -> None:
     """Splice the new nodes in place (keeps topological order), then drop weights nobody reads."""
     graph = model.graph
     if not replacements:
@@ -92,7 +114,7 @@ def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]]
     if model.ir_version < 4:  # IR < 4: every initializer must also be a graph input
         graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                            for t in new_inits)
-    candidates = []
+    candidates = list(folded)
     for site in replaced:
         candidates.extend([site.weight.source, *site.weight.via])
     _remove_dead(graph, candidates)

@@ -246,3 +246,23 @@ def test_non_cp_fits_are_the_same_for_any_number_of_jobs():
 
     one, two = weights(1), weights(2)
     assert one.keys() == two.keys() and all(np.array_equal(one[k], two[k]) for k in one)
+
+
+# --- fine-tuning keeps the structure -----------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [["--decomposition", "gkpd", "--rank", "4", "--realize", "gkpd"],
+                                   ["--decomposition", "tucker2", "--rank", "16", "--realize", "tucker2"]])
+def test_a_rewritten_model_goes_through_torch_and_back_with_its_nodes_and_names(tmp_path, flags):
+    pytest.importorskip("onnx2torch")
+    from onnx_cp.finetune.convert import example_input, to_onnx, to_torch
+
+    rng = np.random.default_rng(2)
+    weight = kron_sum(rng.standard_normal((4, 16, 8, 3, 1)), rng.standard_normal((4, 4, 6, 1, 3))) \
+        if "gkpd" in flags else tucker2_weight()
+    _, _, new = rewrite_cli(tmp_path, conv(weight, (1, 48, 11, 12), pads=[1, 1, 1, 1], strides=[2, 1]),
+                            (1, 48, 11, 12), *flags)
+    x = example_input(new, batch=2)
+    back = to_onnx(to_torch(new), new, example=x)
+    onnx.checker.check_model(back, full_check=True)
+    assert [(n.op_type, n.name) for n in back.graph.node] == [(n.op_type, n.name) for n in new.graph.node]
+    assert relative_difference(run(new, {"x": x})[0], run(back, {"x": x})[0]) < 1e-5
