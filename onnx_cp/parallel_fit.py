@@ -32,6 +32,8 @@ class FitTask:
     seed: int
     # Per group, how the layer's input statistics weight the fit (--calib); None: the kernel error.
     weights: Sequence[GroupWeights] | None = None
+    # A fit of this layer to go on from (the same rank with fewer iterations, or a neighbouring rank).
+    init: LayerFit | None = None
     # Another decomposition than cp fits through its own ``fit`` (a Factors comes back), with
     # ``stats`` (per group, the input-channel covariance) when it uses them.
     decomposition: str = "cp"
@@ -96,4 +98,4 @@ def _fit_task(task: FitTask, options: FitOptions) -> LayerFit | Factors:
 def _fit(task: FitTask, fitter: WarmFitter) -> LayerFit:
     if task.weights is not None:
         return fit_weighted(list(task.groups), task.rank, task.seed, fitter, task.weights)
-    return fit_layer(list(task.groups), task.rank, task.seed, fitter)
+    return fit_layer(list(task.groups), task.rank, task.seed, fitter, task.init)

@@ -24,7 +24,7 @@ from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, from_lay
                            onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
-from onnx_cp.ranks.fitting import LayerFit, solver_fitter
+from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.rules import RankDecision
 from onnx_cp.report import LayerReport, RewriteReport
 from onnx_cp.shapes import dynamic_dims, infer_shapes
@@ -211,8 +211,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
         return layers, None, fits
     from onnx_cp.ranks.plan import plan_ranks
 
-    warm = solver_fitter(config.fit_options()) if fitter is None else (lambda k, r, seed, init: fitter(k, r, seed))
-    plan = plan_ranks(model, sites, chosen, shapes, config, warm, _stage(progress, "choosing ranks"))
+    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, _stage(progress, "choosing ranks"))
     notes.extend(plan.notes)
     layers = []
     for s in sites:
@@ -222,7 +221,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
         layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason), proxy=c.proxy, cost=c.cost))
         if c.fit is not None:
             fits[(s.weight.source, c.rank)] = c.fit
-    return layers, dict(plan.summary), fits
+    return layers, plan.summary.to_dict(), fits
 
 
 def _candidates(model, ranked: list[_Layer], timing: Timing | None, config: RewriteConfig, progress) -> None:

@@ -14,7 +14,7 @@ from onnx_cp.decompose import FitOptions
 from onnx_cp.ranks import allocate, smallest_rank, uniform_error
 from onnx_cp.ranks.calibration import load_calibration
 from onnx_cp.ranks.fitting import fit_layer, solver_fitter
-from onnx_cp.ranks.plan import candidate_ranks
+from onnx_cp.ranks.budget import candidate_ranks
 from onnx_cp.ranks.refine import repair
 
 FAST = FitOptions(max_iter=60, tol=1e-10)

@@ -33,8 +33,8 @@ from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import uniform_error
 from onnx_cp.ranks.calibration import input_shape
 from onnx_cp.ranks.cost import model_macs, rank_cost_macs
-from onnx_cp.ranks.fitting import solver_fitter
-from onnx_cp.ranks.plan import plan_ranks, uniform_rank
+from onnx_cp.ranks.budget import uniform_rank
+from onnx_cp.ranks.plan import plan_ranks
 from onnx_cp.rewrite import select
 from onnx_cp.splice import build_ranked
 from onnx_cp.shapes import infer_shapes, parse_input_shapes
@@ -134,16 +134,15 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
     selection = RankSelection(budget_macs=budget, calib=str(calib), calib_count=args.calib_count,
                               search=args.search, measure=False)
     config = RewriteConfig(selection=selection, **fit)
-    fitter = solver_fitter(config.fit_options())
-    plan = plan_ranks(model, sites, select(sites, config), shapes, config, fitter, progress)
-    layers, fixed = plan.layers, plan.summary["fixed"]
+    plan = plan_ranks(model, sites, select(sites, config), shapes, config, progress=progress)
+    layers, fixed = plan.layers, plan.summary.fixed
     reference = proxy.run(model, held_out)
 
     def evaluate(chosen: list[tuple]) -> dict:
         variant = build_ranked(model, chosen)
-        rewritten = {id(s) for s, _, _ in chosen}
+        rewritten = {s.key for s, _, _ in chosen}
         macs = fixed + sum(rank_cost_macs(s, r) for s, r, _ in chosen) + sum(
-            l.site.cost.macs for l in layers if id(l.site) not in rewritten)
+            l.site.cost.macs for l in layers if l.site.key not in rewritten)
         return {"macs": int(macs), "speedup_macs": total / macs,
                 "output_error_held_out": proxy.output_error(proxy.run(variant, held_out), reference),
                 "ranks": {s.name: r for s, r, _ in chosen}}
@@ -153,14 +152,14 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
                 if k < len(l.ranks)]
 
     rows = {"proxy (best start + search)": evaluate(from_picks(plan.picks))}
-    rows["proxy, knapsack only"] = evaluate(from_picks(greedy_picks(layers, plan.summary["budget"])))
+    rows["proxy, knapsack only"] = evaluate(from_picks(greedy_picks(layers, plan.summary.budget)))
     errors = [[f.rel_error for f in l.fits] + [0.0] for l in layers]
     costs = [l.costs + [l.before] for l in layers]
-    rows["--max-error alone"] = evaluate(from_picks(uniform_error(errors, costs, plan.summary["budget"])))
+    rows["--max-error alone"] = evaluate(from_picks(uniform_error(errors, costs, plan.summary.budget)))
     rank = uniform_rank(layers, budget - fixed)
     rows[f"uniform rank {rank}"] = evaluate(from_picks([l.ranks.index(min(rank, l.cap)) for l in layers]))
     return {"budget_macs": budget, "total_macs": total, "budget_share": share, "rows": rows,
-            "calib_errors": {**plan.summary["starts"], "after search": plan.summary["output_error"]}}
+            "calib_errors": {**plan.summary.starts, "after search": plan.summary.output_error}}
 
 
 def greedy_picks(layers, budget):

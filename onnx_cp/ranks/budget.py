@@ -1,0 +1,388 @@
+"""Ranks under a budget (--target-speedup, --budget-macs): curves, a data-aware proxy, an allocation.
+
+The steps share one ``BudgetProblem``:
+
+1. candidates: a few ranks per layer around the share of its cost the target leaves it;
+2. costs: each candidate's cost (multiply-adds, or latency measured with placeholder factors),
+   the fixed rest of the model, the target; an unreachable target fails here, before any fit;
+3. curves: every candidate fitted briefly (``CURVE_ITERATIONS``) in worker processes: enough to
+   rank the options against each other, not to ship;
+4. damages: each candidate's error at the layer's output on calibration inputs, weighted by how
+   much of it reaches the model's outputs;
+5. allocation: the best of the knapsack, uniform-error and uniform-rank starts (refined by
+   optuna with --search), re-allocated when the measured speed-up misses the target;
+6. final fits: only the kept candidates are fitted in full, each going on from its quick fit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from onnx_cp.conv import align_rank
+from onnx_cp.decompose import Fitter
+from onnx_cp.discover import ConvSite
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.parallel_fit import FitTask, fit_all
+from onnx_cp.ranks import cost as costs
+from onnx_cp.ranks import proxy
+from onnx_cp.ranks.allocate import allocate, uniform_error
+from onnx_cp.ranks.calibration import load_calibration
+from onnx_cp.ranks.fitting import LayerFit
+from onnx_cp.ranks.selection import LayerChoice, MeasuredRound, RankPlan
+from onnx_cp.splice import build_ranked
+
+Progress = Callable[[str, int, int], None]
+# NLS iterations of a curve fit. On a trained VGG-16 512x512x3x3 kernel, 10 iterations from the
+# SVD start reach 0.62 relative error at rank 240 where the full fit ends at 0.59: the curves
+# only have to order options, and the kept ones are fitted in full afterwards.
+CURVE_ITERATIONS = 10
+# Candidate ranks span this range of the share of its multiply-adds a layer may keep. Measured
+# CP forms run below their multiply-add count's speed (depthwise stages are memory-bound), so
+# re-allocation rounds move down more often than up; the top stays low because fit time grows
+# with the rank (a 512x512x3x3 kernel at rank 1145 costs 16 s per iteration).
+SHARE_RANGE = (1 / 3, 1.5)
+
+
+@dataclass
+class BudgetLayer:
+    """One automatically ranked layer: its candidates and their curves."""
+
+    site: ConvSite
+    groups: list[np.ndarray]
+    cap: int
+    before: float  # cost of the Conv as it is
+    ranks: list[int] = field(default_factory=list)
+    fits: list[LayerFit] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)  # layer output error per rank
+    weight: float = 1.0  # sensitivity of the final outputs to this layer's output error
+    uniform: int = 0  # this layer's rank in the one-rank-for-all allocation
+
+    def options(self) -> tuple[list[float], list[float]]:
+        """Costs and damages of every option: each candidate rank, then the Conv kept as it is."""
+        return self.costs + [self.before], [self.weight * e * e for e in self.errors] + [0.0]
+
+    def chosen(self, k: int):
+        """(site, rank, per-group factors) of option ``k``, or None when it keeps the Conv."""
+        return None if k == len(self.ranks) else (self.site, self.ranks[k], [f.factors for f in self.fits[k].fits])
+
+
+@dataclass
+class BudgetProblem:
+    """Everything the steps share: the model, the layers, the cost unit, the target."""
+
+    model: onnx.ModelProto
+    sites: list[ConvSite]
+    shapes: dict  # tensor name -> shape, as inferred
+    auto: list[BudgetLayer]
+    ruled: list[ConvSite]  # layers whose rank a --rank rule fixes (already fitted)
+    plan: RankPlan
+    config: object  # RewriteConfig
+    fitter: Fitter | None = None  # tests replace the solver
+    unit_cost: Callable[[ConvSite, int | None], float] | None = None
+    total: float = 0.0
+    fixed: float = 0.0
+    target: float = 0.0
+    feeds: list = field(default_factory=list)
+    reference: list = field(default_factory=list)
+
+    @property
+    def selection(self):
+        return self.config.selection
+
+    def ruled_layers(self) -> list:
+        choices = self.plan.choices
+        return [(s, choices[s.key].rank, [f.factors for f in choices[s.key].fit.fits]) for s in self.ruled]
+
+    def variant(self, picks: list[int]) -> onnx.ModelProto:
+        chosen = [l.chosen(k) for l, k in zip(self.auto, picks)]
+        return build_ranked(self.model, [c for c in chosen if c is not None] + self.ruled_layers())
+
+    def output_error(self, picks: list[int]) -> float:
+        return proxy.output_error(proxy.run(self.variant(picks), self.feeds, self.config.threads), self.reference)
+
+    def options(self) -> list[tuple[list[float], list[float]]]:
+        return [l.options() for l in self.auto]
+
+    def spent(self, picks: list[int]) -> float:
+        return self.fixed + sum(o[0][k] for o, k in zip(self.options(), picks))
+
+
+def by_budget(plan: RankPlan, model, sites, shapes, auto: list[BudgetLayer], ruled: list[ConvSite], config,
+              fitter: Fitter | None, progress: Progress | None) -> None:
+    """Fill ``plan`` with a rank (or the Conv kept) for every layer of ``auto``."""
+    problem = BudgetProblem(model, sites, shapes, auto, ruled, plan, config, fitter)
+    selection = config.selection
+    plan.summary.cost = selection.cost
+    seconds = plan.summary.seconds
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(now - clock, 3)
+        clock = now
+
+    _check_shapes(problem)
+    _candidates(problem)
+    _costs(problem, progress)
+    lap("costs")
+    _calibrate(problem)
+    _fit_curves(problem, progress)
+    lap("curves")
+    _damages(problem, progress)
+    lap("damages")
+    picks = _allocate(problem, problem.target - problem.fixed, progress)
+    if selection.target_speedup and selection.measure:
+        picks = _meet_measured(problem, picks, progress)
+    lap("allocation")
+    _fit_kept(problem, picks, progress)
+    lap("final fits")
+    _record(problem, picks)
+
+
+def _check_shapes(problem: BudgetProblem) -> None:
+    selection = problem.selection
+    if not problem.auto:
+        raise OnnxCpError(f"{selection.describe()}: no selected layer is left for automatic ranks")
+    unknown = [s.name for s in [l.site for l in problem.auto] + problem.ruled
+               if s.in_shape is None or s.out_shape is None]
+    if unknown:
+        raise OnnxCpError(f"{selection.describe()} needs every layer's shapes, and {unknown[0]}'s are unknown; "
+                          "fix the input's dynamic dimensions with --input-shape NAME=1x3x224x224")
+
+
+def candidate_ranks(cap: int, share: float, count: int,
+                    align: Callable[[int], int] = align_rank) -> list[int]:
+    """About ``count`` ranks over ``SHARE_RANGE`` times ``share`` of the cap, each passed through
+    ``align`` (by default the rewrite's rounding to onnxruntime's NCHWc blocks, ``conv.align_rank``)."""
+    lo = max(share * SHARE_RANGE[0], 1.0 / cap)
+    hi = min(1.0, max(share * SHARE_RANGE[1], 2.0 / cap))
+    fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
+    return sorted({max(1, align(min(cap, max(1, int(round(f * cap)))))) for f in fractions})
+
+
+def uniform_rank(auto: list[BudgetLayer], budget_macs: float) -> int:
+    """The largest single rank (capped per layer) whose CP forms fit ``budget_macs``."""
+    lo, hi = 1, max(l.cap for l in auto)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(costs.rank_cost_macs(l.site, min(mid, l.cap)) for l in auto) <= budget_macs:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _candidates(problem: BudgetProblem) -> None:
+    """The average share of their multiply-adds the automatic layers may keep, and each layer's
+    candidate ranks around it (the uniform-rank allocation is always one of them)."""
+    selection, plan, config = problem.selection, problem.plan, problem.config
+    total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
+    before = sum(l.before for l in problem.auto)
+    others = total - before - sum(s.cost.macs or 0 for s in problem.ruled) + sum(
+        costs.rank_cost_macs(s, plan.choices[s.key].rank) for s in problem.ruled)
+    target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
+    share = float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
+    uniform = uniform_rank(problem.auto, share * sum(float(l.site.cost.macs) for l in problem.auto))
+    for layer in problem.auto:
+        grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank)
+        layer.uniform = max(1, config.align_rank(min(uniform, layer.cap)))
+        layer.ranks = sorted(set(grid) | {layer.uniform})
+
+
+def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
+    """Every candidate's cost, the fixed rest and the target; refuses an unreachable target."""
+    selection, config, plan = problem.selection, problem.config, problem.plan
+    auto, ruled = problem.auto, problem.ruled
+    if selection.cost == "macs":
+        total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
+        unit_cost = lambda site, rank: float(  # noqa: E731
+            costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
+    else:
+        if progress:
+            progress("timing layers in onnxruntime", 0, len(auto))
+        profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
+        fixed_ranks = {s.key: plan.choices[s.key].rank for s in ruled}
+        low = {l.site.key: l.ranks[0] for l in auto} | fixed_ranks
+        high = {l.site.key: l.ranks[-1] for l in auto} | fixed_ranks
+        timing = costs.measure_latency_model(problem.model, [l.site for l in auto] + ruled, low, high,
+                                             build_ranked, profiler)
+        total, unit_cost = timing.total_ms, timing.cost
+    for layer in auto:
+        layer.before = unit_cost(layer.site, None)
+        layer.costs = [unit_cost(layer.site, r) for r in layer.ranks]
+    ruled_delta = sum(unit_cost(s, plan.choices[s.key].rank) - unit_cost(s, None) for s in ruled)
+    problem.unit_cost, problem.total = unit_cost, total
+    problem.fixed = total - sum(l.before for l in auto) + ruled_delta
+    problem.target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
+    summary = plan.summary
+    summary.total_before, summary.fixed, summary.target_total = total, problem.fixed, problem.target
+    cheapest = problem.fixed + sum(min(l.costs) for l in auto)
+    if problem.target < cheapest:
+        raise OnnxCpError(
+            f"{selection.describe()} is out of reach: the layers not rewritten cost {problem.fixed / total:.0%} of "
+            f"the model, so the smallest candidate ranks reach at most {total / cheapest:.2f}x "
+            f"({cheapest:.4g} of {total:.4g} {selection.cost}); ask for less or select more layers")
+
+
+def _calibrate(problem: BudgetProblem) -> None:
+    selection, config = problem.selection, problem.config
+    feeds, note = load_calibration(problem.model, selection.calib, selection.calib_count, selection.seed,
+                                   config.input_shapes)
+    if note:
+        problem.plan.notes.append(note)
+    problem.feeds = feeds
+    problem.plan.summary.calibration = {"source": selection.calib or "random", "inputs": len(feeds)}
+
+
+def _fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
+    """Every candidate of every layer, fitted briefly, in parallel."""
+    config = problem.config
+    options = replace(config.fit_options(), max_iter=min(config.max_iter, CURVE_ITERATIONS), stabilize="never")
+    tasks = [FitTask((i, r), f"{l.site.name} rank {r}", l.groups, r, config.seed)
+             for i, l in enumerate(problem.auto) for r in l.ranks]
+    fits = fit_all(tasks, options, config.worker_count(), _stage(progress, "curves"), problem.fitter)
+    for i, layer in enumerate(problem.auto):
+        layer.fits = [fits[(i, r)] for r in layer.ranks]
+
+
+def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
+    """Each candidate's error at its layer's output, and how much of a layer's error reaches the
+    model's outputs: (output error / layer error)^2, each layer alone at its middle candidate."""
+    model, auto, threads = problem.model, problem.auto, problem.config.threads
+    problem.reference = proxy.run(model, problem.feeds, threads)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
+    dtype = auto[0].site.weight.value.dtype
+    dtype = dtype if dtype in (np.float16, np.float32, np.float64) else np.float32
+    got = proxy.capture(model, [t for l in auto for t in (l.site.node.input[0], l.site.node.output[0])],
+                        problem.feeds, dtype, threads)
+    for k, layer in enumerate(auto):
+        if progress:
+            progress(f"{layer.site.name} feature-map error", k, 2 * len(auto))
+        node = layer.site.node
+        weight = np.asarray(layer.site.weight.value, dtype=np.float64)
+        layer.errors = proxy.layer_errors(node, weight, layer.fits, got[node.input[0]], got[node.output[0]],
+                                          opset, threads)
+    for k, layer in enumerate(auto):
+        if progress:
+            progress(f"{layer.site.name} sensitivity", len(auto) + k, 2 * len(auto))
+        mid = len(layer.ranks) // 2
+        if layer.errors[mid] <= 0:
+            continue
+        variant = build_ranked(model, [layer.chosen(mid)])
+        out = proxy.output_error(proxy.run(variant, problem.feeds, threads), problem.reference)
+        layer.weight = (out / layer.errors[mid]) ** 2
+
+
+def _allocate(problem: BudgetProblem, budget: float, progress: Progress | None) -> list[int]:
+    """The best of the knapsack, uniform-error and uniform-rank allocations on the calibration
+    inputs, refined by the search when one is asked for."""
+    selection, summary = problem.selection, problem.plan.summary
+    options = problem.options()
+    starts = {name: (problem.output_error(p), p) for name, p in _starts(problem.auto, options, budget).items()}
+    summary.starts = {name: value for name, (value, _) in starts.items()}
+    summary.greedy_output_error = starts["knapsack"][0]
+    best = min(starts.values(), key=lambda vp: vp[0])
+    if not selection.search:
+        summary.output_error = best[0]
+        return best[1]
+    from onnx_cp.ranks.refine import refine
+
+    known = {tuple(p): v for v, p in starts.values()}
+    picks, value = refine(options, budget, known, problem.output_error, selection.search, selection.seed,
+                          progress, storage=selection.storage, study_name=selection.study_name,
+                          space=[(l.site.name, l.ranks) for l in problem.auto])
+    summary.search_trials, summary.output_error = selection.search, value
+    return picks
+
+
+def _starts(auto: list[BudgetLayer], options, budget: float) -> dict[str, list[int]]:
+    """Allocations within ``budget``: the knapsack on the proxy, --max-error alone (one kernel-error
+    bound for all) and one rank for all (moved to cheaper options where it does not fit)."""
+    from onnx_cp.ranks.refine import repair
+
+    costs_, damages = [o[0] for o in options], [o[1] for o in options]
+    starts = {"knapsack": allocate(costs_, damages, budget)}
+    try:
+        kernel_errors = [[f.rel_error for f in l.fits] + [0.0] for l in auto]
+        starts["uniform error"] = uniform_error(kernel_errors, costs_, budget)
+    except OnnxCpError:
+        pass
+    starts["uniform rank"] = repair([l.ranks.index(l.uniform) for l in auto], options, budget)
+    return starts
+
+
+def _meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress | None) -> list[int]:
+    """Time the rewritten model against the original; when the measured speed-up misses the target
+    by more than 10%, scale the budget by how far the cost model was off and allocate again.
+    Keeps the round whose measured speed-up came closest to the target."""
+    from onnx_cp.bench import measure_latency
+
+    config, summary, speedup = problem.config, problem.plan.summary, problem.selection.target_speedup
+    rounds, tried = [], []
+    count = config.selection.rounds + 1
+    for attempt in range(count):
+        if progress:
+            progress(f"measuring the whole model (round {attempt + 1})", attempt, count)
+        base, new = measure_latency([problem.model, problem.variant(picks)], threads=config.threads, warmup=2,
+                                    runs=12, input_shapes=dict(config.input_shapes), opt_level=config.opt_level)
+        spent = problem.spent(picks)
+        measured = base.median / new.median
+        rounds.append(MeasuredRound(problem.total / spent, measured, base.median, new.median,
+                                    max(base.spread, new.spread), summary.output_error))
+        tried.append((abs(math.log(measured / speedup)), attempt, picks))
+        if abs(measured / speedup - 1) <= 0.1 or attempt == count - 1:
+            break
+        # the cost model was off by (predicted / measured): ask it for that much more (or less)
+        budget_total = problem.total / speedup * measured / (problem.total / spent)
+        try:
+            picks = _allocate(problem, budget_total - problem.fixed, progress)
+        except OnnxCpError:
+            break
+    _, best, picks = min(tried, key=lambda t: t[:2])
+    summary.rounds, summary.kept_round = rounds, best + 1
+    summary.output_error = rounds[best].output_error
+    return picks
+
+
+def _fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | None) -> None:
+    """Fit the kept candidates in full, each going on from its quick curve fit, and measure the
+    allocation's output error again with them."""
+    config = problem.config
+    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, init=l.fits[k])
+             for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks)]
+    fits = fit_all(tasks, config.fit_options(), config.worker_count(), _stage(progress, "fitting"), problem.fitter)
+    for i, fit in fits.items():
+        layer = problem.auto[i]
+        layer.fits[picks[i]] = fit
+    if tasks:
+        problem.plan.summary.final_output_error = problem.output_error(picks)
+
+
+def _record(problem: BudgetProblem, picks: list[int]) -> None:
+    plan, summary = problem.plan, problem.plan.summary
+    spent = problem.spent(picks)
+    summary.budget, summary.total_after = problem.target - problem.fixed, spent
+    summary.predicted_speedup = problem.total / spent
+    plan.layers, plan.picks = problem.auto, picks
+    for layer, k in zip(problem.auto, picks):
+        if k == len(layer.ranks):
+            plan.choices[layer.site.key] = LayerChoice(
+                None, requested="auto", reason="the allocation keeps this Conv", cost=layer.before)
+        else:
+            plan.choices[layer.site.key] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
+                                                       proxy=layer.errors[k], cost=layer.costs[k])
+    for site in problem.ruled:
+        plan.choices[site.key].cost = problem.unit_cost(site, plan.choices[site.key].rank)
+
+
+def _stage(progress: Progress | None, what: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda label, done, total: progress(f"{what} {label}".strip(), done, total)

@@ -1,0 +1,77 @@
+"""What rank selection decided: a choice per layer, the typed summary of how, and the plan holding both."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from onnx_cp.ranks.fitting import LayerFit
+
+
+@dataclass
+class LayerChoice:
+    rank: int | None  # None: keep the Conv
+    fit: LayerFit | None = None
+    requested: int | float | str | None = None
+    capped: bool = False
+    reason: str = ""
+    proxy: float | None = None  # relative error of the layer's output on the calibration inputs
+    cost: float | None = None  # in the plan's cost unit (MACs or ms)
+
+
+@dataclass
+class MeasuredRound:
+    """One timing of the whole rewritten model against the input (--target-speedup)."""
+
+    predicted_speedup: float
+    measured_speedup: float
+    original_ms: float
+    rewritten_ms: float
+    spread: float
+    output_error: float | None
+
+
+@dataclass
+class SelectionSummary:
+    """How the ranks were chosen. ``to_dict`` is the report's ``rank_selection`` entry (its keys
+    are part of the JSON report: keep them)."""
+
+    mode: str  # max-error | target-speedup | budget-macs
+    cost: str | None = None  # macs | latency (budget modes)
+    max_error: float | None = None
+    total_before: float | None = None  # the whole model's cost, in the cost unit
+    fixed: float | None = None  # what the automatically ranked layers do not cost
+    target_total: float | None = None
+    budget: float | None = None  # for the automatically ranked layers
+    total_after: float | None = None
+    predicted_speedup: float | None = None
+    calibration: dict | None = None  # {"source": path or "random", "inputs": n}
+    starts: dict[str, float] = field(default_factory=dict)  # start allocation -> output error
+    greedy_output_error: float | None = None
+    output_error: float | None = None  # of the kept allocation, with the curves' quick fits
+    final_output_error: float | None = None  # the same allocation once its layers are fully fitted
+    search_trials: int | None = None
+    rounds: list[MeasuredRound] = field(default_factory=list)
+    kept_round: int | None = None  # 1-based
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent per step
+
+    @property
+    def measured(self) -> MeasuredRound | None:
+        return self.rounds[self.kept_round - 1] if self.rounds and self.kept_round else None
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if v is not None and k != "kept_round"}
+        if self.kept_round is not None:
+            out["kept_round"] = self.kept_round
+        if self.measured is not None:
+            out["measured"] = asdict(self.measured)
+        return out
+
+
+@dataclass
+class RankPlan:
+    choices: dict[str, LayerChoice]  # ConvSite.key -> choice
+    summary: SelectionSummary
+    notes: list[str] = field(default_factory=list)
+    layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves
+    picks: list[int] = field(default_factory=list)  # the chosen option of each (len(ranks): keep the Conv)
