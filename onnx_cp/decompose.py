@@ -34,7 +34,10 @@ class FitOptions:
     method: str = "nls"
     max_iter: int = 500
     tol: float = 1e-9
-    max_time: float | None = None
+    max_time: float | None = None  # the fit and its degeneracy correction together
+    # The iterations alone (a rank search bounds a refit by its quick fit's time); the
+    # correction then gets its own budget, as without max_time. Ignored when max_time is set.
+    iteration_time: float | None = None
     stabilize: str = "auto"  # auto | always | never
     degeneracy_threshold: float = 10.0
     # Stop once the last PROGRESS_WINDOW iterations lowered the error by less than this
@@ -80,7 +83,7 @@ def fit_kernel(kernel: np.ndarray, rank: int, seed: int, options: FitOptions,
     if options.method == "nls":
         start_from = "svd" if init is None else (np.ones(init.factors[0].shape[1]), list(init.factors))
         # With a budget and a correction that may follow, the fit leaves a fifth of it.
-        fit_time = None if options.max_time is None else \
+        fit_time = options.iteration_time if options.max_time is None else \
             options.max_time * (1.0 if options.stabilize == "never" else 0.8)
         cp = solver.cp_nls(tensor, rank, init=start_from, max_time=fit_time,
                            stabilize=options.stabilize == "always", **common)

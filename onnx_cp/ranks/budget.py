@@ -46,6 +46,11 @@ CURVE_ITERATIONS = 10
 # re-allocation rounds move down more often than up; the top stays low because fit time grows
 # with the rank (a 512x512x3x3 kernel at rank 1145 costs 16 s per iteration).
 SHARE_RANGE = (1 / 3, 1.5)
+# Without --max-time, a kept candidate's full fit iterates on from its quick fit for at most this
+# many times the quick fit's time (its degeneracy correction comes on top, as always). On VGG-16
+# at --target-speedup 3, unbounded final fits took 445 of 690 s and lowered the calibration
+# output error only from 0.0100 to 0.0088.
+FINAL_FIT_FACTOR = 3.0
 
 
 @dataclass
@@ -90,6 +95,7 @@ class BudgetProblem:
     target: float = 0.0
     feeds: list = field(default_factory=list)
     reference: list = field(default_factory=list)
+    latency: costs.LatencyModel | None = None  # per-layer latency, once measured
 
     @property
     def selection(self):
@@ -103,8 +109,13 @@ class BudgetProblem:
         chosen = [l.chosen(k) for l, k in zip(self.auto, picks)]
         return build_ranked(self.model, [c for c in chosen if c is not None] + self.ruled_layers())
 
+    @property
+    def threads(self) -> int:
+        """Threads for the proxy's onnxruntime runs: every core (they are computed, not timed)."""
+        return self.config.worker_count()
+
     def output_error(self, picks: list[int]) -> float:
-        return proxy.output_error(proxy.run(self.variant(picks), self.feeds, self.config.threads), self.reference)
+        return proxy.output_error(proxy.run(self.variant(picks), self.feeds, self.threads), self.reference)
 
     def options(self) -> list[tuple[list[float], list[float]]]:
         return [l.options() for l in self.auto]
@@ -129,7 +140,7 @@ def by_budget(plan: RankPlan, model, sites, shapes, auto: list[BudgetLayer], rul
         clock = now
 
     _check_shapes(problem)
-    _candidates(problem)
+    _candidates(problem, progress)
     _costs(problem, progress)
     lap("costs")
     _calibrate(problem)
@@ -179,16 +190,18 @@ def uniform_rank(auto: list[BudgetLayer], budget_macs: float) -> int:
     return lo
 
 
-def _candidates(problem: BudgetProblem) -> None:
-    """The average share of their multiply-adds the automatic layers may keep, and each layer's
-    candidate ranks around it (the uniform-rank allocation is always one of them)."""
-    selection, plan, config = problem.selection, problem.plan, problem.config
-    total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
-    before = sum(l.before for l in problem.auto)
-    others = total - before - sum(s.cost.macs or 0 for s in problem.ruled) + sum(
-        costs.rank_cost_macs(s, plan.choices[s.key].rank) for s in problem.ruled)
-    target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
-    share = float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
+def _candidates(problem: BudgetProblem, progress: Progress | None) -> None:
+    """The average share of its cap each automatic layer may keep, and each layer's candidate
+    ranks around it (the uniform-rank allocation is always one of them).
+
+    The share comes from multiply-adds, except that a measured --target-speedup takes it from
+    latency: CP forms run well below their multiply-add count's speed (on VGG-16, a third of the
+    multiply-adds gave nowhere near 3x), and fitting the ranks that multiply-adds suggest would
+    spend minutes on candidates the measurement then throws away."""
+    selection, config = problem.selection, problem.config
+    share = _macs_share(problem)
+    if selection.target_speedup and (selection.measure or selection.cost == "latency"):
+        share = _latency_share(problem, share, progress)
     uniform = uniform_rank(problem.auto, share * sum(float(l.site.cost.macs) for l in problem.auto))
     for layer in problem.auto:
         grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank)
@@ -196,23 +209,56 @@ def _candidates(problem: BudgetProblem) -> None:
         layer.ranks = sorted(set(grid) | {layer.uniform})
 
 
+def _macs_share(problem: BudgetProblem) -> float:
+    selection, plan = problem.selection, problem.plan
+    total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
+    before = sum(l.before for l in problem.auto)
+    others = total - before - sum(s.cost.macs or 0 for s in problem.ruled) + sum(
+        costs.rank_cost_macs(s, plan.choices[s.key].rank) for s in problem.ruled)
+    target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
+    return float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
+
+
+def _latency_share(problem: BudgetProblem, share: float, progress: Progress | None) -> float:
+    """The share of the cap at which every automatic layer's CP form, timed with placeholder
+    factors, makes the whole model ``target_speedup`` faster (the latency model is kept for
+    ``_costs``)."""
+    timing = _latency_model(problem, {l.site.key: max(1, int(0.02 * l.cap)) for l in problem.auto},
+                            {l.site.key: max(2, int(share * l.cap)) for l in problem.auto}, progress)
+    target = timing.total_ms / problem.selection.target_speedup
+    auto_before = sum(timing.cost(l.site, None) for l in problem.auto)
+    offsets = sum(timing.affine[l.site.node.output[0]][0] for l in problem.auto)
+    slopes = sum(timing.affine[l.site.node.output[0]][1] * l.cap for l in problem.auto)
+    rest = timing.total_ms - auto_before + sum(
+        timing.cost(s, problem.plan.choices[s.key].rank) - timing.cost(s, None) for s in problem.ruled)
+    if slopes <= 0:
+        return share
+    return float(np.clip((target - rest - offsets) / slopes, 0.01, 1.0))
+
+
+def _latency_model(problem: BudgetProblem, low: dict, high: dict, progress: Progress | None) -> costs.LatencyModel:
+    """Per-layer latency of the model with every automatic layer at ``low`` and at ``high`` ranks."""
+    config, plan = problem.config, problem.plan
+    if progress:
+        progress("timing layers in onnxruntime", 0, 1)
+    profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
+    fixed_ranks = {s.key: plan.choices[s.key].rank for s in problem.ruled}
+    problem.latency = costs.measure_latency_model(problem.model, [l.site for l in problem.auto] + problem.ruled,
+                                                  low | fixed_ranks, high | fixed_ranks, build_ranked, profiler)
+    return problem.latency
+
+
 def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
     """Every candidate's cost, the fixed rest and the target; refuses an unreachable target."""
-    selection, config, plan = problem.selection, problem.config, problem.plan
+    selection, plan = problem.selection, problem.plan
     auto, ruled = problem.auto, problem.ruled
     if selection.cost == "macs":
         total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
         unit_cost = lambda site, rank: float(  # noqa: E731
             costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
     else:
-        if progress:
-            progress("timing layers in onnxruntime", 0, len(auto))
-        profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
-        fixed_ranks = {s.key: plan.choices[s.key].rank for s in ruled}
-        low = {l.site.key: l.ranks[0] for l in auto} | fixed_ranks
-        high = {l.site.key: l.ranks[-1] for l in auto} | fixed_ranks
-        timing = costs.measure_latency_model(problem.model, [l.site for l in auto] + ruled, low, high,
-                                             build_ranked, profiler)
+        timing = problem.latency or _latency_model(problem, {l.site.key: l.ranks[0] for l in auto},
+                                                   {l.site.key: l.ranks[-1] for l in auto}, progress)
         total, unit_cost = timing.total_ms, timing.cost
     for layer in auto:
         layer.before = unit_cost(layer.site, None)
@@ -255,7 +301,7 @@ def _fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
 def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
     """Each candidate's error at its layer's output, and how much of a layer's error reaches the
     model's outputs: (output error / layer error)^2, each layer alone at its middle candidate."""
-    model, auto, threads = problem.model, problem.auto, problem.config.threads
+    model, auto, threads = problem.model, problem.auto, problem.threads
     problem.reference = proxy.run(model, problem.feeds, threads)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
     dtype = auto[0].site.weight.value.dtype
@@ -355,7 +401,8 @@ def _fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | Non
     """Fit the kept candidates in full, each going on from its quick curve fit, and measure the
     allocation's output error again with them."""
     config = problem.config
-    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, init=l.fits[k])
+    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, init=l.fits[k],
+                     iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
              for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks)]
     fits = fit_all(tasks, config.fit_options(), config.worker_count(), _stage(progress, "fitting"), problem.fitter)
     for i, fit in fits.items():

@@ -38,7 +38,7 @@ class RankSelection:
     storage: str | None = None
     study_name: str | None = None
     cost: str = "macs"
-    candidates: int = 6
+    candidates: int = 4
     measure: bool = True
     rounds: int = 2
     seed: int = 0
