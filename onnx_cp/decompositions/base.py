@@ -120,6 +120,15 @@ class Decomposition(ABC):
                                   f"channels per group; give ({c}, {c}) matrices")
 
 
+def spatial_with_channels(spec: ConvSpec, one_by_one: str, single_channel: str) -> str | None:
+    """Why a decomposition that factors a k x k kernel's input channels cannot take ``spec``, or None."""
+    if spec.kernel == (1, 1):
+        return f"1x1 kernel: {one_by_one} (svd factors a 1x1 Conv)"
+    if spec.in_per_group == 1:
+        return f"one input channel per group: {single_channel}"
+    return None
+
+
 def largest_cheaper(cost: Callable[[int], Cost], conv: Cost, hi: int) -> int | None:
     """The largest rank in [1, hi] whose cost is below ``conv`` (costs grow with the rank)."""
     def cheaper(r: int) -> bool:

@@ -19,7 +19,8 @@ import numpy as np
 from onnx_cp.conv import ConvSpec, Cost, cp_cost
 from onnx_cp.decompose import FitOptions, fit_kernel
 from onnx_cp.decompositions import cp
-from onnx_cp.decompositions.base import Decomposition, Factors, parse_positive, relative_error
+from onnx_cp.decompositions.base import (Decomposition, Factors, parse_positive, relative_error,
+                                         spatial_with_channels)
 from onnx_cp.decompositions.calibration import whiten
 from onnx_cp.decompositions.nodes import NodeBuilder, one_by_one, stacked_1x1
 from onnx_cp.decompositions.tucker2 import Tucker2Options, hooi
@@ -87,11 +88,7 @@ class LowRankFactorCP(Decomposition):
         return parse_lrcp_rank(value)
 
     def applies(self, spec: ConvSpec) -> str | None:
-        if spec.kernel == (1, 1):
-            return "1x1 kernel: CP stages cannot make it cheaper (svd factors a 1x1 Conv)"
-        if spec.in_per_group == 1:
-            return "one input channel per group: no input factor to make low-rank"
-        return None
+        return spatial_with_channels(spec, "CP stages cannot make it cheaper", "no input factor to make low-rank")
 
     def cap(self, spec, in_shape, out_shape):
         return None  # two ranks trade against each other; no single largest one

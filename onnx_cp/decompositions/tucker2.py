@@ -16,7 +16,7 @@ import numpy as np
 
 from onnx_cp.conv import ConvSpec, Cost
 from onnx_cp.decompositions.base import (Decomposition, Factors, mode_product, parse_positive,
-                                         relative_error)
+                                         relative_error, spatial_with_channels)
 from onnx_cp.decompositions.calibration import whiten
 from onnx_cp.decompositions.nodes import NodeBuilder, full_conv_attrs, one_by_one, stacked_1x1
 from onnx_cp.errors import OnnxCpError
@@ -89,11 +89,7 @@ class Tucker2(Decomposition):
         return parse_ranks(value)
 
     def applies(self, spec: ConvSpec) -> str | None:
-        if spec.kernel == (1, 1):
-            return "1x1 kernel: Tucker-2 adds stages around it (svd factors a 1x1 Conv)"
-        if spec.in_per_group == 1:
-            return "one input channel per group: Tucker-2 has no input side to reduce"
-        return None
+        return spatial_with_channels(spec, "Tucker-2 adds stages around it", "Tucker-2 has no input side to reduce")
 
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.in_per_group, spec.out_per_group)
