@@ -54,6 +54,8 @@ def run_case(name: str, workdir: Path) -> dict:
     data = json.loads(report.read_text())
     row["rewritten_layers"] = sum(1 for l in data["layers"] if l["status"] == "rewritten")
     row["notes"] = data.get("notes", [])
+    if data.get("rank_selection"):
+        row["selection_seconds"] = data["rank_selection"].get("seconds")
     if not row["rewritten_layers"]:  # what the user was told instead
         row["closing_line"] += "; " + " / ".join(n for n in row["notes"] if "dynamic dims" not in n)
     if row["rewritten_layers"]:
