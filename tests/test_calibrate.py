@@ -240,3 +240,54 @@ def test_too_few_samples_warn_with_the_number_needed(tmp_path):
     report = rewrite_with_report(model, _config(tmp_path / "few.npy", recover=False)).report
     note = next(n for n in report.notes if "too few" in n)
     assert "needs 7" in note and "give at least 8 samples" in note
+
+
+def maxout_block_model(rng, factors):
+    """Conv (stride 1, pad 1) -> maxout of 2 channel halves -> Conv 3x3 (no pad) -> Relu."""
+    ut, us, uy, ux = factors
+    w1 = np.einsum("tr,sr,yr,xr->tsyx", ut, us, uy, ux).astype(np.float32)
+    w2 = rng.standard_normal((3, w1.shape[0] // 2, 3, 3)).astype(np.float32)
+    half = w1.shape[0] // 2
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"),
+             numpy_helper.from_array(np.array([half], np.int64), "s1"),
+             numpy_helper.from_array(np.array([2 * half], np.int64), "s2"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax")]
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Slice", ["a", "s0", "s1", "ax"], ["a0"]),
+             helper.make_node("Slice", ["a", "s1", "s2", "ax"], ["a1"]),
+             helper.make_node("Max", ["a0", "a1"], ["m"]),
+             helper.make_node("Conv", ["m", "W2"], ["b"]), helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model, w1
+
+
+def test_maxout_is_followed_and_block_recovery_trains_on_the_next_conv():
+    from onnx_cp.calibrate.activations import outputs, probe
+    from onnx_cp.calibrate.block import gather, next_block, refine
+
+    rng = np.random.default_rng(3)
+    exact = (rng.standard_normal((4, 3)), rng.standard_normal((3, 3)), rng.standard_normal((3, 3)),
+             rng.standard_normal((3, 3)))
+    model, w1 = maxout_block_model(rng, exact)
+    index = GraphIndex(model.graph)
+    act = following(index, model.graph.node[0])
+    assert (act.kind, act.output, act.alpha) == ("maxout", "m", 2.0)
+    x = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    a, m = outputs(probe(model, ["a", "m"]), x)
+    np.testing.assert_allclose(act.numpy(a.transpose(0, 2, 3, 1)), m.transpose(0, 2, 3, 1), rtol=1e-6)
+    spec = conv_spec(model.graph.node[0], w1.shape)
+    block = next_block(index, spec, act)
+    assert block is not None and block.node.output[0] == "b" and block.act.kind == "relu"
+    regions, targets, held = gather(model, model, "x", spec, block, (8, 8), (8, 8), (6, 6), x, 32, 600, 0, 1)
+    assert regions.shape[1:] == (3, 5, 5) and len(held)
+    bias = np.zeros(4)
+    _, _, before, _, _ = refine(regions, targets, held, exact, bias, spec, act, block, 0, 1e-2, 64, None, 0, 1)
+    assert before < 1e-4  # the exact chain through the block reproduces the model
+    noisy = tuple(f + 0.3 * rng.standard_normal(f.shape) for f in exact)
+    _, _, before, after, steps = refine(regions, targets, held, noisy, bias, spec, act, block, 200, 1e-2, 64,
+                                        None, 0, 1)
+    assert steps == 200 and after < 0.7 * before

@@ -3,8 +3,9 @@
 Recovery matches a layer's output after this activation (a ReLU hides errors on negative
 outputs, so fitting them would waste the chain's capacity). Known: Relu, LeakyRelu, Sigmoid,
 Tanh, Clip with constant bounds, HardSigmoid, HardSwish, Elu, Softplus, and SiLU written as
-``Mul(y, Sigmoid(y))``. Anything else (pooling, maxout, a second consumer) means the Conv's
-own output is the target.
+``Mul(y, Sigmoid(y))``, and channel maxout written as equal contiguous Slices of the channel axis
+combined by Max nodes (a maxout hides the losing pieces as a ReLU hides negatives). Anything else
+(pooling, a second consumer) means the Conv's own output is the target.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from onnx_cp.graph import GraphIndex
 class Activation:
     """``kind`` applied to the Conv output gives tensor ``output`` of the model."""
 
-    kind: str  # identity | relu | leaky_relu | sigmoid | tanh | clip | hard_sigmoid | hard_swish | elu | softplus | silu
+    kind: str  # identity | relu | leaky_relu | sigmoid | tanh | clip | hard_sigmoid | hard_swish | elu | softplus | silu | maxout
     output: str
-    alpha: float = 0.0
+    alpha: float = 0.0  # maxout: the number of pieces
     beta: float = 0.0
 
     def numpy(self, y: np.ndarray) -> np.ndarray:
@@ -42,6 +43,8 @@ def following(index: GraphIndex, conv: onnx.NodeProto) -> Activation:
     if out in index.graph_outputs:
         return plain
     consumers = index.consumers.get(out, [])
+    if len(consumers) >= 2 and all(n.op_type == "Slice" for n in consumers):
+        return _maxout(index, out, consumers, _out_channels(index, conv)) or plain
     if len(consumers) == 2:
         return _silu(index, out, consumers) or plain
     if len(consumers) != 1 or consumers[0].domain not in ("", "ai.onnx"):
@@ -75,19 +78,80 @@ def _silu(index: GraphIndex, out: str, consumers) -> Activation | None:
     return Activation("silu", mul.output[0])
 
 
+def _out_channels(index: GraphIndex, conv: onnx.NodeProto) -> int | None:
+    weight = index.constant(conv.input[1]) if len(conv.input) > 1 else "no weight"
+    return None if isinstance(weight, str) else int(np.shape(weight.value)[0])
+
+
+def _maxout(index: GraphIndex, out: str, slices, channels: int | None) -> Activation | None:
+    """Maxout over the channel axis: every consumer a Slice of axis 1 (step 1), the pieces equal,
+    contiguous and covering the channels, combined by Max nodes into one tensor."""
+    pieces = []
+    for node in slices:
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 3:
+            return None
+        values = _constant_inputs(index, node, range(1, 5))
+        if values is None:
+            return None
+        starts, ends, axes, steps = (None if v is None else [int(i) for i in v] for v in values)
+        if len(starts) != 1 or len(ends) != 1 or axes not in ([1], [-3]) or steps not in (None, [1]):
+            return None
+        if channels is None:
+            return None
+        start, end = (v + channels if v < 0 else v for v in (starts[0], ends[0]))
+        pieces.append((min(max(start, 0), channels), min(max(end, 0), channels)))
+    width = pieces[0][1] - pieces[0][0]
+    bounds = sorted(pieces)
+    if width <= 0 or bounds[-1][1] != channels or any(
+            s != k * width or e - s != width for k, (s, e) in enumerate(bounds)):
+        return None
+    covered = {n.output[0] for n in slices}
+    merged: set[str] = set()
+    while True:
+        grown = False
+        for tensor in sorted(covered - merged):
+            users = index.consumers.get(tensor, [])
+            if len(users) != 1 or users[0].op_type != "Max" or tensor in index.graph_outputs:
+                continue
+            node = users[0]
+            if all(i in covered for i in node.input) and node.output[0] not in covered:
+                merged.update(node.input)
+                covered.add(node.output[0])
+                grown = True
+        if not grown:
+            break
+    left = covered - merged
+    if len(left) != 1 or merged != covered - left:
+        return None
+    final = left.pop()
+    if final in {n.output[0] for n in slices}:
+        return None
+    return Activation("maxout", final, float(len(pieces)))
+
+
 def _clip_bounds(index: GraphIndex, node: onnx.NodeProto, attrs: dict) -> tuple[float, float] | None:
     if "min" in attrs or "max" in attrs:  # opset < 11
         return float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf))
-    bounds = []
-    for i, default in ((1, -np.inf), (2, np.inf)):
+    values = _constant_inputs(index, node, (1, 2))
+    if values is None:
+        return None
+    low, high = values
+    return (-np.inf if low is None else float(low[0])), (np.inf if high is None else float(high[0]))
+
+
+def _constant_inputs(index: GraphIndex, node: onnx.NodeProto, positions) -> list[np.ndarray | None] | None:
+    """The flattened constant values of ``node``'s inputs at ``positions`` (None for an absent
+    optional input); None when one of them is not a constant."""
+    values = []
+    for i in positions:
         if len(node.input) <= i or not node.input[i]:
-            bounds.append(default)
+            values.append(None)
             continue
         value = index.constant(node.input[i])
         if isinstance(value, str):
             return None
-        bounds.append(float(np.asarray(value.value).reshape(-1)[0]))
-    return bounds[0], bounds[1]
+        values.append(np.asarray(value.value).reshape(-1))
+    return values
 
 
 def _apply(act: Activation, y, xp):
@@ -122,4 +186,8 @@ def _apply(act: Activation, y, xp):
         return xp.logaddexp(y, xp.zeros_like(y)) if not torch_like else xp.nn.functional.softplus(y)
     if kind == "silu":
         return y * sigmoid(y)
+    if kind == "maxout":
+        k = int(a)
+        parts = y.reshape(*y.shape[:-1], k, y.shape[-1] // k)
+        return parts.amax(-2) if torch_like else parts.max(-2)
     raise ValueError(f"unknown activation {kind!r}")

@@ -20,7 +20,8 @@ from onnx_cp.calibrate.activations import stream
 from onnx_cp.calibrate.follow import following
 from onnx_cp.calibrate.observe import Observation
 from onnx_cp.calibrate.patches import extract
-from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, recover
+from onnx_cp.calibrate.block import gather, next_block, refine
+from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, output_error, recover
 from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
 from onnx_cp.splice import Replacement, splice
 
@@ -81,9 +82,55 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
                 progress(f"recovering {rep.site.name}", len(done), len(replacements))
             left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
             share = None if left is None else left / (len(replacements) - len(done))
-            done.append(_recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
-                                     replace(options, max_time=share, threads=threads)))
+            block = next_block(index, rep.site.spec, following(index, rep.site.node)) if options.block else None
+            if block is not None and len(rep.factors) == 1 and len(rep.factors[0]) == 4:
+                first = _recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
+                                     replace(options, max_time=None if share is None else share / 2, threads=threads))
+                left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
+                done.append(_refine_block(model, prefix, index, first, block, x, observed[rep.site.key],
+                                          replace(options, max_time=left if share is None else min(left, share / 2),
+                                                  threads=threads)))
+            else:
+                done.append(_recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
+                                         replace(options, max_time=share, threads=threads)))
     return done
+
+
+def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphIndex, layer: LayerRecovery, block,
+                  x: np.ndarray, seen: Observation, options: RecoveryOptions) -> LayerRecovery:
+    """``layer`` trained further on the next Conv's output (``block``), kept when that lowers
+    the next Conv's held-back output error."""
+    if layer.result is None:
+        return layer
+    rep, site = layer.replacement, layer.replacement.site
+    out_hw = tuple(site.out_shape[2:])
+    block_hw = tuple((out_hw[a] - block.spec.kernel[a]) // block.spec.strides[a] + 1 for a in range(2))
+    if min(block_hw) < 1:
+        return layer
+    train = int(seen.positions.sample[seen.held].min()) if len(seen.held) else len(x)
+    regions, targets, held = gather(model, prefix, site.node.input[0], site.spec, block, tuple(site.in_shape[2:]),
+                                    out_hw, block_hw, x, train, options.block_samples, options.seed, options.threads)
+    act = following(index, site.node)
+    factors, bias, before, after, steps = refine(regions, targets, held, rep.factors[0], layer.bias, site.spec, act,
+                                                 block, options.steps, options.lr, options.batch // 4,
+                                                 options.max_time, options.seed, options.threads)
+    if not after < before:
+        return layer
+    r = layer.result
+    note = f"{r.method} ({r.steps} steps) + block on {block.node.name or block.node.output[0]} " \
+           f"({steps} steps, its output err {before:.3f}>{after:.3f})"
+    own = r.error_after
+    if len(seen.held):
+        patches = _held_patches(prefix, site, seen, x, options.threads)
+        own = output_error(Pairs(patches, seen.targets[seen.held]), [factors], bias, act)
+    result = replace(r, factors=(tuple(factors),), bias=bias, error_after=own, method=note, steps=r.steps + steps)
+    return LayerRecovery(replace(rep, factors=[tuple(factors)]), bias, result, layer.activation)
+
+
+def _held_patches(prefix: onnx.ModelProto, site, seen: Observation, x: np.ndarray, threads: int) -> np.ndarray:
+    parts = [extract(values[site.node.input[0]], start, seen.positions, site.spec, tuple(site.out_shape[2:]))
+             for start, values in stream(prefix, [site.node.input[0]], x, threads=threads)]
+    return np.concatenate(parts)[seen.held]
 
 
 def _recover_one(index: GraphIndex, rep: Replacement, seen: Observation, patches: np.ndarray,

@@ -32,6 +32,8 @@ class RecoveryOptions:
     seed: int = 0
     threads: int = 1
     use_torch: bool = True
+    block: bool = True  # also train on the next Conv's output when the layer's activation feeds one
+    block_samples: int = 8192  # output pixels of that Conv sampled for it
 
 
 @dataclass(frozen=True)
