@@ -74,7 +74,12 @@ def stream(model: onnx.ModelProto, tensors: Sequence[str], x: np.ndarray, *, thr
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, *, threads: int = 1) -> list[np.ndarray]:
-    """Every output of ``model`` over ``x``, batches concatenated."""
+    """Every output of ``model`` over ``x``, batches concatenated along the first axis."""
+    return [np.concatenate(parts) for parts in zip(*batched_outputs(model, x, threads=threads))]
+
+
+def batched_outputs(model: onnx.ModelProto, x: np.ndarray, *, threads: int = 1) -> list[list[np.ndarray]]:
+    """Every output of ``model`` for each batch of ``x``: one list of outputs per batch (for
+    outputs whose batch axis is not the first, as in a (T, N, C) sequence)."""
     names = [o.name for o in model.graph.output]
-    parts = [values for _, values in stream(model, names, x, threads=threads)]
-    return [np.concatenate([p[n] for p in parts]) for n in names]
+    return [[values[n] for n in names] for _, values in stream(model, names, x, threads=threads)]

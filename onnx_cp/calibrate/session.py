@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from onnx_cp.calibrate.activations import outputs
+from onnx_cp.calibrate.activations import batched_outputs
 from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers
 from onnx_cp.calibrate.observe import Observation, observe
 from onnx_cp.calibrate.recovery import RecoveryOptions
@@ -60,11 +60,19 @@ class Calibration:
         held = int(round(len(x) * HELD_BACK)) if len(x) > 1 else 0
         held = max(held, 1) if len(x) > 1 else 0
         train = len(x) - held
+        unknown = [s for s in sites if s.out_shape is None or s.in_shape is None]
+        if unknown:  # shape inference lost them (a Reshape to a computed shape, say)
+            notes.append(f"--calib: shape inference could not tell the shapes of {len(unknown)} layer(s) (e.g. "
+                         f"{unknown[0].name}); they get plain fits and no recovery")
+            sites = [s for s in sites if s not in unknown]
         notes.extend(_too_few(sites, train, held, config.calib))
         observed = observe(model, sites, x, train, PATCHES, config.seed, config.threads, progress) if sites else {}
         return cls(config, x, train, observed, time.perf_counter() - begin)
 
-    def weights(self, site: ConvSite) -> list[GroupWeights]:
+    def weights(self, site: ConvSite) -> list[GroupWeights] | None:
+        """The data-aware weighting of ``site``'s fit; None for a layer that was not observed."""
+        if site.key not in self.observed:
+            return None
         return [group_weights(m) for m in self.observed[site.key].moments]
 
     def recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
@@ -79,6 +87,7 @@ class Calibration:
             self.model_error = self.model_error_fitted
             return fitted, {}
         options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
+        replacements = [r for r in replacements if r.site.key in self.observed]
         layers = recover_layers(model, replacements, self.observed, self.x, options, config.recover_time,
                                 config.threads, progress)
         final = apply(model, layers)
@@ -101,8 +110,10 @@ class Calibration:
                 "seconds": self.seconds}
 
     def _outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
+        """Every output per batch of the held-back samples (not concatenated: an output's batch
+        axis need not be its first, as in a (T, N, C) sequence)."""
         x = self.x[self.train:] if self.train < len(self.x) else self.x
-        return [outputs(model, x, threads=self.config.threads)]
+        return batched_outputs(model, x, threads=self.config.threads)
 
     def _error(self, model: onnx.ModelProto, reference) -> float:
         return output_error(self._outputs(model), reference)
