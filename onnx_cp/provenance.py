@@ -49,6 +49,15 @@ class CpLayer:
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "mac_ratio": self.mac_ratio}
 
 
+def entry(method: str, rewritten) -> dict:
+    """The metadata entry of one rewrite, from its report's rewritten rows (``LayerReport``):
+    what bench and later rewrites read back."""
+    return {"version": 1, "method": method, "layers": [
+        {"node": l.node, "nodes": l.new_nodes, "rank": l.rank, "decomposition": l.decomposition,
+         "realization": l.realization, "macs_before": l.macs_before,
+         "macs_after": l.macs_after, "rel_error": l.rel_error} for l in rewritten]}
+
+
 def record(model: onnx.ModelProto, entry: dict) -> None:
     """Write a rewrite's ``entry`` (``{"version", "method", "layers"}``) into ``model``'s metadata,
     after the layers an earlier rewrite recorded there. An entry without layers writes nothing."""

@@ -89,13 +89,6 @@ class RewriteReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    def metadata(self) -> dict:
-        """The provenance that bench and later rewrites read back from the model."""
-        return {"version": 1, "method": self.method, "layers": [
-            {"node": l.node, "nodes": l.new_nodes, "rank": l.rank, "decomposition": l.decomposition,
-             "realization": l.realization, "macs_before": l.macs_before,
-             "macs_after": l.macs_after, "rel_error": l.rel_error} for l in self.rewritten]}
-
 
 def human(n: int | float | None) -> str:
     if n is None:

@@ -147,7 +147,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
             rank_selection["measured"] = {"measured_speedup": speed.speedup, "original_ms": speed.original_ms,
                                           "rewritten_ms": speed.rewritten_ms}
         report.rank_selection = rank_selection
-    provenance.record(final, report.metadata())
+    provenance.record(final, provenance.entry(report.method, report.rewritten))
     try:
         # Weights stubbed out: checking the model itself would serialize it (and fail past 2 GiB).
         onnx.checker.check_model(checkable_copy(final))
