@@ -29,8 +29,8 @@ REGION_FLOATS = 1 << 25
 
 
 @dataclass(frozen=True)
-class Block:
-    """The Conv that reads the layer's activation, its spec, weight, bias and activation."""
+class Stage:
+    """One fixed Conv of the block: its node, spec, weight, bias and the activation after it."""
 
     node: onnx.NodeProto
     spec: ConvSpec
@@ -39,10 +39,46 @@ class Block:
     act: Activation
 
 
-def next_block(index: GraphIndex, spec: ConvSpec, act: Activation) -> Block | None:
-    """The block after a layer (``spec``, activation ``act``), or None when it has none that
-    the rules above accept."""
-    if spec.group != 1 or spec.auto_pad.startswith("SAME") or act.output in index.graph_outputs:
+@dataclass(frozen=True)
+class Block:
+    """The Convs after a layer, each reading the previous one's activation only."""
+
+    stages: tuple[Stage, ...]
+
+    @property
+    def node(self) -> onnx.NodeProto:
+        """The last Conv: its output is the block's target."""
+        return self.stages[-1].node
+
+    @property
+    def act(self) -> Activation:
+        return self.stages[-1].act
+
+    def out_hw(self, layer_hw: tuple[int, int]) -> tuple[int, int]:
+        """The last Conv's output size for the layer's output size ``layer_hw``."""
+        hw = layer_hw
+        for st in self.stages:
+            hw = tuple((hw[a] - st.spec.kernel[a]) // st.spec.strides[a] + 1 for a in range(2))
+        return hw
+
+
+def next_block(index: GraphIndex, spec: ConvSpec, act: Activation, depth: int = 2) -> Block | None:
+    """The block of up to ``depth`` Convs after a layer (``spec``, activation ``act``), or None
+    when not even one follows that the rules above accept."""
+    if spec.group != 1 or spec.auto_pad.startswith("SAME"):
+        return None
+    stages: list[Stage] = []
+    while len(stages) < depth:
+        stage = _stage(index, act)
+        if stage is None:
+            break
+        stages.append(stage)
+        act = stage.act
+    return Block(tuple(stages)) if stages else None
+
+
+def _stage(index: GraphIndex, act: Activation) -> Stage | None:
+    if act.output in index.graph_outputs:
         return None
     users = index.consumers.get(act.output, [])
     if len(users) != 1 or users[0].op_type != "Conv" or users[0].domain not in ("", "ai.onnx"):
@@ -64,13 +100,20 @@ def next_block(index: GraphIndex, spec: ConvSpec, act: Activation) -> Block | No
         if isinstance(value, str):
             return None
         bias = np.asarray(value.value, dtype=np.float64)
-    return Block(node, nspec, w, bias, following(index, node))
+    return Stage(node, nspec, w, bias, following(index, node))
 
 
 def region_size(spec: ConvSpec, block: Block) -> tuple[int, int]:
-    """Rows and columns of the layer's input behind one output pixel of the block's Conv."""
-    return tuple((block.spec.kernel[a] - 1) * spec.strides[a] + (spec.kernel[a] - 1) * spec.dilations[a] + 1
-                 for a in range(2))
+    """Rows and columns of the layer's input behind one output pixel of the block's last Conv."""
+    size = [1, 1]
+    for st in reversed(block.stages):
+        size = [(size[a] - 1) * st.spec.strides[a] + st.spec.kernel[a] for a in range(2)]
+    return tuple((size[a] - 1) * spec.strides[a] + (spec.kernel[a] - 1) * spec.dilations[a] + 1 for a in range(2))
+
+
+def _stride(spec: ConvSpec, block: Block, axis: int) -> int:
+    """Input pixels of the layer between neighbouring output pixels of the block."""
+    return int(np.prod([st.spec.strides[axis] for st in block.stages])) * spec.strides[axis]
 
 
 def gather(original: onnx.ModelProto, prefix: onnx.ModelProto, layer_input: str, spec: ConvSpec, block: Block,
@@ -91,8 +134,8 @@ def gather(original: onnx.ModelProto, prefix: onnx.ModelProto, layer_input: str,
     for start, values in stream(prefix, [layer_input], x, threads=threads):
         maps = np.pad(values[layer_input], ((0, 0), (0, 0), (top, bottom), (left, right)))
         pick = pos.of_samples(start, start + len(maps))
-        rows = (pos.row[pick] * block.spec.strides[0] * spec.strides[0])[:, None] + np.arange(hr)
-        cols = (pos.col[pick] * block.spec.strides[1] * spec.strides[1])[:, None] + np.arange(wr)
+        rows = (pos.row[pick] * _stride(spec, block, 0))[:, None] + np.arange(hr)
+        cols = (pos.col[pick] * _stride(spec, block, 1))[:, None] + np.arange(wr)
         n = pos.sample[pick] - start
         regions.append(maps[n[:, None, None], :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2))
     targets = [pixels(values[block.node.output[0]], start, pos)
@@ -100,17 +143,24 @@ def gather(original: onnx.ModelProto, prefix: onnx.ModelProto, layer_input: str,
     return np.ascontiguousarray(np.concatenate(regions), dtype=np.float32), np.concatenate(targets), held
 
 
-def _forward(torch, regions, factors, bias, spec: ConvSpec, act: Activation, block: Block, wn, bn):
+def _channels_last(act: Activation, y):
+    return act.torch(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _forward(torch, regions, factors, bias, spec: ConvSpec, act: Activation, stages):
+    """The block's last output (B, T) for regions of the layer's input: the chain, its
+    activation, then every fixed Conv and its activation."""
     ut, us, uy, ux = factors
+    conv2d = torch.nn.functional.conv2d
     z = torch.einsum("bchw,cr->brhw", regions, us)
-    z = torch.nn.functional.conv2d(z, uy.T[:, None, :, None], stride=(spec.strides[0], 1),
-                                   dilation=(spec.dilations[0], 1), groups=uy.shape[1])
-    z = torch.nn.functional.conv2d(z, ux.T[:, None, None, :], stride=(1, spec.strides[1]),
-                                   dilation=(1, spec.dilations[1]), groups=ux.shape[1])
-    y = torch.einsum("brhw,tr->bhwt", z, ut) + bias  # (B, kh_N, kw_N, T)
-    a = act.torch(y)
-    out = torch.einsum("bhwc,nchw->bn", a, wn)
-    return block.act.torch(out if bn is None else out + bn)
+    z = conv2d(z, uy.T[:, None, :, None], stride=(spec.strides[0], 1), dilation=(spec.dilations[0], 1),
+               groups=uy.shape[1])
+    z = conv2d(z, ux.T[:, None, None, :], stride=(1, spec.strides[1]), dilation=(1, spec.dilations[1]),
+               groups=ux.shape[1])
+    y = _channels_last(act, torch.einsum("brhw,tr->bthw", z, ut) + bias[None, :, None, None])
+    for weight, b, stage in stages:
+        y = _channels_last(stage.act, conv2d(y, weight, b, stride=stage.spec.strides))
+    return y.reshape(len(y), -1)
 
 
 def refine(regions: np.ndarray, targets: np.ndarray, held: np.ndarray, factors, bias: np.ndarray, spec: ConvSpec,
@@ -127,15 +177,15 @@ def refine(regions: np.ndarray, targets: np.ndarray, held: np.ndarray, factors, 
         held = keep
     data = torch.from_numpy(regions)
     want = block.act.torch(torch.from_numpy(targets.astype(np.float32)))
-    wn = torch.from_numpy(block.weight.astype(np.float32))
-    bn = None if block.bias is None else torch.from_numpy(block.bias.astype(np.float32))
+    stages = [(torch.from_numpy(st.weight.astype(np.float32)),
+               None if st.bias is None else torch.from_numpy(st.bias.astype(np.float32)), st) for st in block.stages]
     params = [torch.tensor(np.asarray(f), dtype=torch.float32, requires_grad=True) for f in factors]
     b = torch.tensor(bias, dtype=torch.float32, requires_grad=True)
     hold_idx, keep_idx = torch.from_numpy(held), torch.from_numpy(keep)
 
     def error(ps, bb) -> float:
         with torch.no_grad():
-            got = torch.cat([_forward(torch, data[hold_idx[i:i + 512]], ps, bb, spec, act, block, wn, bn)
+            got = torch.cat([_forward(torch, data[hold_idx[i:i + 512]], ps, bb, spec, act, stages)
                              for i in range(0, len(hold_idx), 512)])
             ref = want[hold_idx]
             return float((got - ref).norm() / ref.norm().clamp_min(1e-12))
@@ -153,7 +203,7 @@ def refine(regions: np.ndarray, targets: np.ndarray, held: np.ndarray, factors, 
         if max_time is not None and time.perf_counter() - start > max_time:
             break
         pick = keep_idx[torch.randint(len(keep_idx), (size,), generator=gen)]
-        loss = (_forward(torch, data[pick], params, b, spec, act, block, wn, bn) - want[pick]).pow(2).mean() / scale
+        loss = (_forward(torch, data[pick], params, b, spec, act, stages) - want[pick]).pow(2).mean() / scale
         optimizer.zero_grad()
         loss.backward()
         for group, lr0 in zip(optimizer.param_groups, base):

@@ -82,7 +82,8 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
                 progress(f"recovering {rep.site.name}", len(done), len(replacements))
             left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
             share = None if left is None else left / (len(replacements) - len(done))
-            block = next_block(index, rep.site.spec, following(index, rep.site.node)) if options.block else None
+            block = next_block(index, rep.site.spec, following(index, rep.site.node), options.block) \
+                if options.block else None
             if block is not None and len(rep.factors) == 1 and len(rep.factors[0]) == 4:
                 first = _recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
                                      replace(options, max_time=None if share is None else share / 2, threads=threads))
@@ -104,7 +105,7 @@ def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphI
         return layer
     rep, site = layer.replacement, layer.replacement.site
     out_hw = tuple(site.out_shape[2:])
-    block_hw = tuple((out_hw[a] - block.spec.kernel[a]) // block.spec.strides[a] + 1 for a in range(2))
+    block_hw = block.out_hw(out_hw)
     if min(block_hw) < 1:
         return layer
     train = int(seen.positions.sample[seen.held].min()) if len(seen.held) else len(x)

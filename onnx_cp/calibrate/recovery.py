@@ -32,7 +32,7 @@ class RecoveryOptions:
     seed: int = 0
     threads: int = 1
     use_torch: bool = True
-    block: bool = True  # also train on the next Conv's output when the layer's activation feeds one
+    block: int = 2  # also train on the output of up to this many following Convs (0: off)
     block_samples: int = 8192  # output pixels of that Conv sampled for it
 
 
