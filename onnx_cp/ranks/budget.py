@@ -46,10 +46,10 @@ CURVE_ITERATIONS = 10
 # re-allocation rounds move down more often than up; the top stays low because fit time grows
 # with the rank (a 512x512x3x3 kernel at rank 1145 costs 16 s per iteration).
 SHARE_RANGE = (1 / 3, 1.5)
-# Without --max-time, a kept candidate's full fit iterates on from its quick fit for at most this
-# many times the quick fit's time (its degeneracy correction comes on top, as always). On VGG-16
-# at --target-speedup 3, unbounded final fits took 445 of 690 s and lowered the calibration
-# output error only from 0.0100 to 0.0088.
+# A kept candidate's full fit iterates on from its quick fit for at most this many times the quick
+# fit's time (its degeneracy correction comes on top, as always). On VGG-16 at --target-speedup 3,
+# unbounded final fits took 445 of 690 s and lowered the calibration output error only from
+# 0.0100 to 0.0088.
 FINAL_FIT_FACTOR = 3.0
 
 
