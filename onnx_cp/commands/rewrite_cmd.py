@@ -134,13 +134,19 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
     if not quiet:
         out = make_console()
         render_rewrite(result.report, out)
-        out.print(f"wrote {output}" + _speed_summary(result.report, threads), markup=False, highlight=False)
+        out.print(f"wrote {output}" + _speed_summary(result.report, threads, _batch(config.input_shapes)),
+                  markup=False, highlight=False)
 
 
-def _speed_summary(report, threads: int) -> str:
+def _batch(shapes) -> int:
+    """The batch the model was timed at: the given input shape's first dimension, else 1."""
+    return next((int(shape[0]) for shape in shapes.values() if len(shape)), 1)
+
+
+def _speed_summary(report, threads: int, batch: int) -> str:
     speed = report.speed
     if not speed:
         return ""
     return (f": {speed['speedup']:.2f}x the input's speed in onnxruntime ({speed['original_ms']:.3f} -> "
-            f"{speed['rewritten_ms']:.3f} ms, {threads} thread{'s' if threads > 1 else ''}, batch 1)")
+            f"{speed['rewritten_ms']:.3f} ms, {threads} thread{'s' if threads > 1 else ''}, batch {batch})")
 
