@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Callable, Hashable, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -17,10 +17,9 @@ from onnx_cp import decompositions
 from onnx_cp.calibrate.weighted_fit import GroupWeights, fit_weighted
 from onnx_cp.decompose import FitOptions, Fitter
 from onnx_cp.decompositions import Factors
+from onnx_cp.progress import Progress
 from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer, solver_fitter
 
-# Called as progress(label, done, total): before the first fit and as fits finish.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

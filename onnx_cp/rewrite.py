@@ -24,14 +24,13 @@ from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, from_lay
                            onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
+from onnx_cp.progress import Progress, staged
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.rules import RankDecision
 from onnx_cp.report import LayerReport, RewriteReport
 from onnx_cp.shapes import dynamic_dims, infer_shapes
 from onnx_cp.splice import Replacement, splice
 
-# Called as progress(what, done, total) as the work goes on, and once at the end.
-Progress = Callable[[str, int, int], None]
 # A layer timer (models -> per model {Conv output name: ms}) or a whole Timing; tests inject one.
 Timer = Callable[[list[onnx.ModelProto]], list[dict[str, float]]] | Timing
 
@@ -90,7 +89,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     winners = [l for l in ranked if l.candidates]
 
     calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
-                              _stage(progress, "calibration:"), notes)
+                              staged(progress, "calibration:"), notes)
     tasks = {}
     for l in winners:
         for c in l.candidates:
@@ -98,7 +97,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
             if key not in fits and key not in tasks:
                 tasks[key] = _task(key, l, c, config, calib)
     fits.update(fit_all(list(tasks.values()), config.fit_options(), config.worker_count(),
-                        _stage(progress, "fitting"), fitter))
+                        staged(progress, "fitting"), fitter))
     for l in winners:
         fitted = [(c, fits[decomposed.fit_key(l.site, c, calib is not None)]) for c in l.candidates]
         best, l.fit = decomposed.pick(l.site, fitted, l.form.timings_ms, _stats(l.site, calib))
@@ -172,10 +171,7 @@ def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, 
         if not needed:
             return None  # a forced form with unknown sizes: rewrite, but nothing to time
         name, axes = next(iter(spatial.items()))
-        inp = next(i for i in model.graph.input if i.name == name)
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if a == 0 else None)
-                for a, d in enumerate(inp.type.tensor_type.shape.dim)]
-        example = "x".join(str(d) if d else "224" for d in dims)
+        example = "x".join(str(d) if d else "224" for d in _static_dims(model, name, None))
         raise OnnxCpError(
             f"input '{name}' has dynamic dims {[n for _, n in axes]}, and the forms are chosen by timing the "
             f"model at the size it runs at: give it with --input-shape {name}={example} (your size), "
@@ -187,10 +183,8 @@ def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, 
     if timer is not None:
         return from_layer_timer(timer)
     shapes = dict(config.input_shapes)
-    for name, axes in dynamic.items():  # only batch axes are left: time at batch 1
-        inp = next(i for i in model.graph.input if i.name == name)
-        shapes[name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                             for d in inp.type.tensor_type.shape.dim)
+    for name in dynamic:  # only batch axes are left: time at batch 1
+        shapes[name] = tuple(_static_dims(model, name, 1))
     try:
         return onnxruntime_timing(model, config.threads, config.opt_level, shapes)
     except OnnxCpError as exc:
@@ -202,6 +196,13 @@ def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, 
         return None
 
 
+def _static_dims(model: onnx.ModelProto, name: str, unknown: int | None) -> list[int | None]:
+    """Input ``name``'s dims: a dynamic batch axis as 1, any other dynamic axis as ``unknown``."""
+    inp = next(i for i in model.graph.input if i.name == name)
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if a == 0 else unknown)
+            for a, d in enumerate(inp.type.tensor_type.shape.dim)]
+
+
 def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
     """Every selected layer's rank decision, the rank selection summary (or None), and any fits
     the selection already made, keyed (weight source, rank)."""
@@ -211,7 +212,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
         return layers, None, fits
     from onnx_cp.ranks.plan import plan_ranks
 
-    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, _stage(progress, "choosing ranks"))
+    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, staged(progress, "choosing ranks"))
     notes.extend(plan.notes)
     layers = []
     for s in sites:
@@ -264,7 +265,7 @@ def _recover(model, fitted, winners: list[_Layer], calib: Calibration, config: R
     """The rewritten model with every layer recovered (when ``config.recover``), each layer's
     fit carrying its recovered factors."""
     reps = [Replacement(l.site, l.form.kind, l.decision.rank, decomposed.group_factors(l.fit)) for l in winners]
-    final, recovered = calib.recover(model, fitted, reps, _stage(progress, "calibration:"))
+    final, recovered = calib.recover(model, fitted, reps, staged(progress, "calibration:"))
     for l in winners:
         l.recovery = recovered.get(l.site.key)
         if l.recovery is not None and l.recovery.result is not None:
@@ -286,11 +287,6 @@ def _splice(model: onnx.ModelProto, layers: list[_Layer]) -> tuple[onnx.ModelPro
     return splice(model, [Replacement(l.site, l.form.kind, l.decision.rank, decomposed.group_factors(l.fit))
                           for l in layers])
 
-
-def _stage(progress: Progress | None, what: str) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda label, done, total: progress(f"{what} {label}".strip(), done, total)
 
 
 def _capped_note(capped: list[_Layer]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -23,9 +23,9 @@ from onnx_cp.calibrate.patches import extract
 from onnx_cp.calibrate.block import gather, next_block, refine
 from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, output_error, recover
 from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
+from onnx_cp.progress import Progress
 from onnx_cp.splice import Replacement, splice
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

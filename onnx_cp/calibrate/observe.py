@@ -6,7 +6,7 @@ and the original outputs at sampled positions (the targets of recovery), never w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -15,8 +15,8 @@ from onnx_cp.calibrate.activations import batch_size, stream
 from onnx_cp.calibrate.patches import Positions, extract, pixels, sample_positions
 from onnx_cp.calibrate.statistics import ModeMoments, MomentAccumulator
 from onnx_cp.discover import ConvSite
+from onnx_cp.progress import Progress
 
-Progress = Callable[[str, int, int], None]
 # Floats of patches one layer may hold for recovery (128 MiB in float32).
 PATCH_FLOATS = 1 << 25
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -26,12 +26,12 @@ from onnx_cp.calibrate.recovery import RecoveryOptions
 from onnx_cp.calibrate.statistics import samples_needed
 from onnx_cp.calibrate.weighted_fit import GroupWeights, group_weights
 from onnx_cp.discover import ConvSite
+from onnx_cp.progress import Progress
 from onnx_cp.ranks.calibration import read_calibration
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.proxy import output_error
 from onnx_cp.splice import Replacement
 
-Progress = Callable[[str, int, int], None]
 # Output positions sampled per layer for its statistics and recovery (fewer for wide layers).
 PATCHES = 16384
 HELD_BACK = 0.2

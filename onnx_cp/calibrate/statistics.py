@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnx_cp.decompositions.calibration import symmetric_roots
+
 
 @dataclass(frozen=True)
 class ModeMoments:
@@ -53,10 +55,7 @@ def whitener(moment: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
     The floor keeps directions the data never excites from being fitted arbitrarily (their
     error would show on other inputs) and A well conditioned.
     """
-    values, vectors = np.linalg.eigh((moment + moment.T) / 2)
-    values = np.maximum(values, 0.0) + floor * max(float(np.mean(values)), 1e-12)
-    root = np.sqrt(values)
-    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+    return symmetric_roots(moment, lambda values: np.maximum(values, 0.0) + floor * max(float(np.mean(values)), 1e-12))
 
 
 def samples_needed(in_per_group: int, kernel: tuple[int, int], out_hw: tuple[int, int]) -> int:

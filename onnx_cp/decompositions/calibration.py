@@ -7,6 +7,8 @@ input-side factor back with S^{-1}: the weighted problem becomes the plain one.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from onnx_cp.errors import OnnxCpError
@@ -40,10 +42,14 @@ def square_roots(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(sigma)) or not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-12 * np.abs(sigma).max()):
         raise OnnxCpError("stats: a covariance is not finite and symmetric; pass E[x x^T] of the "
                           "layer's input channels (calibration.covariance computes it)")
+    return symmetric_roots(sigma, lambda values: np.maximum(values, RIDGE * max(float(values.max()), 1e-300)))
+
+
+def symmetric_roots(sigma: np.ndarray, floor: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(S^{1/2}, S^{-1/2}) of the symmetric part S of ``sigma``, its eigenvalues first lifted by
+    ``floor`` (which must leave them positive)."""
     values, vectors = np.linalg.eigh((sigma + sigma.T) / 2)
-    top = max(float(values.max()), 1e-300)
-    values = np.maximum(values, RIDGE * top)
-    root = np.sqrt(values)
+    root = np.sqrt(floor(values))
     return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
 
 

@@ -28,6 +28,7 @@ from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.parallel_fit import FitTask, fit_all
+from onnx_cp.progress import Progress, staged
 from onnx_cp.ranks import cost as costs
 from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import allocate, uniform_error
@@ -36,7 +37,6 @@ from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.selection import LayerChoice, MeasuredRound, RankPlan
 from onnx_cp.splice import build_ranked
 
-Progress = Callable[[str, int, int], None]
 # NLS iterations of a curve fit. On a trained VGG-16 512x512x3x3 kernel, 10 iterations from the
 # SVD start reach 0.62 relative error at rank 240 where the full fit ends at 0.59: the curves
 # only have to order options, and the kept ones are fitted in full afterwards.
@@ -244,7 +244,7 @@ def _latency_model(problem: BudgetProblem, low: dict, high: dict, progress: Prog
     profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
     fixed_ranks = {s.key: plan.choices[s.key].rank for s in problem.ruled}
     problem.latency = costs.measure_latency_model(problem.model, [l.site for l in problem.auto] + problem.ruled,
-                                                  low | fixed_ranks, high | fixed_ranks, build_ranked, profiler)
+                                                  low | fixed_ranks, high | fixed_ranks, profiler)
     return problem.latency
 
 
@@ -293,7 +293,7 @@ def _fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
     options = replace(config.fit_options(), max_iter=min(config.max_iter, CURVE_ITERATIONS), stabilize="never")
     tasks = [FitTask((i, r), f"{l.site.name} rank {r}", l.groups, r, config.seed)
              for i, l in enumerate(problem.auto) for r in l.ranks]
-    fits = fit_all(tasks, options, config.worker_count(), _stage(progress, "curves"), problem.fitter)
+    fits = fit_all(tasks, options, config.worker_count(), staged(progress, "curves"), problem.fitter)
     for i, layer in enumerate(problem.auto):
         layer.fits = [fits[(i, r)] for r in layer.ranks]
 
@@ -404,7 +404,7 @@ def _fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | Non
     tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, init=l.fits[k],
                      iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
              for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks)]
-    fits = fit_all(tasks, config.fit_options(), config.worker_count(), _stage(progress, "fitting"), problem.fitter)
+    fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "fitting"), problem.fitter)
     for i, fit in fits.items():
         layer = problem.auto[i]
         layer.fits[picks[i]] = fit
@@ -428,8 +428,3 @@ def _record(problem: BudgetProblem, picks: list[int]) -> None:
     for site in problem.ruled:
         plan.choices[site.key].cost = problem.unit_cost(site, plan.choices[site.key].rank)
 
-
-def _stage(progress: Progress | None, what: str) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda label, done, total: progress(f"{what} {label}".strip(), done, total)

@@ -14,6 +14,7 @@ import onnx
 
 from onnx_cp.conv import attributes, cp_cost
 from onnx_cp.discover import ConvSite
+from onnx_cp.splice import build_ranked, placeholder_factors
 
 
 def rank_cost_macs(site: ConvSite, rank: int) -> int:
@@ -66,21 +67,13 @@ def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tupl
 
 
 def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[str, int],
-                          high: Mapping[str, int], build: Callable, profiler: Profiler) -> LatencyModel:
+                          high: Mapping[str, int], profiler: Profiler) -> LatencyModel:
     """Profile the model as it is, with every site at its ``low`` rank and at its ``high`` rank.
 
-    The variants get random factors: time does not depend on the values.
+    The variants get placeholder factors: time does not depend on the values.
     """
-    rng = np.random.default_rng(0)
-
-    def variant(ranks: Mapping[int, int]) -> onnx.ModelProto:
-        layers = []
-        for site in sites:
-            r = ranks[site.key]
-            shape = (site.spec.out_per_group, site.spec.in_per_group, *site.spec.kernel)
-            factors = [tuple(rng.standard_normal((d, r)) * 0.1 for d in shape) for _ in range(site.spec.group)]
-            layers.append((site, r, factors))
-        return build(model, layers)
+    def variant(ranks: Mapping[str, int]) -> onnx.ModelProto:
+        return build_ranked(model, [(s, ranks[s.key], placeholder_factors(s, ranks[s.key])) for s in sites])
 
     (total, base), (_, lo), (_, hi) = profiler([model, variant(low), variant(high)])
     original, affine = {}, {}

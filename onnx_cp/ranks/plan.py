@@ -5,13 +5,12 @@ The budget modes live in ``budget.py``; what they decide, in ``selection.py``.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import onnx
 
 from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
 from onnx_cp.parallel_fit import FitTask, fit_all
+from onnx_cp.progress import Progress
 from onnx_cp.ranks.cost import rank_cost_macs
 from onnx_cp.ranks.budget import BudgetLayer, by_budget
 from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
@@ -19,7 +18,6 @@ from onnx_cp.ranks.rules import choose_rank, rank_unit_cost
 from onnx_cp.ranks.search import smallest_rank
 from onnx_cp.ranks.selection import LayerChoice, RankPlan, SelectionSummary
 
-Progress = Callable[[str, int, int], None]
 LARGE = 256  # --max-error searches such layers in steps of 16 (their ranks are large anyway)
 
 

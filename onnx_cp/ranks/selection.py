@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import onnx
-
 from onnx_cp.ranks.fitting import LayerFit
 
 
