@@ -2,7 +2,8 @@
 
 Time does not depend on the weights' values, so the forms are chosen before any fit, on the
 model with placeholder factors at the layers' ranks: a layer that no form makes faster is never
-fitted (the forms of the chosen decomposition, or with ``--decomposition auto`` every candidate). After the fits the chosen mix is timed once more (a layer's time depends on its
+fitted (the forms of the chosen decomposition, or with ``--decomposition auto`` every
+candidate). After the fits the chosen mix is timed once more (a layer's time depends on its
 neighbours' forms: where a chain leaves onnxruntime's blocked NCHWc layout, the layout
 conversion lands on the layer next to it), and finally the whole model against the input.
 Layers are timed in place, so onnxruntime's fusions and layout changes around them count.
