@@ -58,7 +58,7 @@ def whiten(kernel: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, np
     if sigma is None:
         return kernel, None
     root, inverse = square_roots(sigma)
-    return np.einsum("fc...,cd->fd...", kernel, root), inverse
+    return np.einsum("fc...,cd->fd...", kernel, root, optimize=True), inverse
 
 
 def output_error(groups, approx, stats=None) -> float:
@@ -71,7 +71,7 @@ def output_error(groups, approx, stats=None) -> float:
         diff = kernel - estimate
         if stats is not None:
             root = square_roots(stats[g])[0]
-            kernel, diff = (np.einsum("fc...,cd->fd...", t, root) for t in (kernel, diff))
+            kernel, diff = (np.einsum("fc...,cd->fd...", t, root, optimize=True) for t in (kernel, diff))
         num += float(np.sum(diff ** 2))
         den += float(np.sum(kernel ** 2))
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))

@@ -29,6 +29,13 @@ STAGES_CP3 = ("reduce", "spatial", "expand")
 REALIZATIONS = ("cp4", "cp3")
 
 
+def cp_kernel(ut: np.ndarray, us: np.ndarray, uy: np.ndarray, ux: np.ndarray) -> np.ndarray:
+    """The kernel sum_r Ut[:, r] o Us[:, r] o Uy[:, r] o Ux[:, r], as one matrix product (a four-way
+    einsum runs as a plain loop: 8 s for a 512x512x3x3 kernel at rank 576, where BLAS takes 0.06 s)."""
+    rest = (us[:, None, None, :] * uy[None, :, None, :] * ux[None, None, :, :]).reshape(-1, ut.shape[1])
+    return (ut @ rest.T).reshape(ut.shape[0], us.shape[0], uy.shape[0], ux.shape[0])
+
+
 def realize(kind: str, name: str, x: str, y: str, bias: str | None, spec: ConvSpec,
             group_factors: list[tuple[np.ndarray, ...]], dtype: np.dtype,
             names: NameAllocator, tag: str = "cp") -> Realization:
@@ -137,7 +144,7 @@ class CP(Decomposition):
         return cp_cost(form, spec, self.parse_rank(rank), in_shape, out_shape, has_bias)
 
     def kernels(self, group_factors):
-        return [np.einsum("fr,cr,ir,jr->fcij", *f) for f in group_factors]
+        return [cp_kernel(*f) for f in group_factors]
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)

@@ -129,7 +129,7 @@ class LowRankFactorCP(Decomposition):
             fit = _core_fit(core, r, seed, options, warm)
             a, b, c, d = fit.factors
             targets.append(target)
-            approx.append(np.einsum("fr,cr,ir,jr->fcij", u_out @ a, u_in @ b, c, d))
+            approx.append(cp.cp_kernel(u_out @ a, u_in @ b, c, d))
             fitted.append((u_out, u_in if inverse is None else inverse @ u_in, a, b, c, d))
             fits.append(fit)
         return Factors((r, l), tuple(fitted), relative_error(targets, approx), time.perf_counter() - start,
@@ -174,7 +174,7 @@ class LowRankFactorCP(Decomposition):
         return Cost(macs, params)
 
     def kernels(self, group_factors):
-        return [np.einsum("fr,cr,ir,jr->fcij", u_out @ a, u_in @ b, c, d) for u_out, u_in, a, b, c, d in group_factors]
+        return [cp.cp_kernel(u_out @ a, u_in @ b, c, d) for u_out, u_in, a, b, c, d in group_factors]
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)

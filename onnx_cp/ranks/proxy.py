@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_cp.decompositions.cp import cp_kernel
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.runtime import open_session, session_options
 
@@ -63,11 +64,7 @@ def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.
 
 def cp_kernel(fit: LayerFit) -> np.ndarray:
     """The kernel a layer's CP factors rebuild (groups stacked along the output channels)."""
-    blocks = []
-    for ut, us, uy, ux in (f.factors for f in fit.fits):
-        rest = (us[:, None, None, :] * uy[None, :, None, :] * ux[None, None, :, :]).reshape(-1, ut.shape[1])
-        blocks.append((ut @ rest.T).reshape(ut.shape[0], us.shape[0], uy.shape[0], ux.shape[0]))
-    return np.concatenate(blocks, axis=0)
+    return np.concatenate([cp_kernel(*f.factors) for f in fit.fits], axis=0)
 
 
 def layer_errors(node: onnx.NodeProto, weight: np.ndarray, fits: Sequence[LayerFit], inputs: np.ndarray,
