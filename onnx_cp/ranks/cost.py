@@ -37,17 +37,25 @@ def model_macs(model: onnx.ModelProto, sites: Sequence[ConvSite], shapes: Mappin
 
 @dataclass
 class LatencyModel:
-    """Per-layer latency as measured in place: original time, and ``a + b * rank`` for the CP form."""
+    """Per-layer latency as measured in place: original time, and ``a + b * rank`` for each CP form."""
 
     total_ms: float
     original_ms: dict[str, float]  # Conv output name -> ms
-    affine: dict[str, tuple[float, float]]  # Conv output name -> (a, b)
+    affine: dict[str, dict[str, tuple[float, float]]]  # Conv output name -> form -> (a, b)
+
+    def form(self, site: ConvSite, rank: int) -> str:
+        """The form that runs fastest at ``rank``."""
+        lines = self.affine[site.node.output[0]]
+        return min(lines, key=lambda f: lines[f][0] + lines[f][1] * rank)
+
+    def line(self, site: ConvSite, rank: int) -> tuple[float, float]:
+        """(a, b) of the fastest form at ``rank``."""
+        return self.affine[site.node.output[0]][self.form(site, rank)]
 
     def cost(self, site: ConvSite, rank: int | None) -> float:
-        out = site.node.output[0]
         if rank is None:
-            return self.original_ms[out]
-        a, b = self.affine[out]
+            return self.original_ms[site.node.output[0]]
+        a, b = self.line(site, rank)
         return max(1e-6, a + b * rank)
 
 
@@ -67,21 +75,24 @@ def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tupl
 
 
 def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[str, int],
-                          high: Mapping[str, int], profiler: Profiler) -> LatencyModel:
-    """Profile the model as it is, with every site at its ``low`` rank and at its ``high`` rank.
+                          high: Mapping[str, int], profiler: Profiler, forms: Sequence[str] = ("cp4",)) -> LatencyModel:
+    """Profile the model as it is, and with every site in each of ``forms`` at its ``low`` rank
+    and at its ``high`` rank.
 
     The variants get placeholder factors: time does not depend on the values.
     """
-    def variant(ranks: Mapping[str, int]) -> onnx.ModelProto:
-        return build_ranked(model, [(s, ranks[s.key], placeholder_factors(s, ranks[s.key])) for s in sites])
+    def variant(ranks: Mapping[str, int], form: str) -> onnx.ModelProto:
+        return build_ranked(model, [(s, ranks[s.key], placeholder_factors(s, ranks[s.key])) for s in sites], form)
 
-    (total, base), (_, lo), (_, hi) = profiler([model, variant(low), variant(high)])
+    (total, base), *timed = profiler([model] + [variant(ranks, f) for f in forms for ranks in (low, high)])
     original, affine = {}, {}
     for site in sites:
         out = site.node.output[0]
         original[out] = base.get(out, 0.0)
         r0, r1 = low[site.key], high[site.key]
-        t0, t1 = lo.get(out, 0.0), hi.get(out, 0.0)
-        slope = max(0.0, (t1 - t0) / (r1 - r0)) if r1 != r0 else 0.0
-        affine[out] = (max(0.0, t0 - slope * r0), slope)
+        affine[out] = {}
+        for k, form in enumerate(forms):
+            t0, t1 = timed[2 * k][1].get(out, 0.0), timed[2 * k + 1][1].get(out, 0.0)
+            slope = max(0.0, (t1 - t0) / (r1 - r0)) if r1 != r0 else 0.0
+            affine[out][form] = (max(0.0, t0 - slope * r0), slope)
     return LatencyModel(total, original, affine)

@@ -62,7 +62,7 @@ def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 11))])
 
 
-def cp_kernel(fit: LayerFit) -> np.ndarray:
+def fitted_kernel(fit: LayerFit) -> np.ndarray:
     """The kernel a layer's CP factors rebuild (groups stacked along the output channels)."""
     return np.concatenate([cp_kernel(*f.factors) for f in fit.fits], axis=0)
 
@@ -73,7 +73,7 @@ def layer_errors(node: onnx.NodeProto, weight: np.ndarray, fits: Sequence[LayerF
     norm = float(np.linalg.norm(outputs.astype(np.float64)))
     errors = []
     for fit in fits:
-        residual = (weight.astype(np.float64) - cp_kernel(fit)).astype(inputs.dtype)
+        residual = (weight.astype(np.float64) - fitted_kernel(fit)).astype(inputs.dtype)
         sess = session(residual_conv(node, residual, opset), threads)
         delta = sess.run(None, {"x": inputs})[0]
         errors.append(float(np.linalg.norm(delta.astype(np.float64))) / norm if norm else 0.0)
