@@ -9,10 +9,13 @@ from typing import Mapping
 
 from onnx_cp.conv import align_rank
 from onnx_cp.decompose import METHODS, FitOptions
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param, spelled
 from onnx_cp.runtime import OPT_LEVELS
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.realize import REALIZATIONS
+
+
+CP_OR_AUTO = "decomposition='cp' or 'auto'"
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,14 @@ def parse_rank(text: str | int | float, decomposition: str = "cp") -> RankRule:
     """``'200'``, ``'0.25'``, ``'conv2=200'`` or ``'layer3.*=0.5'`` -> RankRule; for a
     ``decomposition`` other than cp also its own rank syntax (``'conv2=16x12'`` for tucker2)."""
     if isinstance(text, bool):
-        raise OnnxCpError(f"--rank {text!r} is not a number", usage=True)
+        raise OnnxCpError(f"{rank_param(text)} is not a number", usage=True)
     if isinstance(text, (int, float)):
         pattern, raw = None, str(text)
     else:
         pattern, sep, raw = str(text).rpartition("=")
         pattern = pattern.strip() if sep else None
         if sep and not pattern:
-            raise OnnxCpError(f"--rank {text!r} has an empty layer pattern; write it like 'conv2=200'",
+            raise OnnxCpError(f"{rank_param(text)} has an empty layer pattern; write it like 'conv2=200'",
                               usage=True)
     raw = raw.strip()
     try:
@@ -53,18 +56,23 @@ def parse_rank(text: str | int | float, decomposition: str = "cp") -> RankRule:
         except ValueError:
             if decomposition not in ("cp", "auto"):
                 return RankRule(pattern, _own_rank(text, raw, decomposition))
-            raise OnnxCpError(f"--rank {text!r}: {raw!r} is not a number; give an integer rank such "
+            raise OnnxCpError(f"{rank_param(text)}: {raw!r} is not a number; give an integer rank such "
                               "as 64, or a fraction of the layer's cost such as 0.25", usage=True) from None
         if not 0.0 < value < 1.0:
-            raise OnnxCpError(f"--rank {text!r}: a fractional rank must lie in (0, 1), got {value}",
+            raise OnnxCpError(f"{rank_param(text)}: a fractional rank must lie in (0, 1), got {value}",
                               usage=True)
     else:
         if value < 1:
-            raise OnnxCpError(f"--rank {text!r}: the rank must be at least 1, got {value}", usage=True)
+            raise OnnxCpError(f"{rank_param(text)}: the rank must be at least 1, got {value}", usage=True)
     if decomposition == "gkpd" and isinstance(value, float):
-        raise OnnxCpError(f"--rank {text!r}: gkpd takes a number of terms (4) or terms and A's shape "
+        raise OnnxCpError(f"{rank_param(text)}: gkpd takes a number of terms (4) or terms and A's shape "
                           "('4:16x8x3x1'), not a fraction of the cost", usage=True)
     return RankRule(pattern, value)
+
+
+def rank_param(text) -> str:
+    """Rank rule ``text`` in a message: ``ranks entry 'conv2=8'`` for the API, ``--rank 'conv2=8'`` for the CLI."""
+    return spelled(f"ranks entry {text!r}", f"--rank {text!r}")
 
 
 def _own_rank(text, raw: str, decomposition: str) -> str:
@@ -76,7 +84,7 @@ def _own_rank(text, raw: str, decomposition: str) -> str:
     try:
         decompositions.get(decomposition).parse_rank(raw)
     except OnnxCpError:
-        raise OnnxCpError(f"--rank {text!r}: {raw!r} is not a {decomposition} rank; give "
+        raise OnnxCpError(f"{rank_param(text)}: {raw!r} is not a {decomposition} rank; give "
                           f"{decompositions.RANK_SYNTAX[decomposition]}", usage=True) from None
     return raw
 
@@ -95,8 +103,8 @@ class RewriteConfig:
     realize: cp4, cp3, or auto (time each form and the original alone in onnxruntime, keep the
         fastest; the original Conv stays when no CP form beats it).
     threads / opt_level: the onnxruntime session that ``auto`` times layers in.
-    selection: choose ranks automatically (--max-error, --target-speedup, --budget-macs);
-        --rank rules with a pattern then fix the ranks of the layers they match.
+    selection: choose ranks automatically (a RankSelection: max_error, target_speedup or
+        budget_macs); rank rules with a pattern then fix the ranks of the layers they match.
     fit_tol: a layer's fit stops once its last 10 iterations lowered the relative kernel error
         by less than this fraction (on top of max_iter and max_time).
     max_time: seconds per layer for the fit and its degeneracy correction together.
@@ -148,12 +156,14 @@ class RewriteConfig:
         if self.selection is not None:
             plain = [r for r in rules if r.pattern is None]
             if plain:
-                raise OnnxCpError(f"--rank {plain[0].value} sets every layer's rank, and "
+                rank = plain[0].value
+                raise OnnxCpError(f"{param('ranks', repr(rank), cli=str(rank))} sets every layer's rank, and "
                                   f"{self.selection.describe()} chooses them; give one of the two "
                                   "(per-layer rules such as 'conv1=16' may stay)", usage=True)
         elif not rules:
-            raise OnnxCpError("no rank given; pass --rank (e.g. --rank 64 or --rank 0.25), --max-error, "
-                              "--target-speedup or --budget-macs", usage=True)
+            raise OnnxCpError(f"no rank given; pass {param('ranks')} (e.g. {param('ranks', '(64,)', cli='64')} or "
+                              f"{param('ranks', '(0.25,)', cli='0.25')}), {param('selection.max_error')}, "
+                              f"{param('selection.target_speedup')} or {param('selection.budget_macs')}", usage=True)
         if self.selection is None and not any(r.pattern is None for r in rules) and not self.layers:
             # Per-layer ranks alone select the layers they name.
             object.__setattr__(self, "layers", tuple(r.pattern for r in rules))
@@ -161,30 +171,30 @@ class RewriteConfig:
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.method not in METHODS:
-            raise OnnxCpError(f"--method {self.method!r} is unknown; choose one of {', '.join(METHODS)}",
+            raise OnnxCpError(f"{param('method', repr(self.method))} is unknown; choose one of {', '.join(METHODS)}",
                               usage=True)
         self._check_realize(rules)
         if self.threads < 1:
-            raise OnnxCpError(f"--threads must be at least 1, got {self.threads}", usage=True)
+            raise OnnxCpError(f"{param('threads')} must be at least 1, got {self.threads}", usage=True)
         if self.opt_level not in OPT_LEVELS:
-            raise OnnxCpError(f"--opt-level {self.opt_level!r}: choose one of {', '.join(OPT_LEVELS)}",
+            raise OnnxCpError(f"{param('opt_level', repr(self.opt_level))}: choose one of {', '.join(OPT_LEVELS)}",
                               usage=True)
         if self.stabilize not in ("auto", "always", "never"):
-            raise OnnxCpError(f"--stabilize {self.stabilize!r}: choose auto, always or never", usage=True)
+            raise OnnxCpError(f"{param('stabilize', repr(self.stabilize))}: choose auto, always or never", usage=True)
         if self.max_iter < 1:
-            raise OnnxCpError(f"--max-iter must be at least 1, got {self.max_iter}", usage=True)
+            raise OnnxCpError(f"{param('max_iter')} must be at least 1, got {self.max_iter}", usage=True)
         if not 0 <= self.fit_tol < 1:
-            raise OnnxCpError(f"--fit-tol must lie in [0, 1), got {self.fit_tol}", usage=True)
+            raise OnnxCpError(f"{param('fit_tol')} must lie in [0, 1), got {self.fit_tol}", usage=True)
         if self.jobs is not None and (isinstance(self.jobs, bool) or self.jobs < 1):
-            raise OnnxCpError(f"--jobs must be at least 1, got {self.jobs}", usage=True)
+            raise OnnxCpError(f"{param('jobs')} must be at least 1, got {self.jobs}", usage=True)
         if self.max_time is not None and not self.max_time > 0:
-            raise OnnxCpError(f"--max-time must be positive, got {self.max_time}", usage=True)
+            raise OnnxCpError(f"{param('max_time')} must be positive, got {self.max_time}", usage=True)
         if self.calib_samples < 1:
-            raise OnnxCpError(f"--calib-samples must be at least 1, got {self.calib_samples}", usage=True)
+            raise OnnxCpError(f"{param('calib_samples')} must be at least 1, got {self.calib_samples}", usage=True)
         if self.recover_steps < 0:
-            raise OnnxCpError(f"--recover-steps must be 0 or more, got {self.recover_steps}", usage=True)
+            raise OnnxCpError(f"{param('recover_steps')} must be 0 or more, got {self.recover_steps}", usage=True)
         if self.recover_time is not None and not self.recover_time > 0:
-            raise OnnxCpError(f"--recover-time must be positive, got {self.recover_time}", usage=True)
+            raise OnnxCpError(f"{param('recover_time')} must be positive, got {self.recover_time}", usage=True)
         if self.calib is not None and self.selection is not None and self.selection.calib is None:
             # One set of calibration inputs: the rank proxy reads the same data.
             object.__setattr__(self, "selection", dataclasses.replace(self.selection, calib=self.calib))
@@ -193,18 +203,20 @@ class RewriteConfig:
         from onnx_cp import decompositions
 
         if self.decomposition not in (*decompositions.NAMES, "auto"):
-            raise OnnxCpError(f"--decomposition {self.decomposition!r}: choose one of "
+            raise OnnxCpError(f"{param('decomposition', repr(self.decomposition))}: choose one of "
                               f"{', '.join(decompositions.NAMES)}, auto", usage=True)
         if self.factor_rank is None:
             return
         if isinstance(self.factor_rank, bool) or not isinstance(self.factor_rank, int) or self.factor_rank < 1:
-            raise OnnxCpError(f"--factor-rank must be a positive integer, got {self.factor_rank!r}", usage=True)
+            raise OnnxCpError(f"{param('factor_rank')} must be a positive integer, got {self.factor_rank!r}",
+                              usage=True)
         if self.decomposition not in ("lrcp", "auto"):
-            raise OnnxCpError(f"--factor-rank is lrcp's factor rank; give it with --decomposition lrcp "
+            raise OnnxCpError(f"{param('factor_rank')} is lrcp's factor rank; give it with "
+                              f"{param('decomposition', repr('lrcp'), cli='lrcp')} "
                               f"(or auto), not {self.decomposition}", usage=True)
 
     def _check_realize(self, rules: tuple[RankRule, ...]) -> None:
-        """--realize names a form of the decomposition (cp4/cp3 also pick lrcp's), or auto;
+        """``realize`` names a form of the decomposition (cp4/cp3 also pick lrcp's), or auto;
         lrcp needs its factor rank; rank selection plans CP ranks (cp, or auto's budgets)."""
         from onnx_cp import decompositions
 
@@ -212,14 +224,18 @@ class RewriteConfig:
         forms = REALIZATIONS if d in ("cp", "auto") else decompositions.get(d).forms
         allowed = (*forms, *(REALIZATIONS if d == "lrcp" else ()), "auto") if d != "auto" else ("auto",)
         if self.realize not in allowed:
-            raise OnnxCpError(f"--realize {self.realize!r} is not a form of --decomposition {d}; choose one of "
+            raise OnnxCpError(f"{param('realize', repr(self.realize))} is not a form of "
+                              f"{param('decomposition', repr(d), cli=d)}; choose one of "
                               f"{', '.join(allowed)}", usage=True)
         if d == "lrcp" and self.factor_rank is None and not all(isinstance(r.value, str) for r in rules):
-            raise OnnxCpError("--decomposition lrcp needs its factor rank: give --factor-rank L (e.g. "
-                              "--rank 24 --factor-rank 8) or write each rank as R:L", usage=True)
+            raise OnnxCpError(f"{param('decomposition', repr('lrcp'), cli='lrcp')} needs its factor rank: give "
+                              f"{param('factor_rank', 'L', cli='L')} (e.g. "
+                              f"{spelled('ranks=(24,), factor_rank=8', '--rank 24 --factor-rank 8')}) or write each "
+                              "rank as R:L", usage=True)
         if self.selection is not None and d not in ("cp", "auto"):
-            raise OnnxCpError(f"{self.selection.describe()} chooses CP ranks; with --decomposition {d} "
-                              "give --rank, or choose --decomposition cp or auto", usage=True)
+            raise OnnxCpError(f"{self.selection.describe()} chooses CP ranks; with "
+                              f"{param('decomposition', repr(d), cli=d)} give {param('ranks')}, or choose "
+                              f"{spelled(CP_OR_AUTO, '--decomposition cp or auto')}", usage=True)
 
     def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
         """The rule for a layer: the last matching rule with a pattern, else the last without one."""

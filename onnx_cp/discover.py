@@ -8,10 +8,13 @@ import onnx
 
 from onnx_cp.conv import (ConvSpec, Cost, conv_cost, conv_spec, ineligibility, shape_problem,
                           weight_constant)
+from onnx_cp.errors import spelled
 from onnx_cp.graph import Constant, GraphIndex, display_name
 from onnx_cp.report import LayerReport
 
 CONV_LIKE = ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "NhwcConv", "FusedConv")
+# How a message tells the user to list the layers a pattern may name.
+LIST_LAYERS = spelled("onnx_cp.inspect_model lists them", "run 'onnx-cp inspect' to list them")
 
 
 @dataclass
@@ -35,7 +38,7 @@ class ConvSite:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """What --layers and --exclude patterns are matched against."""
+        """What ``layers`` and ``exclude`` patterns are matched against."""
         return tuple(n for n in (self.name, self.weight_name) if n)
 
     @property

@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, spelled
 from onnx_cp.graph import SUB_BYTE_TYPES, copy_tensor_header, data_problem
 
 # Protobuf cannot serialize a message of 2 GiB or more; such models go out with external data.
@@ -327,13 +327,17 @@ def check_output_path(out: str | os.PathLike, *, protect=None, overwrite: bool =
     for source in _paths(protect):
         if source.exists() and target == source.resolve():
             if data_of is not None or option != "-o" or not overwrite:
-                fix = "choose another -o, or pass --overwrite" if option == "-o" and data_of is None \
+                fix = _OTHER_OUTPUT if option == "-o" and data_of is None \
                     else f"choose another {option}"
                 raise OnnxCpError(f"{what}: would replace the input model {source}; {fix}", usage=True)
         own_data = data_of is not None and overwrite and data_of.resolve() == source.resolve()
         if not own_data and target in _data_files(source):
             raise OnnxCpError(f"{what}: would replace the external data of the input model {source}; "
                               f"choose another {option}", usage=True)
+
+
+# save_model's path and overwrite=True; the CLI's -o and --overwrite.
+_OTHER_OUTPUT = spelled("choose another path, or pass overwrite=True", "choose another -o, or pass --overwrite")
 
 
 def _paths(protect) -> list[Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from onnx_cp.errors import Message
+
 
 @dataclass
 class LayerReport:
@@ -37,7 +39,7 @@ class LayerReport:
     timings_ms: dict[str, float] | None = None  # auto: each candidate alone in onnxruntime
     proxy_error: float | None = None  # rank selection: relative error of the layer's output maps
     cost: float | None = None  # rank selection: cost at the chosen rank (MACs or ms, see rank_selection)
-    # --calib: the layer's output error (after its activation) on held-back calibration inputs,
+    # calib: the layer's output error (after its activation) on held-back calibration inputs,
     # fed by the rewritten prefix, before and after recovery; and what recovery did.
     output_error_before: float | None = None
     output_error_after: float | None = None
@@ -52,7 +54,11 @@ class RewriteReport:
     notes: list[str] = field(default_factory=list)
     rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
     speed: dict | None = None  # the rewritten model against the input in onnxruntime (forms.SpeedCheck)
-    calibration: dict | None = None  # --calib: samples, held back, whole-model output errors (calibrate.session)
+    calibration: dict | None = None  # calib: samples, held back, whole-model output errors (calibrate.session)
+
+    def __post_init__(self):
+        # Notes may name parameters (onnx_cp.errors.param): they read as the API's, with .cli for the CLI.
+        self.notes = [Message(note) for note in self.notes]
 
     @property
     def rewritten(self) -> list[LayerReport]:
@@ -184,7 +190,7 @@ def _before_after(before: float | None, after: float | None) -> str:
 
 
 def describe_calibration(c: dict) -> str:
-    """One line on --calib: the data and the whole model's output error on held-back inputs."""
+    """One line on calibration (``calib``): the data and the whole model's output error on held-back inputs."""
     text = (f"calibration: {c['samples']} samples of {c['data']} ({c['held_back']} held back), data-aware fits, "
             f"{c['recovered_layers']} layer(s) recovered")
     if c.get("output_error") is not None:

@@ -14,13 +14,13 @@ import onnx
 
 from onnx_cp import provenance
 from onnx_cp.calibrate.session import Calibration
-from onnx_cp.config import RewriteConfig
+from onnx_cp.config import RewriteConfig, rank_param
 from onnx_cp import decomposed
 from onnx_cp.decompose import Fitter
 from onnx_cp.discover_linear import LinearSite, find_linears
-from onnx_cp.discover import ConvSite, find_convs, site_report
-from onnx_cp.errors import OnnxCpError
-from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, from_layer_timer, time_candidates,
+from onnx_cp.discover import LIST_LAYERS, ConvSite, find_convs, site_report
+from onnx_cp.errors import OnnxCpError, marked, param, shape_param, spelled
+from onnx_cp.forms import (Candidate, FormChoice, SpeedCheck, Timing, check_speed, from_layer_timer, time_candidates,
                            onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
@@ -79,7 +79,11 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     notes.extend(rule_warnings(sites, chosen, config))
     timing = _timing(model, config, timer, notes)
 
-    layers, rank_selection, fits = _rank(model, sites, chosen, shapes, config, fitter, progress, notes)
+    # Rank selection fits data-aware too, so calibration comes first there (every chosen layer);
+    # otherwise only the layers that win their timing are observed.
+    calib = Calibration.start(model, config, [s for s in sites if s.key in chosen and not isinstance(s, LinearSite)],
+                              staged(progress, "calibration:"), notes) if config.selection is not None else None
+    layers, rank_selection, fits = _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib)
     ranked = [l for l in layers if l.decision.rank is not None]
     capped = [l for l in layers if l.decision.capped]
     if capped:
@@ -88,8 +92,9 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     _candidates(model, ranked, timing, config, progress)
     winners = [l for l in ranked if l.candidates]
 
-    calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
-                              staged(progress, "calibration:"), notes)
+    if config.selection is None:
+        calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
+                                  staged(progress, "calibration:"), notes)
     tasks = {}
     for l in winners:
         for c in l.candidates:
@@ -120,7 +125,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
         if all(isinstance(l.fit, LayerFit) for l in winners):
             final = _recover(model, final, winners, calib, config, progress)
         else:
-            notes.append("--calib: layer-wise recovery retrains CP chains only, and this rewrite has other "
+            notes.append(f"{param('calib')}: layer-wise recovery retrains CP chains only, and this rewrite has other "
                          "decompositions too; every layer keeps its data-aware fit, unrecovered")
     speed = _measured_by_selection(rank_selection, config)
     if speed is None and timing is not None and config.measure and winners:
@@ -174,8 +179,8 @@ def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, 
         example = "x".join(str(d) if d else "224" for d in _static_dims(model, name, None))
         raise OnnxCpError(
             f"input '{name}' has dynamic dims {[n for _, n in axes]}, and the forms are chosen by timing the "
-            f"model at the size it runs at: give it with --input-shape {name}={example} (your size), "
-            "or force a form with --realize cp4", usage=True)
+            f"model at the size it runs at: give it with {shape_param(name, example)} (your size), "
+            f"or force a form with {param('realize', repr('cp4'), cli='cp4')}", usage=True)
     if not needed and not config.measure:
         return None
     if isinstance(timer, Timing):
@@ -192,7 +197,7 @@ def _timing(model: onnx.ModelProto, config: RewriteConfig, timer: Timer | None, 
             raise
         # Measuring is a courtesy for a forced form; auto falls back to cp4, and says so first.
         if config.realize == "auto":
-            notes.append(f"{exc}; every layer uses cp4, and the result is not measured")
+            notes.append(f"{marked(exc)}; every layer uses cp4, and the result is not measured")
         return None
 
 
@@ -203,16 +208,17 @@ def _static_dims(model: onnx.ModelProto, name: str, unknown: int | None) -> list
             for a, d in enumerate(inp.type.tensor_type.shape.dim)]
 
 
-def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
+def _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib: Calibration | None):
     """Every selected layer's rank decision, the rank selection summary (or None), and any fits
-    the selection already made, keyed (weight source, rank)."""
+    the selection already made (data-aware with ``calib``), keyed as ``decomposed.fit_key``."""
     fits: dict = {}
     if config.selection is None:
         layers = [_Layer(s, decomposed.decide(s, config)) for s in sites if s.key in chosen]
         return layers, None, fits
     from onnx_cp.ranks.plan import plan_ranks
 
-    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, staged(progress, "choosing ranks"))
+    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, staged(progress, "choosing ranks"),
+                      calib.weights if calib else None)
     notes.extend(plan.notes)
     layers = []
     for s in sites:
@@ -221,7 +227,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
         c = plan.choices[s.key]
         layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason), proxy=c.proxy, cost=c.cost))
         if c.fit is not None:
-            fits[(s.weight.source, c.rank)] = c.fit
+            fits[decomposed.fit_key(s, Candidate("cp4", c.rank), calib is not None)] = c.fit
     return layers, plan.summary.to_dict(), fits
 
 
@@ -354,12 +360,13 @@ def _forms_label(decomposition: str) -> str:
 def select(sites: list[ConvSite], config: RewriteConfig) -> set[str]:
     """Keys of the eligible sites chosen by the layers / exclude patterns; patterns matching
     nothing are errors."""
-    for option, patterns in (("--layers", config.layers), ("--exclude", config.exclude)):
+    for option, patterns in (("layers", config.layers), ("exclude", config.exclude)):
         for pattern in patterns:
             if not _matching(sites, pattern):
                 examples = ", ".join(s.name for s in sites[:5]) or "none"
-                raise OnnxCpError(f"{option} {pattern!r} matches no convolution (node or weight name); "
-                                  f"some names: {examples}; run 'onnx-cp inspect' to list them", usage=True)
+                raise OnnxCpError(f"{spelled(f'{option} pattern {pattern!r}', f'--{option} {pattern!r}')} matches "
+                                  f"no convolution (node or weight name); some names: {examples}; {LIST_LAYERS}",
+                                  usage=True)
     chosen = {s.key for s in sites if s.eligible}
     if config.layers:
         chosen &= {s.key for p in config.layers for s in _matching(sites, p)}
@@ -377,12 +384,12 @@ def rule_warnings(sites: list[ConvSite], chosen: set[str], config: RewriteConfig
     for i, rule in enumerate(patterned):
         matched = [s for s in selected if rule.matches(s.names)]
         if not matched:
-            notes.append(f"--rank '{rule.pattern}={rule.value}' matches no selected convolution; "
-                         "run 'onnx-cp inspect' to list them")
+            notes.append(f"{rank_param(f'{rule.pattern}={rule.value}')} matches no selected convolution; "
+                         f"{LIST_LAYERS}")
             continue
         later = patterned[i + 1:]
         if all(any(r.matches(s.names) for r in later) for s in matched):
-            notes.append(f"--rank '{rule.pattern}={rule.value}' is shadowed: a later rule with a pattern "
+            notes.append(f"{rank_param(f'{rule.pattern}={rule.value}')} is shadowed: a later rule with a pattern "
                          "sets every layer it matches")
     return notes
 

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import Message, OnnxCpError, param, shape_given, shape_param, spelled
 from onnx_cp.graph import runtime_inputs
 
 # Tensors larger than this lose their data in the copy given to shape inference: it needs
@@ -15,7 +15,8 @@ _KEEP_DATA_ELEMENTS = 4096
 
 
 def parse_input_shapes(values: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """``('images=1x3x224x224', ...)`` -> ``{'images': (1, 3, 224, 224)}``."""
+    """``('images=1x3x224x224', ...)`` -> ``{'images': (1, 3, 224, 224)}``: command-line text, so its
+    errors name the ``--input-shape`` flag."""
     shapes: dict[str, tuple[int, ...]] = {}
     for value in values:
         name, sep, dims = value.rpartition("=")
@@ -39,7 +40,7 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[in
     known = {i.name for i in inputs}
     unknown = sorted(set(input_shapes) - known)
     if unknown:
-        raise OnnxCpError(f"--input-shape names {unknown}, but the model's inputs are {sorted(known)}",
+        raise OnnxCpError(f"{param('input_shapes')} names {unknown}, but the model's inputs are {sorted(known)}",
                           usage=True)
     shapes, notes = {}, []
     for inp in inputs:
@@ -52,14 +53,14 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[in
             except (TypeError, ValueError):
                 given = ()
             if not given or min(given) < 1:
-                raise OnnxCpError(f"--input-shape {inp.name}={input_shapes[inp.name]!r}: give positive "
-                                  "integer dims, like 1x3x224x224", usage=True)
+                raise OnnxCpError(f"{shape_given(inp.name, input_shapes[inp.name])}: give positive integer dims, like "
+                                  f"{spelled('(1, 3, 224, 224)', '1x3x224x224')}", usage=True)
             if len(given) != len(dims):
-                raise OnnxCpError(f"--input-shape {inp.name} has {len(given)} dims, but the input "
+                raise OnnxCpError(f"{shape_given(inp.name)} has {len(given)} dims, but the input "
                                   f"has {len(dims)}", usage=True)
             for d, g in zip(dims, given):
                 if d.HasField("dim_value") and d.dim_value != g:
-                    raise OnnxCpError(f"--input-shape {inp.name}: dim {d.dim_value} is fixed in the "
+                    raise OnnxCpError(f"{shape_given(inp.name)}: dim {d.dim_value} is fixed in the "
                                       f"model, cannot set it to {g}", usage=True)
             shapes[inp.name] = given
             continue
@@ -72,8 +73,8 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[in
                 guessed.append(d.dim_param or "?")
         if guessed:
             example = "x".join(str(c) for c in concrete)
-            notes.append(f"input '{inp.name}' has dynamic dims {guessed}; using 1 for each "
-                         f"(set them with --input-shape {inp.name}={example})")
+            notes.append(Message(f"input '{inp.name}' has dynamic dims {guessed}; using 1 for each "
+                                 f"(set them with {shape_param(inp.name, example)})"))
         shapes[inp.name] = tuple(concrete)
     return shapes, notes
 

@@ -267,9 +267,9 @@ def test_feeds_take_batch_and_input_shapes_and_are_seeded():
 def test_dynamic_spatial_dims_need_an_input_shape():
     model = original_model()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    with pytest.raises(OnnxCpError, match=r"dimension 2 .*--input-shape x=1x16xNx12") as err:
+    with pytest.raises(OnnxCpError, match=r"dimension 2 .*input_shapes=\{'x': \(1, 16, N, 12\)\}") as err:
         measure_latency([model], runs=1, warmup=0)
-    assert err.value.usage
+    assert err.value.usage and err.value.cli.endswith("fix it with --input-shape x=1x16xNx12")
     assert measure_latency([model], runs=1, warmup=0, input_shapes={"x": (1, C, HW, HW)})[0].runs == 1
 
 

@@ -36,10 +36,10 @@ def test_the_class_axis_option_overrides_the_rule_per_output_or_for_all():
     assert parse_class_axes(["boxes=mse", "prob=1"]) == {"boxes": None, "prob": 1}
     plan = plan_losses(shapes, parse_class_axes(["boxes=mse", "prob=1"]))
     assert [p.label for p in plan] == ["kl(axis=1)", "mse", "kl(axis=1)"]
-    assert [p.rule for p in plan][1:] == ["--class-axis", "--class-axis"]
+    assert [p.rule for p in plan][1:] == ["class_axes", "class_axes"]
     assert [p.label for p in plan_losses(shapes, parse_class_axes(["mse", "logits=-1"]))] == ["kl(axis=1)", "mse", "mse"]
 
-    with pytest.raises(OnnxCpError, match=r"--class-axis names \['box'\], but the distilled outputs are"):
+    with pytest.raises(OnnxCpError, match=r"class_axes names \['box'\], but the distilled outputs are"):
         plan_losses(shapes, {"box": None})
     with pytest.raises(OnnxCpError, match=r"output 'logits' has 2 axes \(2, 10\); give an axis in -2..1"):
         plan_losses(shapes, {"logits": 2})
@@ -156,7 +156,7 @@ def test_a_classifier_head_and_a_regression_head_are_both_distilled(torch, two_h
                                   class_axes={"boxes": None})
     report = result.report
     assert [(o.name, o.loss, o.rule) for o in report.outputs] == [
-        ("logits", "kl(axis=1)", "2-D (N, C): classes on axis 1"), ("boxes", "mse", "--class-axis")]
+        ("logits", "kl(axis=1)", "2-D (N, C): classes on axis 1"), ("boxes", "mse", "class_axes")]
     for out in report.outputs:
         assert out.after < 0.7 * out.before, (out.name, out.before, out.after)
     logits, boxes = run(result.model, {"x": x[:4]})

@@ -135,7 +135,8 @@ def test_an_lstm_feature_the_converter_lacks_is_named():
     model = lstm_graph("forward", bias=True, states=False)
     node = model.graph.node[0]
     node.attribute.append(helper.make_attribute("clip", 3.0))
-    with pytest.raises(OnnxCpError, match=r"LSTM 'lstm' cannot be converted: it clips the cell input.*rewrite --calib"):
+    with pytest.raises(OnnxCpError, match=r"LSTM 'lstm' cannot be converted: it clips the cell input.*"
+                                          r"onnx_cp.rewrite with RewriteConfig\(calib=DATA\)"):
         to_torch(model)
 
 
@@ -153,7 +154,8 @@ def test_operators_without_a_converter_are_named_before_conversion():
     message = str(info.value)
     assert message.startswith("fine-tuning cannot import m.onnx: onnx2torch ") and info.value.usage
     assert message.endswith("has no converter for Frobnicate (domain com.example, version 1), Hardmax (opset 17); "
-                            "use `onnx-cp rewrite --calib DATA`, which needs no import")
+                            "use onnx_cp.rewrite with RewriteConfig(calib=DATA), which needs no import")
+    assert info.value.cli.endswith("use `onnx-cp rewrite --calib DATA`, which needs no import")
     assert missing_converters(crnn_onnx()) == []
 
 

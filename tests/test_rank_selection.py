@@ -108,7 +108,7 @@ def test_ranks_above_the_cap_keep_their_conv_and_are_marked():
 @pytest.mark.parametrize("spec", ["nothing*=4", "conv_z=2"])
 def test_rank_rule_matching_no_layer_is_a_warning_naming_it(spec):
     result = rewrite_with_report(chain_model(), RewriteConfig(ranks=(4, spec), realize="cp4"), fitter=zero_fitter)
-    assert any(f"--rank '{spec}' matches no selected convolution" in n for n in result.report.notes)
+    assert any(f"ranks entry '{spec}' matches no selected convolution" in n for n in result.report.notes)
     assert len(result.report.rewritten) == 3
 
 
@@ -122,7 +122,7 @@ def test_bad_rank_specs_are_usage_errors_quoting_them(spec):
 def test_selection_needs_exactly_one_mode_and_no_plain_rank():
     with pytest.raises(OnnxCpError, match="exactly one"):
         RankSelection(max_error=0.1, target_speedup=2.0)
-    with pytest.raises(OnnxCpError, match="--rank 8"):
+    with pytest.raises(OnnxCpError, match="ranks=8 sets every layer's rank"):
         RewriteConfig(ranks=(8,), selection=RankSelection(target_speedup=2.0))
     RewriteConfig(ranks=("conv_a=2",), selection=RankSelection(target_speedup=2.0))  # an override is fine
 
@@ -325,8 +325,9 @@ def test_budget_modes_need_known_shapes():
     model = chain_model()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     config = RewriteConfig(selection=RankSelection(target_speedup=2.0, measure=False), max_iter=5, realize="cp4")
-    with pytest.raises(OnnxCpError, match="--input-shape"):
+    with pytest.raises(OnnxCpError, match=r"input_shapes=\{'x': \(1, 3, 224, 224\)\}") as info:
         rewrite_with_report(model, config)
+    assert "--input-shape x=1x3x224x224" in info.value.cli
 
 
 @pytest.mark.parametrize("measured, kept", [([1.2, 2.6, 1.9], 3), ([1.2, 2.5, 1.5], 2)])

@@ -1,7 +1,7 @@
 """The settings of one benchmark, shared by the Python API and ``onnx-cp bench``.
 
-Every check names the offending value and the option that fixes it, so the CLI can print
-the message as is.
+Every check names the offending value and the parameter that fixes it (``onnx_cp.errors.param``:
+the CLI prints its flag instead).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 from onnx_cp import runtime
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param, shape_given, shape_param
 from onnx_cp.runtime import OPT_LEVELS
 
 if TYPE_CHECKING:
@@ -43,10 +43,11 @@ class BenchConfig:
         _at_least("runs", self.runs, 1, "50 (the default) or more for steadier medians")
         _at_least("batch", self.batch, 1, "1 (the default)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise OnnxCpError(f"--seed {self.seed!r} is not an integer; pass e.g. --seed 0", usage=True)
+            raise OnnxCpError(f"{param('seed', repr(self.seed))} is not an integer; pass e.g. {param('seed', '0')}",
+                              usage=True)
         if self.opt_level not in OPT_LEVELS:
             raise OnnxCpError(
-                f"--opt-level {self.opt_level!r} is unknown; use one of {', '.join(OPT_LEVELS)}",
+                f"{param('opt_level', repr(self.opt_level))} is unknown; use one of {', '.join(OPT_LEVELS)}",
                 usage=True,
             )
         shapes = {}
@@ -54,8 +55,8 @@ class BenchConfig:
             dims = tuple(dims)
             if not dims or not all(isinstance(d, int) and d >= 1 for d in dims):
                 raise OnnxCpError(
-                    f"--input-shape {name}={'x'.join(map(str, dims))} needs positive integer dimensions; "
-                    f"write it like {name}=1x3x224x224",
+                    f"{shape_given(name, dims)} needs positive integer dimensions; "
+                    f"write it like {shape_param(name, (1, 3, 224, 224))}",
                     usage=True,
                 )
             shapes[name] = dims
@@ -76,4 +77,4 @@ class BenchConfig:
 
 def _at_least(name: str, value, minimum: int, fix: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise OnnxCpError(f"--{name} {value!r} must be an integer >= {minimum}; pass {fix}", usage=True)
+        raise OnnxCpError(f"{param(name, repr(value))} must be an integer >= {minimum}; pass {fix}", usage=True)

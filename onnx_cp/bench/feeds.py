@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param, shape_given, shape_param
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -33,7 +33,7 @@ def make_feeds(sessions: Sequence[ort.InferenceSession], labels: Sequence[str], 
     unknown = sorted(set(input_shapes) - set(names))
     if unknown:
         raise OnnxCpError(
-            f"--input-shape names {', '.join(unknown)}, which {labels[0]} does not have; "
+            f"{param('input_shapes')} names {', '.join(unknown)}, which {labels[0]} does not have; "
             f"its inputs are {', '.join(names) or '(none)'}",
             usage=True,
         )
@@ -51,14 +51,14 @@ def _shape(arg, given: tuple[int, ...] | None, batch: int, label: str) -> tuple[
     if given is not None:
         if len(given) != len(dims):
             raise OnnxCpError(
-                f"--input-shape {arg.name}={'x'.join(map(str, given))} has {len(given)} dimensions but "
+                f"{shape_given(arg.name, given)} has {len(given)} dimensions but "
                 f"{label} declares {len(dims)} ({_show(dims)}); give all {len(dims)}",
                 usage=True,
             )
         for axis, (want, got) in enumerate(zip(dims, given)):
             if isinstance(want, int) and want > 0 and want != got:
                 raise OnnxCpError(
-                    f"--input-shape {arg.name}={'x'.join(map(str, given))} sets dimension {axis} to {got} but "
+                    f"{shape_given(arg.name, given)} sets dimension {axis} to {got} but "
                     f"{label} fixes it at {want} ({_show(dims)})",
                     usage=True,
                 )
@@ -74,7 +74,7 @@ def _shape(arg, given: tuple[int, ...] | None, batch: int, label: str) -> tuple[
                                for i, d in enumerate(dims))
             raise OnnxCpError(
                 f"input {arg.name!r} of {label} has a dynamic dimension {axis} ({dim!r} in {_show(dims)}); "
-                f"fix it with --input-shape {arg.name}={example}",
+                f"fix it with {shape_param(arg.name, example)}",
                 usage=True,
             )
     return tuple(shape)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from onnx_cp.bench.feeds import describe_feeds
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -47,4 +47,4 @@ def run_once(session: ort.InferenceSession, label: str, feeds: Mapping[str, np.n
     except Exception as exc:  # onnxruntime's pybind exception types
         line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise OnnxCpError(f"onnxruntime failed to run {label} on random inputs ({describe_feeds(feeds)}): "
-                          f"{line}; check --input-shape and --batch") from exc
+                          f"{line}; check {param('input_shapes')} and {param('batch')}") from exc

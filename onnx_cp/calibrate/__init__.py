@@ -1,4 +1,4 @@
-"""Calibration-driven rewriting (``--calib``): data-aware fits and layer-wise recovery.
+"""Calibration-driven rewriting (``RewriteConfig.calib``, ``--calib``): data-aware fits and layer-wise recovery.
 
 One job per module, all services the orchestrator (``onnx_cp.rewrite``) calls:
 

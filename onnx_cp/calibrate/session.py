@@ -1,6 +1,6 @@
-"""What ``--calib`` adds to one rewrite, as the orchestrator calls it:
+"""What calibration data (``RewriteConfig.calib``, ``--calib``) adds to one rewrite, as the orchestrator calls it:
 
-    calib = Calibration.start(model, config, sites, progress, notes)   # None without --calib
+    calib = Calibration.start(model, config, sites, progress, notes)   # None without calib
     FitTask(..., weights=calib.weights(site))                          # data-aware fits
     final, layers = calib.recover(model, fitted_model, replacements, progress)
     report.calibration = calib.summary()
@@ -26,8 +26,9 @@ from onnx_cp.calibrate.recovery import RecoveryOptions
 from onnx_cp.calibrate.statistics import samples_needed
 from onnx_cp.calibrate.weighted_fit import GroupWeights, group_weights
 from onnx_cp.discover import ConvSite
+from onnx_cp.errors import Message, param
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.calibration import read_calibration
+from onnx_cp.ranks.calibration import calib_param, read_calibration
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.proxy import output_error
 from onnx_cp.splice import Replacement
@@ -62,8 +63,8 @@ class Calibration:
         train = len(x) - held
         unknown = [s for s in sites if s.out_shape is None or s.in_shape is None]
         if unknown:  # shape inference lost them (a Reshape to a computed shape, say)
-            notes.append(f"--calib: shape inference could not tell the shapes of {len(unknown)} layer(s) (e.g. "
-                         f"{unknown[0].name}); they get plain fits and no recovery")
+            notes.append(Message(f"{param('calib')}: shape inference could not tell the shapes of {len(unknown)} "
+                                 f"layer(s) (e.g. {unknown[0].name}); they get plain fits and no recovery"))
             sites = [s for s in sites if s not in unknown]
         notes.extend(_too_few(sites, train, held, config.calib))
         observed = observe(model, sites, x, train, PATCHES, config.seed, config.threads, progress) if sites else {}
@@ -122,13 +123,13 @@ class Calibration:
 def _too_few(sites: Sequence[ConvSite], train: int, held: int, path: str) -> list[str]:
     notes = []
     if held == 0:
-        notes.append(f"--calib {path}: a single sample; nothing is held back, so the reported output errors "
-                     "are measured on the sample the layers were fitted to")
+        notes.append(Message(f"{calib_param(path)}: a single sample; nothing is held back, so the reported output "
+                             "errors are measured on the sample the layers were fitted to"))
     needs = [(samples_needed(s.spec.in_per_group, s.spec.kernel, tuple(s.out_shape[2:])), s) for s in sites]
     short = [(n, s) for n, s in needs if n > train]
     if short:
         n, s = max(short, key=lambda p: p[0])
-        notes.append(f"--calib {path}: {train} training samples are too few for the input statistics of "
-                     f"{len(short)} layer(s) (the widest, {s.name}, needs {n}); give at least "
-                     f"{n + max(held, 1)} samples (with --calib-samples at least as many)")
+        notes.append(Message(f"{calib_param(path)}: {train} training samples are too few for the input statistics "
+                             f"of {len(short)} layer(s) (the widest, {s.name}, needs {n}); give at least "
+                             f"{n + max(held, 1)} samples (with {param('calib_samples')} at least as many)"))
     return notes

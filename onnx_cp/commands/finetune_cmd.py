@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
+from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import check_output_path, load_model, save_model, save_text
@@ -104,7 +104,7 @@ def finetune_command(model: Path, output: Path, data: Path, val: Path | None, te
     if outcome is None:
         return  # a torchrun worker other than rank 0: rank 0 writes
     save_model(outcome.model, output, overwrite=overwrite, protect=model)
-    report = outcome.report
+    report = for_cli(outcome.report)
     if report_path:
         accuracy = {k: {"top1": a.top1, "top5": a.top5, "count": a.count} for k, a in outcome.accuracy.items()}
         payload = {"model": str(model), "output": str(output), "data": str(data), "world_size": report.world_size,

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
+from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.inspect import inspect_model, render_inspect
 
 
@@ -15,7 +15,7 @@ from onnx_cp.inspect import inspect_model, render_inspect
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def inspect_command(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
     """Show every Conv of MODEL: attributes, cost, and CP eligibility."""
-    report = inspect_model(model, parse_input_shapes(input_shapes))
+    report = for_cli(inspect_model(model, parse_input_shapes(input_shapes)))
     if as_json:
         data = report.to_dict()
         data.pop("method")

@@ -1,9 +1,11 @@
 """Option parsers shared by several subcommands."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, cli_text
 from onnx_cp.shapes import parse_input_shapes  # noqa: F401 (the subcommands import it from here)
 
 
@@ -62,7 +64,7 @@ class ProjectCommand(OneLineUsage, click.Command):
         except OnnxCpError as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"onnx-cp: error: {one_line(str(exc))}", err=True)
+            click.echo(f"onnx-cp: error: {one_line(cli_text(exc))}", err=True)
             ctx.exit(2 if exc.usage else 1)
         except OSError as exc:
             if _debug(ctx):
@@ -86,6 +88,22 @@ class ProjectCommand(OneLineUsage, click.Command):
                        f"{': ' + message if message else ''}); this is a bug: rerun with 'onnx-cp --debug "
                        f"{ctx.info_name} ...' for the traceback and report it", err=True)
             ctx.exit(1)
+
+
+def for_cli(report):
+    """A copy of a report (rewrite, inspect, fine-tune) whose notes, layer reasons and loss rules
+    name the CLI's flags where the library's name API parameters (``onnx_cp.errors.param``): what
+    the CLI prints and writes."""
+    def each(items, name):
+        return [dataclasses.replace(item, **{name: None if getattr(item, name) is None
+                                             else cli_text(getattr(item, name))}) for item in items]
+
+    changes = {"notes": [cli_text(note) for note in report.notes]}
+    if hasattr(report, "layers"):
+        changes["layers"] = each(report.layers, "reason")
+    if hasattr(report, "outputs"):
+        changes["outputs"] = each(report.outputs, "rule")
+    return dataclasses.replace(report, **changes)
 
 
 input_shape_option = click.option(

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from onnx_cp.commands.options import ProjectCommand, input_shape_option, make_console, parse_input_shapes
+from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.config import RewriteConfig
 from onnx_cp.decompose import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
@@ -129,12 +129,13 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
 
         result = rewrite_with_report(model, config, progress=progress)
     save_model(result.model, output, overwrite=overwrite, protect=model)
+    report = for_cli(result.report)
     if report_path:
-        save_text(result.report.to_json(), report_path, protect=[model, output])
+        save_text(report.to_json(), report_path, protect=[model, output])
     if not quiet:
         out = make_console()
-        render_rewrite(result.report, out)
-        out.print(f"wrote {output}" + _speed_summary(result.report, threads, _batch(config.input_shapes)),
+        render_rewrite(report, out)
+        out.print(f"wrote {output}" + _speed_summary(report, threads, _batch(config.input_shapes)),
                   markup=False, highlight=False)
 
 

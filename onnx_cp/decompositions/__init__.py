@@ -17,7 +17,7 @@ from onnx_cp.decompositions.lrcp import LowRankFactorCP
 from onnx_cp.decompositions.nodes import Realization
 from onnx_cp.decompositions.svd import SVD
 from onnx_cp.decompositions.tucker2 import Tucker2
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param
 
 _REGISTRY: dict[str, Decomposition] = {}
 
@@ -35,13 +35,15 @@ for _d in (CP(), Tucker2(), SVD(), GKPD(), LowRankFactorCP()):
 
 NAMES = tuple(_REGISTRY)
 FORMS = tuple(f for d in _REGISTRY.values() for f in d.forms)
-# How a rank is written for each decomposition, for error messages and --help.
+# How a rank is written for each decomposition, for error messages (onnx_cp.errors.param: the
+# CLI reads flags where the API reads parameters).
 RANK_SYNTAX = {
     "cp": "an integer rank such as 64, or a fraction of the layer's cost such as 0.25",
     "tucker2": "R for both ranks (16), R1xR2 (16x12), or a fraction of the layer's cost (0.25)",
     "svd": "an integer rank such as 12, or a fraction of the layer's cost such as 0.25",
     "gkpd": "a number of terms (4), or terms and A's shape F1xC1xh1xw1 ('4:16x8x3x1')",
-    "lrcp": "the CP rank R with --factor-rank L, or R:L (24:8), or a fraction of the layer's cost",
+    "lrcp": (f"the CP rank R with {param('factor_rank', 'L', cli='L')}, or R:L (24:8), or a fraction of the "
+             "layer's cost"),
 }
 # What --decomposition auto tries per layer (lrcp too when a factor rank is given; gkpd's cost
 # depends on its factor shapes more than on a rank, so it is left to an explicit choice).

@@ -57,7 +57,7 @@ def choose_rank(d: Decomposition, value, spec: ConvSpec, in_shape: Shape, out_sh
             rank = d.concrete(value, spec, groups, factor_rank)
         cost = d.cost(d.forms[0], spec, rank, in_shape, out_shape, False)
     except OnnxCpError as exc:
-        return RankChoice(None, reason=str(exc))
+        return RankChoice(None, reason=exc.message)  # a Message: the CLI shows its flags
     if cap_rank and not cheaper(cost, conv):
         return RankChoice(None, capped=True, reason=f"{d.name} at rank {describe(rank, d.name)} costs no less than "
                                                     "the Conv: kept")

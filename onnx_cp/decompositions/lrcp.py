@@ -24,7 +24,7 @@ from onnx_cp.decompositions.base import (Decomposition, Factors, parse_positive,
 from onnx_cp.decompositions.calibration import whiten
 from onnx_cp.decompositions.nodes import NodeBuilder, one_by_one, stacked_1x1
 from onnx_cp.decompositions.tucker2 import Tucker2Options, hooi
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param, spelled
 
 FORMS = {"lrcp4": "cp4", "lrcp3": "cp3"}  # form -> the CP form of the core
 
@@ -101,8 +101,8 @@ class LowRankFactorCP(Decomposition):
         to the channels per group."""
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if factor_rank is None:
-                raise OnnxCpError(f"rank={value}: lrcp needs the factor rank too; pass factor_rank "
-                                  "(--factor-rank) or a pair such as (24, 8)")
+                raise OnnxCpError(f"rank={value}: lrcp needs the factor rank too; pass {param('factor_rank')} or "
+                                  f"{spelled('a pair such as (24, 8)', 'a rank such as 24:8')}")
             value = (value, factor_rank)
         r, l = self.parse_rank(value)
         return r, min(l, spec.in_per_group, spec.out_per_group)

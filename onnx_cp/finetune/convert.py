@@ -22,7 +22,7 @@ from typing import Union
 import numpy as np
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, spelled
 from onnx_cp.finetune._deps import onnx2torch_version, require_torch
 from onnx_cp.finetune.converters import IMPORT_FREE_HINT, require_converters
 from onnx_cp.finetune.normalize import normalize
@@ -77,7 +77,8 @@ def to_torch(model: ModelLike, *, what: str = "the model", example=None):
                           ) from None
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise OnnxCpError(f"onnx2torch {onnx2torch_version()} failed on {what} ({type(exc).__name__}: "
-                          f"{exc}); check it with 'onnx-cp inspect' and onnx.checker") from None
+                          f"{exc}); check it with {spelled('onnx_cp.inspect_model', repr('onnx-cp inspect'))} "
+                          "and onnx.checker") from None
     assert isinstance(module, torch.nn.Module)
     return module.eval()
 

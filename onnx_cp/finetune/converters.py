@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, spelled
 from onnx_cp.finetune._deps import onnx2torch_version, require_torch
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-IMPORT_FREE_HINT = "use `onnx-cp rewrite --calib DATA`, which needs no import"
+# Calibration-driven rewriting recovers accuracy without importing the model into torch.
+IMPORT_FREE_HINT = spelled("use onnx_cp.rewrite with RewriteConfig(calib=DATA), which needs no import",
+                           "use `onnx-cp rewrite --calib DATA`, which needs no import")
 
 
 def register_converters() -> None:

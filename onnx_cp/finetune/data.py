@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param, spelled
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -74,9 +74,9 @@ def _read_images(files: Sequence[Path], shape: Sequence[int], mean, std) -> np.n
         raise OnnxCpError("reading an image folder needs Pillow: pip install pillow "
                           "(or pass an .npz with arrays x and y)") from None
     c, h, w = _chw(shape)
-    mean_a, std_a = _per_channel(mean, c, 0.0, "--mean"), _per_channel(std, c, 1.0, "--std")
+    mean_a, std_a = _per_channel(mean, c, 0.0, "mean"), _per_channel(std, c, 1.0, "std")
     if np.any(std_a <= 0):
-        raise OnnxCpError(f"--std {list(std_a)}: every value must be positive", usage=True)
+        raise OnnxCpError(f"{param('std', str(list(std_a)))}: every value must be positive", usage=True)
     x = np.empty((len(files), c, h, w), np.float32)
     mode = "L" if c == 1 else "RGB"
     for i, file in enumerate(files):
@@ -107,7 +107,8 @@ def _chw(shape: Sequence[int]) -> tuple[int, int, int]:
         dims = dims[1:]
     if len(dims) != 3 or dims[0] not in (1, 3) or min(dims) < 1:
         raise OnnxCpError(f"image shape {dims}: expected C x H x W with C = 1 (grey) or 3 (RGB); "
-                          "set it with --input-shape NAME=1x3x224x224", usage=True)
+                          f"{spelled('pass shape=(3, 224, 224)', 'set it with --input-shape NAME=1x3x224x224')}",
+                          usage=True)
     return dims
 
 
@@ -118,6 +119,6 @@ def _per_channel(values, c: int, default: float, option: str) -> np.ndarray:
     if a.size == 1:
         a = np.full(c, a[0], np.float32)
     if a.size != c:
-        raise OnnxCpError(f"{option} has {a.size} values but the images have {c} channels; give 1 or {c}",
+        raise OnnxCpError(f"{param(option)} has {a.size} values but the images have {c} channels; give 1 or {c}",
                           usage=True)
     return a

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import Message, OnnxCpError, param
 
 EVERY_OUTPUT = "*"
 _MSE_WORDS = ("mse", "none")
@@ -99,13 +99,14 @@ def plan_losses(shapes: Sequence[tuple[str, tuple[int, ...]]], class_axes: Mappi
     names = [name for name, _ in shapes]
     unknown = sorted(set(class_axes) - set(names) - {EVERY_OUTPUT})
     if unknown:
-        raise OnnxCpError(f"--class-axis names {unknown}, but the distilled outputs are {names}", usage=True)
+        raise OnnxCpError(f"{param('class_axes')} names {unknown}, but the distilled outputs are {names}",
+                          usage=True)
     t_probs, s_probs = set(teacher_probabilities), set(student_probabilities)
     plan = []
     for name, shape in shapes:
         if name in class_axes or EVERY_OUTPUT in class_axes:
             axis = class_axes[name] if name in class_axes else class_axes[EVERY_OUTPUT]
-            kind, rule = ("kl", "--class-axis") if axis is not None else ("mse", "--class-axis")
+            kind, rule = ("kl" if axis is not None else "mse"), Message(param("class_axes"))  # CLI: --class-axis
             if axis is not None:
                 axis = _check_axis(name, shape, axis)
         elif len(shape) == 2 and shape[1] >= 2:
@@ -136,13 +137,17 @@ def _logits(values, probabilities: bool):
     return values.clamp_min(_EPS).log() if probabilities else values
 
 
+def _axis(name: str, axis: int) -> str:
+    return param("class_axes", repr({name: axis}), cli=f"{name}={axis}")
+
+
 def _check_axis(name: str, shape: tuple[int, ...], axis: int) -> int:
     rank = len(shape)
     if not -rank <= axis < rank:
-        raise OnnxCpError(f"--class-axis {name}={axis}: output {name!r} has {rank} axes {tuple(shape)}; give "
+        raise OnnxCpError(f"{_axis(name, axis)}: output {name!r} has {rank} axes {tuple(shape)}; give "
                           f"an axis in {-rank}..{rank - 1}", usage=True)
     axis %= rank
     if shape[axis] < 2:
-        raise OnnxCpError(f"--class-axis {name}={axis}: output {name!r} {tuple(shape)} has size {shape[axis]} "
+        raise OnnxCpError(f"{_axis(name, axis)}: output {name!r} {tuple(shape)} has size {shape[axis]} "
                           "there, no classes to compare; give another axis or mse", usage=True)
     return axis

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, marked, param, spelled
 from onnx_cp.finetune._deps import require_torch
 
 GROUP_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -94,21 +94,30 @@ def pick_device(requested: str | None, world: World):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise OnnxCpError(f"--device {name!r}: not a torch device; give cpu, cuda or cuda:N", usage=True) from None
+        raise OnnxCpError(f"{param('device', repr(name))}: not a torch device; give cpu, cuda or cuda:N",
+                          usage=True) from None
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise OnnxCpError(f"device {name!r}: torch sees no CUDA device; use --device cpu")
+        raise OnnxCpError(f"device {name!r}: torch sees no CUDA device; use {_device('cpu')}")
     if world.local_size == 1:
         return device
     if device.index is not None:
-        raise OnnxCpError(f"--device {name} would put all {world.local_size} workers of this machine on one GPU; "
-                          "give --device cuda (worker k uses GPU k)", usage=True)
+        raise OnnxCpError(f"{_device(name)} would put all {world.local_size} workers of this machine on one GPU; "
+                          f"give {_device('cuda')} (worker k uses GPU k)", usage=True)
     count = torch.cuda.device_count()
     if world.local_size > count:
         raise OnnxCpError(f"{world.local_size} workers on this machine but torch sees {count} GPU(s); start at "
-                          f"most {count} (--nproc or torchrun's --nproc-per-node) or give --device cpu", usage=True)
+                          f"most {count} ({spelled(_TORCHRUN_NPROC, '--nproc or ' + _TORCHRUN_NPROC)}) or give "
+                          f"{_device('cpu')}", usage=True)
     return torch.device("cuda", world.local_rank)
+
+
+def _device(name: str) -> str:
+    return param("device", repr(name), cli=name)
+
+
+_TORCHRUN_NPROC = "torchrun's --nproc-per-node"
 
 
 def threads_per_worker(local_size: int) -> int:
@@ -216,7 +225,7 @@ def _entry(fn: Callable, args: tuple):
     try:
         return fn(*args)
     except OnnxCpError as exc:
-        raise WorkerError(json.dumps({"message": str(exc), "usage": exc.usage})) from None
+        raise WorkerError(json.dumps({"message": marked(exc), "usage": exc.usage})) from None
 
 
 def _failure(exc, nproc: int) -> OnnxCpError:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import Message, OnnxCpError, param
 from onnx_cp.finetune._deps import require_torch
 from onnx_cp.finetune.distributed import anyone, current_world, data_parallel, pick_device, summed
 from onnx_cp.finetune.convert import (
@@ -77,15 +77,15 @@ class FinetuneConfig:
     def __post_init__(self):
         object.__setattr__(self, "class_axes", normalize_class_axes(self.class_axes))
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise OnnxCpError(f"--epochs must be at least 1, got {self.epochs}", usage=True)
+            raise OnnxCpError(f"{param('epochs')} must be at least 1, got {self.epochs}", usage=True)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise OnnxCpError(f"--lr must be positive, got {self.lr}", usage=True)
+            raise OnnxCpError(f"{param('lr')} must be positive, got {self.lr}", usage=True)
         if not self.temperature > 0:
-            raise OnnxCpError(f"--temperature must be positive, got {self.temperature}", usage=True)
+            raise OnnxCpError(f"{param('temperature')} must be positive, got {self.temperature}", usage=True)
         if not 0.0 <= self.distill_weight <= 1.0:
-            raise OnnxCpError(f"--distill-weight must lie in [0, 1], got {self.distill_weight}", usage=True)
+            raise OnnxCpError(f"{param('distill_weight')} must lie in [0, 1], got {self.distill_weight}", usage=True)
         if self.weight_decay < 0:
-            raise OnnxCpError(f"--weight-decay must be at least 0, got {self.weight_decay}", usage=True)
+            raise OnnxCpError(f"{param('weight_decay')} must be at least 0, got {self.weight_decay}", usage=True)
 
 
 @dataclass(frozen=True)
@@ -265,9 +265,10 @@ def _agreement(model: onnx.ModelProto, module, x, report: FinetuneReport, what: 
         return diff, scale, True
     noise = _rounding_error(module, x)
     if noise > allowed:
-        report.notes.append(f"{what} is numerically unstable in float32: rounding alone moves its outputs by "
-                            f"up to {noise:.3g} (outputs up to {scale:.3g}); its CP factors are probably "
-                            "degenerate: rewrite with --stabilize always or a lower rank")
+        report.notes.append(Message(
+            f"{what} is numerically unstable in float32: rounding alone moves its outputs by up to {noise:.3g} "
+            f"(outputs up to {scale:.3g}); its CP factors are probably degenerate: rewrite with "
+            f"{param('stabilize', repr('always'), cli='always')} or a lower rank"))
     return diff, scale, diff <= allowed + 2 * noise
 
 

@@ -7,10 +7,15 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import Message, OnnxCpError, param, shape_param
 from onnx_cp.graph import runtime_inputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def calib_param(path) -> str:
+    """The calibration data in a message: ``calib='data.npz'`` for the API, ``--calib data.npz`` for the CLI."""
+    return param("calib", repr(str(path)), cli=str(path))
 
 
 def input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> tuple[str, tuple[int, ...]]:
@@ -26,7 +31,7 @@ def input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -
     if any(d is None for d in dims[1:]):
         shown = "x".join("N" if d is None else str(d) for d in dims)
         raise OnnxCpError(f"input {arg.name!r} has dynamic dimensions ({shown}); fix them with "
-                          f"--input-shape {arg.name}=1x3x224x224 (your model's size)", usage=True)
+                          f"{shape_param(arg.name, (1, 3, 224, 224))} (your model's size)", usage=True)
     return arg.name, (1, *dims[1:])
 
 
@@ -38,8 +43,8 @@ def load_calibration(model: onnx.ModelProto, path: str | None, count: int, seed:
     if path is None:
         rng = np.random.default_rng(seed)
         feeds = [{name: rng.standard_normal(sample).astype(np.float32)} for _ in range(count)]
-        return feeds, (f"no --calib given: the proxy used {count} random inputs, which say little about "
-                       "real data; pass --calib images/ or calib.npz")
+        return feeds, Message(f"no {param('calib')} given: the proxy used {count} random inputs, which say little "
+                              f"about real data; pass {calib_param('images/')} or {calib_param('calib.npz')}")
     data = read_calibration(model, path, count, shapes)
     return [{name: data[i:i + 1]} for i in range(len(data))], None
 
@@ -55,38 +60,38 @@ def read_calibration(model: onnx.ModelProto, path: str, count: int,
     if data.ndim == len(sample) - 1:
         data = data[None]
     if tuple(data.shape[1:]) != tuple(sample[1:]):
-        raise OnnxCpError(f"--calib {path}: samples have shape {list(data.shape[1:])}, the model's input "
+        raise OnnxCpError(f"{calib_param(path)}: samples have shape {list(data.shape[1:])}, the model's input "
                           f"{name!r} wants {list(sample[1:])}", usage=True)
     if data.dtype.kind not in "fiu":
-        raise OnnxCpError(f"--calib {path}: samples are {data.dtype}, the model's input {name!r} takes floats; "
+        raise OnnxCpError(f"{calib_param(path)}: samples are {data.dtype}, the model's input {name!r} takes floats; "
                           "save them as float32", usage=True)
     if len(data) == 0:
-        raise OnnxCpError(f"--calib {path}: holds no samples", usage=True)
+        raise OnnxCpError(f"{calib_param(path)}: holds no samples", usage=True)
     data = data[:count].astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(data.reshape(len(data), -1)).all(axis=1))
     if len(bad):
-        raise OnnxCpError(f"--calib {path}: {len(bad)} sample(s) hold NaN or Inf (the first is sample {bad[0]}); "
+        raise OnnxCpError(f"{calib_param(path)}: {len(bad)} sample(s) hold NaN or Inf (the first is sample {bad[0]}); "
                           "drop or clean them", usage=True)
     return data
 
 
 def _read(path: Path, sample: tuple[int, ...]) -> np.ndarray:
     if not path.exists():
-        raise OnnxCpError(f"--calib {path}: no such file or folder", usage=True)
+        raise OnnxCpError(f"{calib_param(path)}: no such file or folder", usage=True)
     if path.is_dir():
         return _images(path, sample)
     try:
         if path.suffix == ".npz":
             with np.load(path) as archive:
                 if "x" not in archive.files:
-                    raise OnnxCpError(f"--calib {path}: the .npz needs an array 'x' (N, C, H, W); it has "
+                    raise OnnxCpError(f"{calib_param(path)}: the .npz needs an array 'x' (N, C, H, W); it has "
                                       f"{', '.join(archive.files) or 'none'}")
                 return np.asarray(archive["x"])
         if path.suffix == ".npy":
             return np.load(path)
     except (ValueError, OSError) as exc:
-        raise OnnxCpError(f"--calib {path}: cannot read it ({exc})") from None
-    raise OnnxCpError(f"--calib {path}: give an .npz (array x), an .npy, or a folder of images", usage=True)
+        raise OnnxCpError(f"{calib_param(path)}: cannot read it ({exc})") from None
+    raise OnnxCpError(f"{calib_param(path)}: give an .npz (array x), an .npy, or a folder of images", usage=True)
 
 
 def _images(folder: Path, sample: tuple[int, ...]) -> np.ndarray:
@@ -94,13 +99,13 @@ def _images(folder: Path, sample: tuple[int, ...]) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise OnnxCpError("--calib with a folder of images needs Pillow: pip install pillow") from None
+        raise OnnxCpError(f"{param('calib')} with a folder of images needs Pillow: pip install pillow") from None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise OnnxCpError(f"--calib {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder; "
+        raise OnnxCpError(f"{calib_param(folder)}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder; "
                           "point it at a folder of images, an .npz (array x) or an .npy", usage=True)
     if len(sample) != 4 or sample[1] != 3:
-        raise OnnxCpError(f"--calib {folder}: images need an input of shape 1x3xHxW, the model has {list(sample)}",
+        raise OnnxCpError(f"{calib_param(folder)}: images need an input of shape 1x3xHxW, the model has {list(sample)}",
                           usage=True)
     height, width = sample[2], sample[3]
     arrays = []

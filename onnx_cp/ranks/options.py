@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param
 from onnx_cp.ranks.refine import check_storage_url
 
 COSTS = ("macs", "latency")
@@ -44,38 +44,42 @@ class RankSelection:
     seed: int = 0
 
     def __post_init__(self):
-        given = [n for n, v in (("--max-error", self.max_error), ("--target-speedup", self.target_speedup),
-                                ("--budget-macs", self.budget_macs)) if v is not None]
+        modes = [param(f"selection.{n}") for n in ("max_error", "target_speedup", "budget_macs")]
+        given = [m for m, v in zip(modes, (self.max_error, self.target_speedup, self.budget_macs)) if v is not None]
         if len(given) != 1:
-            raise OnnxCpError(f"give exactly one of --max-error, --target-speedup, --budget-macs, got "
-                              f"{', '.join(given) or 'none'}", usage=True)
+            raise OnnxCpError(f"give exactly one of {', '.join(modes)}, got {', '.join(given) or 'none'}", usage=True)
         if self.max_error is not None and not 0.0 < self.max_error < 1.0:
-            raise OnnxCpError(f"--max-error must lie in (0, 1) (a relative kernel error), got {self.max_error}",
-                              usage=True)
+            raise OnnxCpError(f"{param('selection.max_error')} must lie in (0, 1) (a relative kernel error), "
+                              f"got {self.max_error}", usage=True)
         if self.target_speedup is not None and not self.target_speedup > 1.0:
-            raise OnnxCpError(f"--target-speedup must be above 1, got {self.target_speedup}", usage=True)
-        if self.budget_macs is not None and self.budget_macs < 1:
-            raise OnnxCpError(f"--budget-macs must be a positive number of multiply-adds, got {self.budget_macs}",
+            raise OnnxCpError(f"{param('selection.target_speedup')} must be above 1, got {self.target_speedup}",
                               usage=True)
+        if self.budget_macs is not None and self.budget_macs < 1:
+            raise OnnxCpError(f"{param('selection.budget_macs')} must be a positive number of multiply-adds, "
+                              f"got {self.budget_macs}", usage=True)
         if self.cost not in COSTS:
-            raise OnnxCpError(f"--cost {self.cost!r}: choose one of {', '.join(COSTS)}", usage=True)
+            raise OnnxCpError(f"{param('selection.cost', repr(self.cost))}: choose one of {', '.join(COSTS)}",
+                              usage=True)
         if self.cost == "latency" and self.budget_macs is not None:
-            raise OnnxCpError("--budget-macs counts multiply-adds; use it with --cost macs, or give "
-                              "--target-speedup for a latency budget", usage=True)
+            raise OnnxCpError(f"{param('selection.budget_macs')} counts multiply-adds; use it with "
+                              f"{param('selection.cost', repr('macs'), cli='macs')}, or give "
+                              f"{param('selection.target_speedup')} for a latency budget", usage=True)
         if self.search < 0:
-            raise OnnxCpError(f"--search must be 0 or more trials, got {self.search}", usage=True)
+            raise OnnxCpError(f"{param('selection.search')} must be 0 or more trials, got {self.search}", usage=True)
         if self.storage is not None:
             if not self.search:
-                raise OnnxCpError("--search-storage keeps the trials of --search; give --search N as well",
+                raise OnnxCpError(f"{param('selection.storage')} keeps the trials of {param('selection.search')}; "
+                                  f"give {param('selection.search', 'N', cli='N')} as well",
                                   usage=True)
             check_storage_url(self.storage)
         if self.study_name is not None and (self.storage is None or not self.study_name.strip()):
-            raise OnnxCpError("--study-name names a study in --search-storage; give --search-storage URL and a "
-                              "non-empty name", usage=True)
+            raise OnnxCpError(f"{param('selection.study_name')} names a study in {param('selection.storage')}; "
+                              f"give {param('selection.storage', 'URL', cli='URL')} and a non-empty name", usage=True)
         if self.calib_count < 1:
-            raise OnnxCpError(f"--calib-count must be at least 1, got {self.calib_count}", usage=True)
+            raise OnnxCpError(f"{param('selection.calib_count')} must be at least 1, got {self.calib_count}",
+                              usage=True)
         if self.candidates < 2:
-            raise OnnxCpError(f"--candidates must be at least 2, got {self.candidates}", usage=True)
+            raise OnnxCpError(f"{param('selection.candidates')} must be at least 2, got {self.candidates}", usage=True)
 
     @property
     def mode(self) -> str:
@@ -84,6 +88,7 @@ class RankSelection:
         return "target-speedup" if self.target_speedup is not None else "budget-macs"
 
     def describe(self) -> str:
-        value = {"max-error": self.max_error, "target-speedup": self.target_speedup,
-                 "budget-macs": self.budget_macs}[self.mode]
-        return f"--{self.mode} {value}"
+        """The mode and its value in a message: ``selection.target_speedup=3.0`` (``--target-speedup 3.0``)."""
+        name = self.mode.replace("-", "_")
+        value = getattr(self, name)
+        return param(f"selection.{name}", repr(value), cli=str(value))

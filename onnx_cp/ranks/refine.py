@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, param
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPACE_ATTR = "onnx_cp_space"  # the study's user attribute: [[layer name, candidate ranks], ...]
@@ -127,11 +127,11 @@ def open_storage(url: str):
         return _rdb_storage(optuna, url, engine)
     except ImportError:
         driver = _DRIVERS.get(dialect, f"the SQLAlchemy driver for {dialect}")
-        raise OnnxCpError(f"--search-storage {_shown(url)}: the database driver is not installed; "
+        raise OnnxCpError(f"{_storage(_shown(url))}: the database driver is not installed; "
                           f"pip install {driver}") from None
     except Exception as exc:  # sqlalchemy's errors: bad URL, unknown dialect, no server, refused login
         reason = " ".join(str(exc).split("(Background on this error")[0].split())[:300]
-        raise OnnxCpError(f"--search-storage {_shown(url)}: cannot open the study database ({reason}); check "
+        raise OnnxCpError(f"{_storage(_shown(url))}: cannot open the study database ({reason}); check "
                           "the URL (sqlite:///study.db, postgresql://user:password@host/database), that the "
                           "server is up and reachable, and the credentials",
                           usage=isinstance(exc, ArgumentError)) from None
@@ -158,8 +158,9 @@ def _rdb_storage(optuna, url: str, engine: dict, attempts: int = 5):
 def check_storage_url(url: str) -> None:
     """Refuse text that is not a database URL, without importing anything."""
     if not isinstance(url, str) or not _URL.match(url):
-        raise OnnxCpError(f"--search-storage {url!r} is not a database URL; write it like sqlite:///study.db "
-                          "(a file beside you) or postgresql://user:password@host/database", usage=True)
+        raise OnnxCpError(f"{param('selection.storage', repr(url))} is not a database URL; write it like "
+                          "sqlite:///study.db (a file beside you) or postgresql://user:password@host/database",
+                          usage=True)
 
 
 def default_study_name(space) -> str:
@@ -182,16 +183,18 @@ def _shared_study(optuna, url: str, name: str | None, space: list, seed: int):
                                 load_if_exists=True)
     held = study.user_attrs.get(_SPACE_ATTR)
     if held is None and study.trials:
-        raise OnnxCpError(f"--study-name {name}: the study in {_shown(url)} was not made by onnx-cp's rank search; "
-                          "give another --study-name")
+        raise OnnxCpError(f"{_study(name)}: the study in {_shown(url)} was not made by onnx-cp's rank "
+                          f"search; give another {param('selection.study_name')}")
     if held is None:
         study.set_user_attr(_SPACE_ATTR, space)
     elif held != space:
-        raise OnnxCpError(f"--study-name {name}: the study in {_shown(url)} searched other layers or candidate "
-                          f"ranks ({_describe(held)}; this run: {_describe(space)}); give another --study-name, "
+        raise OnnxCpError(f"{_study(name)}: the study in {_shown(url)} searched other layers or "
+                          f"candidate ranks ({_describe(held)}; this run: {_describe(space)}); give another "
+                          f"{param('selection.study_name')}, "
                           "or rerun with the model and settings it was made for")
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise OnnxCpError(f"--study-name {name}: the study in {_shown(url)} maximizes; give another --study-name")
+        raise OnnxCpError(f"{_study(name)}: the study in {_shown(url)} maximizes; give another "
+                          f"{param('selection.study_name')}")
     return study
 
 
@@ -224,9 +227,18 @@ def _check_sqlite_folder(url: str) -> None:
     if database and database != ":memory:":
         folder = Path(database).expanduser().parent
         if not folder.is_dir():
-            raise OnnxCpError(f"--search-storage {url}: the folder {folder} does not exist; create it first "
+            raise OnnxCpError(f"{_storage(url)}: the folder {folder} does not exist; create it first "
                               "(sqlite:///study.db is a path relative to here, sqlite:////abs/study.db an "
                               "absolute one)", usage=True)
+
+
+def _storage(url: str) -> str:
+    """The study database in a message: ``selection.storage='sqlite:///s.db'`` / ``--search-storage sqlite:///s.db``."""
+    return param("selection.storage", repr(url), cli=url)
+
+
+def _study(name: str) -> str:
+    return param("selection.study_name", repr(name), cli=name)
 
 
 def _shown(url: str) -> str:
@@ -243,6 +255,6 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise OnnxCpError("--search needs optuna: pip install optuna") from None
+        raise OnnxCpError(f"{param('selection.search')} needs optuna: pip install optuna") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
