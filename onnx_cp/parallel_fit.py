@@ -99,5 +99,5 @@ def _fit_task(task: FitTask, options: FitOptions) -> LayerFit | Factors:
 
 def _fit(task: FitTask, fitter: WarmFitter) -> LayerFit:
     if task.weights is not None:
-        return fit_weighted(list(task.groups), task.rank, task.seed, fitter, task.weights)
+        return fit_weighted(list(task.groups), task.rank, task.seed, fitter, task.weights, task.init)
     return fit_layer(list(task.groups), task.rank, task.seed, fitter, task.init)

@@ -20,7 +20,7 @@ from onnx_cp.decompose import Fitter
 from onnx_cp.discover_linear import LinearSite, find_linears
 from onnx_cp.discover import LIST_LAYERS, ConvSite, find_convs, site_report
 from onnx_cp.errors import OnnxCpError, marked, param, shape_param, spelled
-from onnx_cp.forms import (FormChoice, SpeedCheck, Timing, check_speed, from_layer_timer, time_candidates,
+from onnx_cp.forms import (Candidate, FormChoice, SpeedCheck, Timing, check_speed, from_layer_timer, time_candidates,
                            onnxruntime_timing, slower_layers)
 from onnx_cp.model_io import checkable_copy, load_model
 from onnx_cp.parallel_fit import FitTask, fit_all
@@ -79,7 +79,11 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     notes.extend(rule_warnings(sites, chosen, config))
     timing = _timing(model, config, timer, notes)
 
-    layers, rank_selection, fits = _rank(model, sites, chosen, shapes, config, fitter, progress, notes)
+    # Rank selection fits data-aware too, so calibration comes first there (every chosen layer);
+    # otherwise only the layers that win their timing are observed.
+    calib = Calibration.start(model, config, [s for s in sites if s.key in chosen and not isinstance(s, LinearSite)],
+                              staged(progress, "calibration:"), notes) if config.selection is not None else None
+    layers, rank_selection, fits = _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib)
     ranked = [l for l in layers if l.decision.rank is not None]
     capped = [l for l in layers if l.decision.capped]
     if capped:
@@ -88,8 +92,9 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     _candidates(model, ranked, timing, config, progress)
     winners = [l for l in ranked if l.candidates]
 
-    calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
-                              staged(progress, "calibration:"), notes)
+    if config.selection is None:
+        calib = Calibration.start(model, config, [l.site for l in winners if not isinstance(l.site, LinearSite)],
+                                  staged(progress, "calibration:"), notes)
     tasks = {}
     for l in winners:
         for c in l.candidates:
@@ -203,16 +208,17 @@ def _static_dims(model: onnx.ModelProto, name: str, unknown: int | None) -> list
             for a, d in enumerate(inp.type.tensor_type.shape.dim)]
 
 
-def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
+def _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib: Calibration | None):
     """Every selected layer's rank decision, the rank selection summary (or None), and any fits
-    the selection already made, keyed (weight source, rank)."""
+    the selection already made (data-aware with ``calib``), keyed as ``decomposed.fit_key``."""
     fits: dict = {}
     if config.selection is None:
         layers = [_Layer(s, decomposed.decide(s, config)) for s in sites if s.key in chosen]
         return layers, None, fits
     from onnx_cp.ranks.plan import plan_ranks
 
-    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, staged(progress, "choosing ranks"))
+    plan = plan_ranks(model, sites, chosen, shapes, config, fitter, staged(progress, "choosing ranks"),
+                      calib.weights if calib else None)
     notes.extend(plan.notes)
     layers = []
     for s in sites:
@@ -221,7 +227,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes):
         c = plan.choices[s.key]
         layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason), proxy=c.proxy, cost=c.cost))
         if c.fit is not None:
-            fits[(s.weight.source, c.rank)] = c.fit
+            fits[decomposed.fit_key(s, Candidate("cp4", c.rank), calib is not None)] = c.fit
     return layers, plan.summary.to_dict(), fits
 
 

@@ -291,3 +291,30 @@ def test_maxout_is_followed_and_block_recovery_trains_on_the_next_conv():
     _, _, before, after, steps = refine(regions, targets, held, noisy, bias, spec, act, block, 200, 1e-2, 64,
                                         None, 0, 1)
     assert steps == 200 and after < 0.7 * before
+
+
+def test_rank_selection_with_calib_fits_data_aware_once(tmp_path):
+    """--target-speedup with --calib: the candidates are fitted to the layers' weighted kernels,
+    and the rewrite reuses the kept fits instead of fitting again."""
+    from onnx_cp.ranks.options import RankSelection
+
+    rng = np.random.default_rng(5)
+    model = two_convs(rng)
+    np.save(tmp_path / "calib.npy", correlated(rng, 40, 12, 10))
+    weights = {numpy_helper.to_array(t).tobytes() for t in model.graph.initializer if t.name in ("W1", "W2")}
+    warm = solver_fitter(FitOptions(max_iter=20, stabilize="never"))
+    seen, labels = [], []
+
+    def fitter(kernel, rank, seed):
+        seen.append(np.asarray(kernel, np.float32).tobytes())
+        return warm(kernel, rank, seed, None)
+
+    config = RewriteConfig(selection=RankSelection(target_speedup=1.5, measure=False, candidates=3), realize="cp4",
+                           jobs=1, measure=False, calib=str(tmp_path / "calib.npy"), recover=False,
+                           input_shapes={"x": (1, 12, 10, 10)})
+    result = rewrite_with_report(model, config, fitter=fitter, progress=lambda label, *_: labels.append(label))
+    onnx.checker.check_model(result.model, full_check=True)
+    assert result.report.rewritten and seen
+    assert not weights & set(seen)  # every fit saw a weighted kernel, none the raw weight
+    assert not [l for l in labels if l.startswith("fitting ")]  # no second round of fits
+    assert 0 < result.report.calibration["output_error"] < 1

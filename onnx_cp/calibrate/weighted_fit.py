@@ -54,9 +54,13 @@ def unweighted(fit: KernelFit, kernel: np.ndarray, weights: GroupWeights) -> Ker
 
 
 def fit_weighted(groups: Sequence[np.ndarray], rank: int, seed: int, fitter: WarmFitter,
-                 weights: Sequence[GroupWeights]) -> LayerFit:
-    """Every group fitted under its weighting; the LayerFit reports kernel errors as usual."""
+                 weights: Sequence[GroupWeights], init: LayerFit | None = None) -> LayerFit:
+    """Every group fitted under its weighting (going on from ``init``, a fit of the same
+    weighting, when given); the LayerFit reports kernel errors as usual."""
     moved = [transform(g, w) for g, w in zip(groups, weights)]
-    fitted = fit_layer(moved, rank, seed, fitter)
+    warm = None if init is None else LayerFit(init.rank, tuple(
+        dataclasses.replace(f, factors=tuple(u if pair is None else pair[0] @ u for u, pair in zip(f.factors, w.modes)))
+        for f, w in zip(init.fits, weights)), init.rel_error)
+    fitted = fit_layer(moved, rank, seed, fitter, warm)
     fits = tuple(unweighted(f, g, w) for f, g, w in zip(fitted.fits, groups, weights))
     return LayerFit(rank, fits, combined_error(list(groups), fits))

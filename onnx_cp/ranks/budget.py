@@ -26,7 +26,7 @@ import onnx
 from onnx_cp.conv import align_rank
 from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
-from onnx_cp.errors import OnnxCpError
+from onnx_cp.errors import OnnxCpError, shape_param
 from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.progress import Progress, staged
 from onnx_cp.ranks import cost as costs
@@ -69,6 +69,7 @@ class BudgetLayer:
     errors: list[float] = field(default_factory=list)  # layer output error per rank
     weight: float = 1.0  # sensitivity of the final outputs to this layer's output error
     uniform: int = 0  # this layer's rank in the one-rank-for-all allocation
+    weights: object = None  # per group, the data-aware weighting of its fits (calibrate.GroupWeights)
 
     def options(self) -> tuple[list[float], list[float]]:
         """Costs and damages of every option: each candidate rank, then the Conv kept as it is."""
@@ -179,15 +180,16 @@ def _check_shapes(problem: BudgetProblem) -> None:
                if s.in_shape is None or s.out_shape is None]
     if unknown:
         raise OnnxCpError(f"{selection.describe()} needs every layer's shapes, and {unknown[0]}'s are unknown; "
-                          "fix the input's dynamic dimensions with --input-shape NAME=1x3x224x224")
+                          f"fix the input's dynamic dimensions with {shape_param('NAME', '1x3x224x224')}")
 
 
 def candidate_ranks(cap: int, share: float, count: int,
-                    align: Callable[[int], int] = align_rank) -> list[int]:
-    """About ``count`` ranks over ``SHARE_RANGE`` times ``share`` of the cap, each passed through
-    ``align`` (by default the rewrite's rounding to onnxruntime's NCHWc blocks, ``conv.align_rank``)."""
+                    align: Callable[[int], int] = align_rank, upto: float = 0.0) -> list[int]:
+    """About ``count`` ranks over ``SHARE_RANGE`` times ``share`` of the cap (up to ``upto`` of
+    it when that is higher), each passed through ``align`` (by default the rewrite's rounding to
+    onnxruntime's NCHWc blocks, ``conv.align_rank``)."""
     lo = max(share * SHARE_RANGE[0], 1.0 / cap)
-    hi = min(1.0, max(share * SHARE_RANGE[1], 2.0 / cap))
+    hi = min(1.0, max(share * SHARE_RANGE[1], upto, 2.0 / cap))
     fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
     return sorted({max(1, align(min(cap, max(1, int(round(f * cap)))))) for f in fractions})
 
@@ -211,14 +213,17 @@ def _candidates(problem: BudgetProblem, progress: Progress | None) -> None:
     The share comes from multiply-adds, except that a measured --target-speedup takes it from
     latency: CP forms run well below their multiply-add count's speed (on VGG-16, a third of the
     multiply-adds gave nowhere near 3x), and fitting the ranks that multiply-adds suggest would
-    spend minutes on candidates the measurement then throws away."""
+    spend minutes on candidates the measurement then throws away. Where latency gives the smaller
+    share, the candidates still reach up to the multiply-add share: a latency line drawn through
+    two probes can be far off at low ranks (MNIST's 32->64 5x5 layer at batch 64 measured 1 ms at
+    rank 8 where its line said 2), and the measured rounds can only re-allocate among candidates."""
     selection, config = problem.selection, problem.config
-    share = _macs_share(problem)
+    share = macs = _macs_share(problem)
     if selection.target_speedup and (selection.measure or selection.cost == "latency"):
         share = _latency_share(problem, share, progress)
     uniform = uniform_rank(problem.auto, share * sum(float(l.site.cost.macs) for l in problem.auto))
     for layer in problem.auto:
-        grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank)
+        grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank, upto=macs)
         layer.uniform = max(1, config.align_rank(min(uniform, layer.cap)))
         layer.ranks = sorted(set(grid) | {layer.uniform})
 
@@ -307,7 +312,7 @@ def _fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
     """Every candidate of every layer, fitted briefly, in parallel."""
     config = problem.config
     options = replace(config.fit_options(), max_iter=min(config.max_iter, CURVE_ITERATIONS), stabilize="never")
-    tasks = [FitTask((i, r), f"{l.site.name} rank {r}", l.groups, r, config.seed)
+    tasks = [FitTask((i, r), f"{l.site.name} rank {r}", l.groups, r, config.seed, l.weights)
              for i, l in enumerate(problem.auto) for r in l.ranks]
     fits = fit_all(tasks, options, config.worker_count(), staged(progress, "curves"), problem.fitter)
     for i, layer in enumerate(problem.auto):
@@ -417,7 +422,7 @@ def _fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | Non
     """Fit the kept candidates in full, each going on from its quick curve fit, and measure the
     allocation's output error again with them."""
     config = problem.config
-    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, init=l.fits[k],
+    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, l.weights, l.fits[k],
                      iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
              for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks)]
     fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "fitting"), problem.fitter)

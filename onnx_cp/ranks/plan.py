@@ -5,6 +5,8 @@ The budget modes live in ``budget.py``; what they decide, in ``selection.py``.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import onnx
 
 from onnx_cp.decompose import Fitter
@@ -22,10 +24,13 @@ LARGE = 256  # --max-error searches such layers in steps of 16 (their ranks are 
 
 
 def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], shapes, config,
-               fitter: Fitter | None = None, progress: Progress | None = None) -> RankPlan:
+               fitter: Fitter | None = None, progress: Progress | None = None,
+               weights: Callable[[ConvSite], object] | None = None) -> RankPlan:
     """A rank, or the Conv kept, for every site whose key is in ``chosen``, as ``config.selection``
     asks; ``--rank`` rules with a pattern fix the layers they match. ``fitter`` (tests) replaces
-    the solver."""
+    the solver. ``weights`` (calibration data) gives a site's data-aware weighting, or None:
+    the budget modes then fit every candidate to the layer's output error on real inputs."""
+    weights = weights or (lambda site: None)
     selection = config.selection
     plan = RankPlan({}, SelectionSummary(selection.mode))
     auto: list[BudgetLayer] = []
@@ -45,8 +50,8 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
         if cap < 1:
             plan.choices[site.key] = LayerChoice(None, reason="no CP rank is cheaper than this Conv")
             continue
-        auto.append(BudgetLayer(site, site.groups(), int(cap), float(before)))
-    tasks = [FitTask(s.key, s.name, s.groups(), plan.choices[s.key].rank, config.seed) for s in ruled]
+        auto.append(BudgetLayer(site, site.groups(), int(cap), float(before), weights=weights(site)))
+    tasks = [FitTask(s.key, s.name, s.groups(), plan.choices[s.key].rank, config.seed, weights(s)) for s in ruled]
     for key, fit in fit_all(tasks, config.fit_options(), config.worker_count(), progress, fitter).items():
         plan.choices[key].fit = fit
     if selection.mode == "max-error":
@@ -72,7 +77,10 @@ def _by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: i
                 reason=f"no rank up to the cap {layer.cap} reaches kernel error {max_error} "
                        f"(rank {worst.rank}: {worst.rel_error:.4f}); kept as it is")
             continue
-        plan.choices[layer.site.key] = LayerChoice(result.rank, result.fit, f"error<={max_error}",
+        # The bound is on the kernel error of a plain fit; with calibration data the rewrite
+        # refits the chosen rank data-aware, so this fit is not handed on.
+        fit = result.fit if layer.weights is None else None
+        plan.choices[layer.site.key] = LayerChoice(result.rank, fit, f"error<={max_error}",
                                                    cost=rank_cost_macs(layer.site, result.rank))
     plan.summary.max_error = max_error
 
