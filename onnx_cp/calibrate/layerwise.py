@@ -8,6 +8,7 @@ whatever its ops.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -63,6 +64,17 @@ def waves(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, int]:
     return wave
 
 
+# Adam's learning rate is set for a chain of this rank and falls as 1/sqrt(rank) above it: the
+# output moves by the sum of R terms' steps. On charcnn36's 128x24x9x9 layer at rank 48 the
+# recovered model read 89.4% of held-out crops at lr 1e-2, 91.0% at 5e-3 and 90.8% at 2e-3.
+LR_RANK = 16
+
+
+def rank_scaled_lr(lr: float, rank) -> float:
+    """``lr`` for a chain of ``rank`` terms (a rank that is not a number keeps ``lr``)."""
+    return lr * min(1.0, math.sqrt(LR_RANK / rank)) if isinstance(rank, int) and rank > 0 else lr
+
+
 def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], observed: dict[str, Observation],
                    x: np.ndarray, options: RecoveryOptions, max_time: float | None, threads: int = 1,
                    progress: Progress | None = None) -> list[LayerRecovery]:
@@ -73,11 +85,13 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
     done: list[LayerRecovery] = []
     start = time.perf_counter()
     todo = sorted(replacements, key=lambda r: order[r.site.key])
+    base = options
     for w in sorted(set(order.values())):
         layer_reps = [r for r in todo if order[r.site.key] == w]
         prefix = apply(model, done)
         inputs = _prefix_patches(prefix, layer_reps, observed, x, threads)
         for rep in layer_reps:
+            options = replace(base, lr=rank_scaled_lr(base.lr, rep.rank))
             if progress:
                 progress(f"recovering {rep.site.name}", len(done), len(replacements))
             left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
