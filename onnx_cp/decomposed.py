@@ -61,8 +61,12 @@ def forms(site: ConvSite, config) -> tuple[str, ...]:
     return (config.realize,) if config.realize in own else (own[0],)
 
 
-def candidates(site: ConvSite, rank, config) -> list[Candidate]:
-    """Every way to rewrite the site at ``rank`` (auto: within the cp4 form's cost at the CP rank)."""
+def candidates(site: ConvSite, rank, config, chosen: str | None = None) -> list[Candidate]:
+    """Every way to rewrite the site at ``rank`` (auto: within the cp4 form's cost at the CP rank,
+    or the forms of the decomposition ``chosen`` by rank selection at its rank)."""
+    if chosen is not None:
+        own = REALIZATIONS if chosen == "cp" else decompositions.get(chosen).forms
+        return [Candidate(f, rank) for f in own]
     if config.decomposition != "auto" or isinstance(site, LinearSite):
         return [Candidate(f, rank) for f in forms(site, config)]
     found = [Candidate(f, rank) for f in REALIZATIONS]
@@ -81,6 +85,11 @@ def candidates(site: ConvSite, rank, config) -> list[Candidate]:
         if r is not None:
             found.extend(Candidate(f, r) for f in d.forms)
     return found
+
+
+def first_form(decomposition: str) -> str:
+    """The form a decomposition's fits are keyed by (cp: cp4)."""
+    return decompositions.get(decomposition).forms[0]
 
 
 def owner(form: str) -> str:

@@ -38,8 +38,14 @@ class LinearSite(ConvSite):
 def find_linears(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[LinearSite]:
     """Every top-level Gemm and MatMul, eligible for svd when its weight is a constant float matrix."""
     index = GraphIndex(model.graph)
-    return [_site(index, node, i, shapes) for i, node in enumerate(model.graph.node)
-            if node.op_type in LINEAR_OPS and node.domain in ("", "ai.onnx")]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    sites = [_site(index, node, i, shapes) for i, node in enumerate(model.graph.node)
+             if node.op_type in LINEAR_OPS and node.domain in ("", "ai.onnx")]
+    for site in sites:
+        if site.op_type == "Gemm" and opset < 11 and site.reason is None:
+            # svd's first Gemm has no C, which Gemm takes only from opset 11 on
+            site.reason = f"a Gemm at opset {opset} needs a C input, which svd's first Gemm lacks (opset 11 on)"
+    return sites
 
 
 def _site(index: GraphIndex, node: onnx.NodeProto, i: int, shapes) -> LinearSite:

@@ -225,16 +225,20 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib: 
         if s.key not in chosen:
             continue
         c = plan.choices[s.key]
-        layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason), proxy=c.proxy, cost=c.cost))
+        chosen_by = c.decomposition if config.decomposition == "auto" and c.requested == "auto" else None
+        layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason, decomposition=chosen_by),
+                             proxy=c.proxy, cost=c.cost))
         if c.fit is not None:
-            fits[decomposed.fit_key(s, Candidate("cp4", c.rank), calib is not None)] = c.fit
+            form = decomposed.first_form(c.decomposition)
+            fits[decomposed.fit_key(s, Candidate(form, c.rank), calib is not None)] = c.fit
     return layers, plan.summary.to_dict(), fits
 
 
 def _candidates(model, ranked: list[_Layer], timing: Timing | None, config: RewriteConfig, progress) -> None:
     """Each layer's candidate forms and its FormChoice: with timing (realize auto), the candidates
     faster than the Conv alone, and ``original`` when there are none (never fitted)."""
-    offered = {l.site.key: decomposed.candidates(l.site, l.decision.rank, config) for l in ranked}
+    offered = {l.site.key: decomposed.candidates(l.site, l.decision.rank, config, l.decision.decomposition)
+               for l in ranked}
     timed = {}
     if config.realize == "auto" and ranked and timing is not None:
         if progress:

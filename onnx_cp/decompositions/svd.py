@@ -16,6 +16,7 @@ from onnx_cp.decompositions.base import Decomposition, Factors, mode_product, pa
 from onnx_cp.decompositions.calibration import whiten
 from onnx_cp.decompositions.nodes import NodeBuilder, full_conv_attrs, one_by_one, stacked_1x1
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.solver._threads import single_blas_thread
 
 
 def truncated(weight: np.ndarray, rank: int, sigma: np.ndarray | None = None
@@ -66,7 +67,8 @@ class SVD(Decomposition):
         self.check_stats(stats, groups)
         r = self.checked(rank, groups[0].shape)
         start = time.perf_counter()
-        fits = [truncated(kernel, r, None if stats is None else stats[g]) for g, kernel in enumerate(groups)]
+        with single_blas_thread():  # as the CP solver: fits run side by side in --jobs workers
+            fits = [truncated(kernel, r, None if stats is None else stats[g]) for g, kernel in enumerate(groups)]
         residual, total = sum(f[2] for f in fits), sum(f[3] for f in fits)
         return Factors(r, tuple((f[0], f[1]) for f in fits), float(np.sqrt(residual / max(total, 1e-300))),
                        time.perf_counter() - start)

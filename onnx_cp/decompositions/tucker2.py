@@ -20,6 +20,7 @@ from onnx_cp.decompositions.base import (Decomposition, Factors, mode_product, p
 from onnx_cp.decompositions.calibration import whiten
 from onnx_cp.decompositions.nodes import NodeBuilder, full_conv_attrs, one_by_one, stacked_1x1
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.solver._threads import single_blas_thread
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,13 @@ class Tucker2(Decomposition):
     def parse_rank(self, value) -> tuple[int, int]:
         return parse_ranks(value)
 
+    def options(self, cp_options):
+        """HOOI's defaults, its sweeps capped by ``max_iter`` of the CP solver's options (rank
+        selection's quick curve fits ask every candidate for a few iterations)."""
+        if cp_options is None or cp_options.max_iter >= Tucker2Options.max_iter:
+            return None
+        return Tucker2Options(max_iter=cp_options.max_iter)
+
     def applies(self, spec: ConvSpec) -> str | None:
         return spatial_with_channels(spec, "Tucker-2 adds stages around it", "Tucker-2 has no input side to reduce")
 
@@ -117,7 +125,8 @@ class Tucker2(Decomposition):
         for g, kernel in enumerate(groups):
             target, inverse = whiten(np.asarray(kernel, np.float64), None if stats is None else stats[g])
             warm = None if init is None else (init.groups[g][1], init.groups[g][2])
-            core, u_out, u_in = hooi(target, ranks, options, warm)
+            with single_blas_thread():  # as the CP solver: fits run side by side in --jobs workers
+                core, u_out, u_in = hooi(target, ranks, options, warm)
             targets.append(target)
             approx.append(mode_product(mode_product(core, u_out, 0), u_in, 1))
             fitted.append((core, u_out, u_in if inverse is None else inverse @ u_in))

@@ -12,6 +12,11 @@ The steps share one ``BudgetProblem``:
 5. allocation: the best of the knapsack, uniform-error and uniform-rank starts (refined by
    optuna with --search), re-allocated when the measured speed-up misses the target;
 6. final fits: only the kept candidates are fitted in full, each going on from its quick fit.
+
+With ``--decomposition auto`` a layer's candidates span several decompositions (``BudgetLayer.kinds``):
+CP and Tucker-2 for a k x k Conv, truncated SVD for a 1x1 Conv, a Gemm or a MatMul. Each is
+costed by the same latency model (its own forms timed at two ranks), damaged by the same proxy,
+and allocated by the same knapsack; an SVD curve is exact at every rank, so it is never refitted.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from onnx_cp.conv import align_rank
+from onnx_cp import decompositions
+from onnx_cp.conv import Cost, align_rank
 from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
 from onnx_cp.errors import OnnxCpError, shape_param
@@ -36,7 +42,7 @@ from onnx_cp.ranks.calibration import load_calibration
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.ranks.selection import LayerChoice, MeasuredRound, RankPlan
 from onnx_cp.realize import REALIZATIONS
-from onnx_cp.splice import Replacement, build_ranked, splice
+from onnx_cp.splice import Replacement, splice
 
 # NLS iterations of a curve fit. On a trained VGG-16 512x512x3x3 kernel, 10 iterations from the
 # SVD start reach 0.62 relative error at rank 240 where the full fit ends at 0.59: the curves
@@ -53,6 +59,20 @@ SHARE_RANGE = (1 / 3, 1.5)
 # 0.0100 to 0.0088, and at 2x they still took 70 of 178 s. Its 512x512x3x3 layer at rank 592:
 # quick fit 0.354 relative error in 6 s; 1.5x: 0.317 in 21 s, 3x: 0.312 in 39 s (correction included).
 FINAL_FIT_FACTOR = 1.0
+# The decompositions a layer may take under --decomposition auto with a budget, in order of
+# preference: CP and Tucker-2 where CP applies (k x k kernels), else SVD (1x1 kernels, Gemm, MatMul).
+SPATIAL = ("cp", "tucker2")
+POINTWISE = ("svd",)
+
+
+def budget_decompositions(site: ConvSite, decomposition: str) -> tuple[str, ...]:
+    """The decompositions whose candidates a layer gets: cp alone unless ``decomposition`` is auto."""
+    if decomposition != "auto":
+        return ("cp",)
+    spec = site.spec
+    if decompositions.get("cp").applies(spec) is None:
+        return tuple(d for d in SPATIAL if decompositions.get(d).applies(spec) is None)
+    return tuple(d for d in POINTWISE if decompositions.get(d).applies(spec) is None)
 
 
 @dataclass
@@ -61,23 +81,51 @@ class BudgetLayer:
 
     site: ConvSite
     groups: list[np.ndarray]
-    cap: int
+    cap: int  # CP's (0 when the layer has no CP candidates)
     before: float  # cost of the Conv as it is
-    ranks: list[int] = field(default_factory=list)
-    fits: list[LayerFit] = field(default_factory=list)
+    ranks: list = field(default_factory=list)  # per candidate, its decomposition's rank (tucker2: a pair)
+    fits: list = field(default_factory=list)  # LayerFit (cp) or decompositions.Factors
     costs: list[float] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)  # layer output error per rank
     weight: float = 1.0  # sensitivity of the final outputs to this layer's output error
     uniform: int = 0  # this layer's rank in the one-rank-for-all allocation
     weights: object = None  # per group, the data-aware weighting of its fits (calibrate.GroupWeights)
+    decompositions: tuple[str, ...] = ("cp",)  # what the candidates may be
+    kinds: list[str] = field(default_factory=list)  # per candidate, its decomposition (empty: all cp)
 
     def options(self) -> tuple[list[float], list[float]]:
         """Costs and damages of every option: each candidate rank, then the Conv kept as it is."""
         return self.costs + [self.before], [self.weight * e * e for e in self.errors] + [0.0]
 
+    def kind(self, k: int) -> str:
+        return self.kinds[k] if self.kinds else "cp"
+
+    def factors(self, k: int) -> list[tuple[np.ndarray, ...]]:
+        fit = self.fits[k]
+        return [f.factors for f in fit.fits] if isinstance(fit, LayerFit) else list(fit.groups)
+
     def chosen(self, k: int):
         """(site, rank, per-group factors) of option ``k``, or None when it keeps the Conv."""
-        return None if k == len(self.ranks) else (self.site, self.ranks[k], [f.factors for f in self.fits[k].fits])
+        return None if k == len(self.ranks) else (self.site, self.ranks[k], self.factors(k))
+
+    def label(self, k: int):
+        """Candidate ``k`` in a message or a search space: a CP rank as it is, another as 'svd:16'."""
+        kind, rank = self.kind(k), self.ranks[k]
+        return rank if kind == "cp" else f"{kind}:{'x'.join(map(str, rank)) if isinstance(rank, tuple) else rank}"
+
+    def uniform_index(self) -> int:
+        """The candidate of the one-rank-for-all allocation (the first decomposition's)."""
+        first = self.kind(0)
+        return next(k for k, r in enumerate(self.ranks) if r == self.uniform and self.kind(k) == first)
+
+    @property
+    def stats(self):
+        """Per group, the input-channel covariance behind the data-aware weighting (svd and tucker2
+        fit the layer's output with it), or None."""
+        if not self.weights:
+            return None
+        modes = [w.modes[1] for w in self.weights]
+        return None if any(m is None for m in modes) else [a @ a for a, _ in modes]
 
 
 @dataclass
@@ -113,16 +161,20 @@ class BudgetProblem:
         """The CP forms the rewrite may give a layer: both when it times them (realize auto)."""
         return REALIZATIONS if self.config.realize not in REALIZATIONS else (self.config.realize,)
 
-    def form(self, site: ConvSite, rank: int) -> str:
+    def form(self, site: ConvSite, rank, kind: str = "cp") -> str:
         """The form the rewrite will likely choose: the faster at ``rank`` by the latency model."""
+        if kind != "cp":
+            own = decompositions.get(kind).forms
+            return self.latency.option_form(site, kind, rank) if self.latency is not None else own[0]
         return self.latency.form(site, rank) if self.latency is not None else self.forms[0]
 
     def variant(self, picks: list[int]) -> onnx.ModelProto:
         """The model with the picked ranks, each layer in its likely form, so that a measured
         round times what the rewrite will build."""
-        chosen = [c for c in (l.chosen(k) for l, k in zip(self.auto, picks)) if c is not None]
-        return splice(self.model, [Replacement(site, self.form(site, rank), rank, factors)
-                                   for site, rank, factors in chosen + self.ruled_layers()])[0]
+        chosen = [(l.kind(k),) + l.chosen(k) for l, k in zip(self.auto, picks) if k < len(l.ranks)]
+        chosen += [("cp",) + c for c in self.ruled_layers()]
+        return splice(self.model, [Replacement(site, self.form(site, rank, kind), rank, factors)
+                                   for kind, site, rank, factors in chosen])[0]
 
     @property
     def threads(self) -> int:
@@ -221,11 +273,65 @@ def _candidates(problem: BudgetProblem, progress: Progress | None) -> None:
     share = macs = _macs_share(problem)
     if selection.target_speedup and (selection.measure or selection.cost == "latency"):
         share = _latency_share(problem, share, progress)
-    uniform = uniform_rank(problem.auto, share * sum(float(l.site.cost.macs) for l in problem.auto))
+    with_cp = [l for l in problem.auto if "cp" in l.decompositions]
+    uniform = uniform_rank(with_cp, share * sum(float(l.site.cost.macs) for l in with_cp)) if with_cp else 1
     for layer in problem.auto:
-        grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank, upto=macs)
-        layer.uniform = max(1, config.align_rank(min(uniform, layer.cap)))
-        layer.ranks = sorted(set(grid) | {layer.uniform})
+        ranks, kinds = [], []
+        for kind in layer.decompositions:
+            if kind == "cp":
+                grid = candidate_ranks(layer.cap, share, selection.candidates, config.align_rank, upto=macs)
+                layer.uniform = max(1, config.align_rank(min(uniform, layer.cap)))
+                found = sorted(set(grid) | {layer.uniform})
+                if len(layer.decompositions) > 1:  # auto: Tucker-2 covers the costly end
+                    top = max(1, config.align_rank(_cp_limit(layer.site)))
+                    layer.uniform = min(layer.uniform, top)
+                    found = sorted({min(r, top) for r in found})
+            else:
+                found = other_ranks(layer.site, kind, share, selection.candidates, config.align_rank, upto=macs)
+                if not kinds:  # the uniform allocation's candidate: the rank at the common share
+                    layer.uniform = _rank_at(layer.site, kind, share, config.align_rank) or found[0]
+                    found = sorted(set(found) | {layer.uniform}, key=_order)
+            ranks += found
+            kinds += [kind] * len(found)
+        layer.ranks = ranks
+        layer.kinds = kinds if layer.decompositions != ("cp",) else []
+
+
+def _cp_limit(site: ConvSite) -> int:
+    """The highest CP rank ``--decomposition auto`` fits for a layer that Tucker-2 can also take:
+    the larger channel count of a group. A CP fit's time grows with the cube of its rank (a
+    512x512x3x3 kernel at rank 1145: 16 s per iteration), and a target that leaves a layer more
+    than that has Tucker-2 candidates of the same cost."""
+    return max(site.spec.out_per_group, site.spec.in_per_group)
+
+
+def _order(rank):
+    return rank if isinstance(rank, tuple) else (rank,)
+
+
+def _rank_at(site: ConvSite, kind: str, fraction: float, align: Callable[[int], int]):
+    """``kind``'s largest rank whose first form costs under ``fraction`` of the Conv's multiply-adds."""
+    macs = float(site.cost.macs)
+    budget = Cost(int(math.ceil(fraction * macs)) + 1, 1 << 62)
+    try:
+        return decompositions.get(kind).rank_within(site.spec, site.in_shape, site.out_shape, budget, None, align)
+    except OnnxCpError:
+        return None
+
+
+def other_ranks(site: ConvSite, kind: str, share: float, count: int, align: Callable[[int], int] = align_rank,
+                upto: float = 0.0) -> list:
+    """About ``count`` ranks of ``kind`` (not cp) whose multiply-adds span ``SHARE_RANGE`` times
+    ``share`` of the Conv's (up to ``upto`` of them when that is higher), as ``candidate_ranks``
+    spans CP's cap; at least the smallest rank."""
+    lo = max(share * SHARE_RANGE[0], 1e-3)
+    hi = min(1.0, max(share * SHARE_RANGE[1], upto))
+    fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
+    found = {r for r in (_rank_at(site, kind, float(f), align) for f in fractions) if r is not None}
+    if not found:
+        smallest = decompositions.get(kind).concrete(1, site.spec)
+        found = {smallest}
+    return sorted(found, key=_order)
 
 
 def _macs_share(problem: BudgetProblem) -> float:
@@ -242,14 +348,28 @@ def _latency_share(problem: BudgetProblem, share: float, progress: Progress | No
     """The share of the cap at which every automatic layer's CP form, timed with placeholder
     factors, makes the whole model ``target_speedup`` faster (the latency model is kept for
     ``_costs``)."""
-    timing = _latency_model(problem, {l.site.key: max(1, int(0.02 * l.cap)) for l in problem.auto},
-                            {l.site.key: max(2, int(share * l.cap)) for l in problem.auto}, progress)
+    align = problem.config.align_rank
+    mixed = any(l.decompositions != ("cp",) for l in problem.auto)  # --decomposition auto
+    probes = {}
+    for l in problem.auto:
+        for kind in l.decompositions:
+            if kind == "cp" and not mixed:
+                probes[l.site.key, kind] = (max(1, int(0.02 * l.cap)), max(2, int(share * l.cap)))
+            elif kind == "cp":
+                probes[l.site.key, kind] = (max(1, align(int(share * SHARE_RANGE[0] * l.cap))),
+                                            max(2, align(int(share * l.cap))))
+            else:  # the ends of its candidates' range: every form has a fixed cost too, and a rank far
+                # below the candidates' (2% of the Conv) lands off onnxruntime's NCHWc blocks
+                low = _rank_at(l.site, kind, share * SHARE_RANGE[0], align) or \
+                    decompositions.get(kind).concrete(1, l.site.spec)
+                probes[l.site.key, kind] = (low, _rank_at(l.site, kind, share, align) or low)
+    timing = _latency_model(problem, probes, progress)
     target = timing.total_ms / problem.selection.target_speedup
     auto_before = sum(timing.cost(l.site, None) for l in problem.auto)
-    # each layer's line of the form that is fastest at the high probe rank
-    lines = [timing.line(l.site, max(2, int(share * l.cap))) for l in problem.auto]
+    # each layer's line, against the share, of the option that is fastest at the high probe
+    lines = [_share_line(timing, l, share, probes) for l in problem.auto]
     offsets = sum(a for a, _ in lines)
-    slopes = sum(b * l.cap for (_, b), l in zip(lines, problem.auto))
+    slopes = sum(b for _, b in lines)
     rest = timing.total_ms - auto_before + sum(
         timing.cost(s, problem.plan.choices[s.key].rank) - timing.cost(s, None) for s in problem.ruled)
     if slopes <= 0:
@@ -257,15 +377,46 @@ def _latency_share(problem: BudgetProblem, share: float, progress: Progress | No
     return float(np.clip((target - rest - offsets) / slopes, 0.01, 1.0))
 
 
-def _latency_model(problem: BudgetProblem, low: dict, high: dict, progress: Progress | None) -> costs.LatencyModel:
-    """Per-layer latency of the model with every automatic layer at ``low`` and at ``high`` ranks."""
+def _share_line(timing: costs.LatencyModel, layer: BudgetLayer, share: float, probes: dict) -> tuple[float, float]:
+    """(offset, slope) of the layer's time against the share of its cost it keeps, for the option
+    fastest at ``share``: a CP form's line in its rank times the cap, another's in its
+    multiply-adds times the Conv's."""
+    best = None
+    for kind in layer.decompositions:
+        high = probes[layer.site.key, kind][1]
+        if kind == "cp":
+            a, b = timing.line(layer.site, high)
+            line = (a, b * layer.cap)
+        else:
+            a, b = timing.affine[layer.site.node.output[0]][timing.option_form(layer.site, kind, high)]
+            line = (a, b * float(layer.site.cost.macs))
+        if best is None or line[0] + line[1] * share < best[0] + best[1] * share:
+            best = line
+    return best
+
+
+def _latency_model(problem: BudgetProblem, probes: dict, progress: Progress | None) -> costs.LatencyModel:
+    """Per-layer latency of the model with every automatic layer's options at a low and a high
+    rank (``probes``: (site key, decomposition) -> (low, high)), each in every form the rewrite
+    may give it; the ruled layers at their ranks."""
     config, plan = problem.config, problem.plan
     if progress:
         progress("timing layers in onnxruntime", 0, 1)
     profiler = costs.onnxruntime_profiler(config.threads, config.opt_level, config.input_shapes)
-    fixed_ranks = {s.key: plan.choices[s.key].rank for s in problem.ruled}
-    problem.latency = costs.measure_latency_model(problem.model, [l.site for l in problem.auto] + problem.ruled,
-                                                  low | fixed_ranks, high | fixed_ranks, profiler, problem.forms)
+    slots = []
+    for l in problem.auto:
+        forms = []
+        # cp last: the first slot then times every layer in a dense form (Tucker-2 beside SVD), as
+        # onnxruntime's NCHWc layout runs them through; CP's depthwise stages leave it, and the
+        # layout conversions that costs land on the neighbouring layers' times
+        for kind in sorted(l.decompositions, key=lambda k: k == "cp"):
+            low, high = probes[l.site.key, kind]
+            forms += [(f, low, high) for f in (problem.forms if kind == "cp" else decompositions.get(kind).forms)]
+        slots.append((l.site, forms))
+    for s in problem.ruled:
+        rank = plan.choices[s.key].rank
+        slots.append((s, [(f, rank, rank) for f in problem.forms]))
+    problem.latency = costs.measure_probes(problem.model, slots, profiler)
     return problem.latency
 
 
@@ -273,19 +424,25 @@ def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
     """Every candidate's cost, the fixed rest and the target; refuses an unreachable target."""
     selection, plan = problem.selection, problem.plan
     auto, ruled = problem.auto, problem.ruled
-    if selection.cost == "macs":
+    # --decomposition auto costs its options by the latency model wherever the selection measured
+    # one: multiply-adds say little about how CP's depthwise stages compare with Tucker-2's or an
+    # SVD's dense ones in onnxruntime
+    by_latency = selection.cost == "latency" or (problem.latency is not None and any(l.kinds for l in auto))
+    if not by_latency:
         total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
-        unit_cost = lambda site, rank: float(  # noqa: E731
-            costs.rank_cost_macs(site, rank) if rank is not None else site.cost.macs)
+        unit_cost = lambda site, rank, kind="cp": float(  # noqa: E731
+            costs.option_macs(site, kind, rank) if rank is not None else site.cost.macs)
     else:
-        timing = problem.latency or _latency_model(problem, {l.site.key: l.ranks[0] for l in auto},
-                                                   {l.site.key: l.ranks[-1] for l in auto}, progress)
-        total, unit_cost = timing.total_ms, timing.cost
+        timing = problem.latency or _latency_model(problem, _span(auto), progress)
+        total = timing.total_ms
+        unit_cost = lambda site, rank, kind="cp": (  # noqa: E731
+            timing.cost(site, rank) if kind == "cp" or rank is None else timing.option_cost(site, kind, rank))
     for layer in auto:
         layer.before = unit_cost(layer.site, None)
-        layer.costs = [unit_cost(layer.site, r) for r in layer.ranks]
+        layer.costs = [unit_cost(layer.site, r, layer.kind(k)) for k, r in enumerate(layer.ranks)]
     ruled_delta = sum(unit_cost(s, plan.choices[s.key].rank) - unit_cost(s, None) for s in ruled)
     problem.unit_cost, problem.total = unit_cost, total
+    plan.summary.cost = "latency" if by_latency else "macs"
     problem.fixed = total - sum(l.before for l in auto) + ruled_delta
     problem.target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
     summary = plan.summary
@@ -295,7 +452,17 @@ def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
         raise OnnxCpError(
             f"{selection.describe()} is out of reach: the layers not rewritten cost {problem.fixed / total:.0%} of "
             f"the model, so the smallest candidate ranks reach at most {total / cheapest:.2f}x "
-            f"({cheapest:.4g} of {total:.4g} {selection.cost}); ask for less or select more layers")
+            f"({cheapest:.4g} of {total:.4g} {plan.summary.cost}); ask for less or select more layers")
+
+
+def _span(auto: list[BudgetLayer]) -> dict:
+    """(site key, decomposition) -> (its lowest candidate rank, its highest)."""
+    span = {}
+    for l in auto:
+        for k, r in enumerate(l.ranks):
+            key = (l.site.key, l.kind(k))
+            span[key] = (span.get(key, (r, r))[0], r)
+    return span
 
 
 def _calibrate(problem: BudgetProblem) -> None:
@@ -312,11 +479,20 @@ def _fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
     """Every candidate of every layer, fitted briefly, in parallel."""
     config = problem.config
     options = replace(config.fit_options(), max_iter=min(config.max_iter, CURVE_ITERATIONS), stabilize="never")
-    tasks = [FitTask((i, r), f"{l.site.name} rank {r}", l.groups, r, config.seed, l.weights)
-             for i, l in enumerate(problem.auto) for r in l.ranks]
+    tasks = [_task(l, (i, k), k, config.seed) for i, l in enumerate(problem.auto) for k in range(len(l.ranks))]
     fits = fit_all(tasks, options, config.worker_count(), staged(progress, "curves"), problem.fitter)
     for i, layer in enumerate(problem.auto):
-        layer.fits = [fits[(i, r)] for r in layer.ranks]
+        layer.fits = [fits[(i, k)] for k in range(len(layer.ranks))]
+
+
+def _task(layer: BudgetLayer, key, k: int, seed: int, **more) -> FitTask:
+    """The fit of candidate ``k``: CP's data-aware weighting, or another decomposition's own fit
+    (with the layer's input-channel covariance under --calib)."""
+    kind, rank = layer.kind(k), layer.ranks[k]
+    if kind == "cp":
+        return FitTask(key, f"{layer.site.name} rank {rank}", layer.groups, rank, seed, layer.weights, **more)
+    return FitTask(key, f"{layer.site.name} {layer.label(k)}", layer.groups, rank, seed, decomposition=kind,
+                   stats=layer.stats)
 
 
 def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
@@ -333,8 +509,9 @@ def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
         if progress:
             progress(f"{layer.site.name} feature-map error", k, 2 * len(auto))
         node = layer.site.node
-        weight = np.asarray(layer.site.weight.value, dtype=np.float64)
-        layer.errors = proxy.layer_errors(node, weight, layer.fits, got[node.input[0]], got[node.output[0]],
+        weight = np.concatenate([np.asarray(g, dtype=np.float64) for g in layer.groups], axis=0)
+        kernels = [_kernel(layer, j) for j in range(len(layer.ranks))]
+        layer.errors = proxy.layer_errors(node, weight, kernels, got[node.input[0]], got[node.output[0]],
                                           opset, threads)
     for k, layer in enumerate(auto):
         if progress:
@@ -342,9 +519,17 @@ def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
         mid = len(layer.ranks) // 2
         if layer.errors[mid] <= 0:
             continue
-        variant = build_ranked(model, [layer.chosen(mid)])
+        kind = layer.kind(mid)
+        form = "cp4" if kind == "cp" else decompositions.get(kind).forms[0]
+        variant = splice(model, [Replacement(layer.site, form, layer.ranks[mid], layer.factors(mid))])[0]
         out = proxy.output_error(proxy.run(variant, problem.feeds, threads), problem.reference)
         layer.weight = (out / layer.errors[mid]) ** 2
+
+
+def _kernel(layer: BudgetLayer, k: int) -> np.ndarray:
+    """The weight candidate ``k`` rebuilds (groups stacked along the output channels; a Gemm's or
+    MatMul's as its (out, in) matrix), by each decomposition's own ``kernels`` (BLAS products)."""
+    return np.concatenate(decompositions.get(layer.kind(k)).kernels(layer.factors(k)), axis=0)
 
 
 def _allocate(problem: BudgetProblem, budget: float, progress: Progress | None) -> list[int]:
@@ -364,7 +549,7 @@ def _allocate(problem: BudgetProblem, budget: float, progress: Progress | None) 
     known = {tuple(p): v for v, p in starts.values()}
     picks, value = refine(options, budget, known, problem.output_error, selection.search, selection.seed,
                           progress, storage=selection.storage, study_name=selection.study_name,
-                          space=[(l.site.name, l.ranks) for l in problem.auto])
+                          space=[(l.site.name, [l.label(k) for k in range(len(l.ranks))]) for l in problem.auto])
     summary.search_trials, summary.output_error = selection.search, value
     return picks
 
@@ -381,7 +566,7 @@ def _starts(auto: list[BudgetLayer], options, budget: float) -> dict[str, list[i
         starts["uniform error"] = uniform_error(kernel_errors, costs_, budget)
     except OnnxCpError:
         pass
-    starts["uniform rank"] = repair([l.ranks.index(l.uniform) for l in auto], options, budget)
+    starts["uniform rank"] = repair([l.uniform_index() for l in auto], options, budget)
     return starts
 
 
@@ -422,14 +607,16 @@ def _fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | Non
     """Fit the kept candidates in full, each going on from its quick curve fit, and measure the
     allocation's output error again with them."""
     config = problem.config
-    tasks = [FitTask(i, f"{l.site.name} rank {l.ranks[k]}", l.groups, l.ranks[k], config.seed, l.weights, l.fits[k],
-                     iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
-             for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks)]
+    # CP only: an SVD candidate is exact at its rank already, and HOOI's sweeps past the curve's
+    # CURVE_ITERATIONS lower a Tucker-2 fit's error by little (a random 512x512x3x3 kernel at ranks
+    # 160: 0.8585 after 5 sweeps, 0.8572 after 100, which took 50 s on one core)
+    tasks = [_task(l, i, k, config.seed, init=l.fits[k], iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
+             for i, (l, k) in enumerate(zip(problem.auto, picks)) if k < len(l.ranks) and l.kind(k) == "cp"]
     fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "fitting"), problem.fitter)
     for i, fit in fits.items():
         layer = problem.auto[i]
         layer.fits[picks[i]] = fit
-    if tasks:
+    if any(k < len(l.ranks) for l, k in zip(problem.auto, picks)):
         problem.plan.summary.final_output_error = problem.output_error(picks)
 
 
@@ -439,13 +626,18 @@ def _record(problem: BudgetProblem, picks: list[int]) -> None:
     summary.budget, summary.total_after = problem.target - problem.fixed, spent
     summary.predicted_speedup = problem.total / spent
     plan.layers, plan.picks = problem.auto, picks
+    kinds: dict[str, int] = {}
     for layer, k in zip(problem.auto, picks):
         if k == len(layer.ranks):
             plan.choices[layer.site.key] = LayerChoice(
-                None, requested="auto", reason="the allocation keeps this Conv", cost=layer.before)
+                None, requested="auto", reason=f"the allocation keeps this {layer.site.op_type}", cost=layer.before)
         else:
             plan.choices[layer.site.key] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
-                                                       proxy=layer.errors[k], cost=layer.costs[k])
+                                                       proxy=layer.errors[k], cost=layer.costs[k],
+                                                       decomposition=layer.kind(k))
+            kinds[layer.kind(k)] = kinds.get(layer.kind(k), 0) + 1
+    if any(l.kinds for l in problem.auto):
+        summary.decompositions = kinds
     for site in problem.ruled:
         plan.choices[site.key].cost = problem.unit_cost(site, plan.choices[site.key].rank)
 

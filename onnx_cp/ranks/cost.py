@@ -12,20 +12,42 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from onnx_cp import decompositions
 from onnx_cp.conv import attributes, cp_cost
 from onnx_cp.discover import ConvSite
-from onnx_cp.splice import build_ranked, placeholder_factors
+from onnx_cp.realize import REALIZATIONS
+from onnx_cp.splice import Replacement, placeholder_factors, splice
 
 
 def rank_cost_macs(site: ConvSite, rank: int) -> int:
     return cp_cost("cp4", site.spec, rank, site.in_shape, site.out_shape, False).macs
 
 
+def option_macs(site: ConvSite, decomposition: str, rank) -> int:
+    """Multiply-adds of ``decomposition``'s first form at ``rank`` (cp: cp4, as ``rank_cost_macs``)."""
+    if decomposition == "cp":
+        return rank_cost_macs(site, rank)
+    d = decompositions.get(decomposition)
+    return d.cost(d.forms[0], site.spec, rank, site.in_shape, site.out_shape, False).macs
+
+
+def size(site: ConvSite, form: str, rank) -> float:
+    """Where a form's latency line is drawn: a CP form's rank, another form's multiply-adds (a
+    Tucker-2 core grows with the square of its rank, while its time follows its work)."""
+    if form in REALIZATIONS:
+        return float(rank)
+    return float(decompositions.for_form(form).cost(form, site.spec, rank, site.in_shape, site.out_shape,
+                                                    False).macs)
+
+
 def model_macs(model: onnx.ModelProto, sites: Sequence[ConvSite], shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Multiply-adds per inference of every Conv (known shapes), Gemm and MatMul."""
+    """Multiply-adds per inference of every Conv (known shapes), Gemm and MatMul (each once: a
+    Gemm or MatMul among ``sites`` counts there)."""
     total = sum(s.cost.macs for s in sites if s.cost is not None and s.cost.macs is not None)
+    counted = {s.key for s in sites if s.op_type in ("Gemm", "MatMul") and s.cost is not None
+               and s.cost.macs is not None}
     for node in model.graph.node:
-        if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2:
+        if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2 or node.output[0] in counted:
             continue
         a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
         if not a or not out:
@@ -37,16 +59,35 @@ def model_macs(model: onnx.ModelProto, sites: Sequence[ConvSite], shapes: Mappin
 
 @dataclass
 class LatencyModel:
-    """Per-layer latency as measured in place: original time, and ``a + b * rank`` for each CP form."""
+    """Per-layer latency as measured in place: original time, and ``a + b * x`` for each form,
+    x its rank for a CP form, its multiply-adds for another (``size``)."""
 
     total_ms: float
     original_ms: dict[str, float]  # Conv output name -> ms
     affine: dict[str, dict[str, tuple[float, float]]]  # Conv output name -> form -> (a, b)
 
     def form(self, site: ConvSite, rank: int) -> str:
-        """The form that runs fastest at ``rank``."""
-        lines = self.affine[site.node.output[0]]
+        """The CP form that runs fastest at ``rank``."""
+        lines = {f: line for f, line in self.affine[site.node.output[0]].items() if f in REALIZATIONS}
         return min(lines, key=lambda f: lines[f][0] + lines[f][1] * rank)
+
+    def form_cost(self, site: ConvSite, form: str, rank) -> float:
+        a, b = self.affine[site.node.output[0]][form]
+        return max(1e-6, a + b * size(site, form, rank))
+
+    def option_form(self, site: ConvSite, decomposition: str, rank) -> str:
+        """``decomposition``'s form that runs fastest at ``rank`` (among those measured)."""
+        if decomposition == "cp":
+            return self.form(site, rank)
+        lines = self.affine[site.node.output[0]]
+        return min((f for f in decompositions.get(decomposition).forms if f in lines),
+                   key=lambda f: self.form_cost(site, f, rank))
+
+    def option_cost(self, site: ConvSite, decomposition: str, rank) -> float:
+        """The time of ``decomposition`` at ``rank`` in its fastest form (cp: as ``cost``)."""
+        if decomposition == "cp":
+            return self.cost(site, rank)
+        return self.form_cost(site, self.option_form(site, decomposition, rank), rank)
 
     def line(self, site: ConvSite, rank: int) -> tuple[float, float]:
         """(a, b) of the fastest form at ``rank``."""
@@ -74,6 +115,10 @@ def onnxruntime_profiler(threads: int, opt_level: str, shapes: Mapping[str, tupl
     return measure
 
 
+# One site's forms to time: (form, low rank, high rank) each, in the decomposition's rank.
+Probe = tuple[ConvSite, Sequence[tuple[str, object, object]]]
+
+
 def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low: Mapping[str, int],
                           high: Mapping[str, int], profiler: Profiler, forms: Sequence[str] = ("cp4",)) -> LatencyModel:
     """Profile the model as it is, and with every site in each of ``forms`` at its ``low`` rank
@@ -81,18 +126,29 @@ def measure_latency_model(model: onnx.ModelProto, sites: Sequence[ConvSite], low
 
     The variants get placeholder factors: time does not depend on the values.
     """
-    def variant(ranks: Mapping[str, int], form: str) -> onnx.ModelProto:
-        return build_ranked(model, [(s, ranks[s.key], placeholder_factors(s, ranks[s.key])) for s in sites], form)
+    return measure_probes(model, [(s, [(f, low[s.key], high[s.key]) for f in forms]) for s in sites], profiler)
 
-    (total, base), *timed = profiler([model] + [variant(ranks, f) for f in forms for ranks in (low, high)])
+
+def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], profiler: Profiler) -> LatencyModel:
+    """Profile the model as it is, then two variants per slot: the i-th slot puts every site in
+    its i-th form, at that form's low rank and then at its high rank (a site with fewer forms stays
+    a Conv there), placeholder factors throughout."""
+    slots = max((len(forms) for _, forms in probes), default=0)
+
+    def variant(slot: int, end: int) -> onnx.ModelProto:
+        chosen = [(site, forms[slot][0], forms[slot][1 + end]) for site, forms in probes if slot < len(forms)]
+        return splice(model, [Replacement(site, form, rank, placeholder_factors(site, rank, form=form))
+                              for site, form, rank in chosen])[0]
+
+    (total, base), *timed = profiler([model] + [variant(slot, end) for slot in range(slots) for end in (0, 1)])
     original, affine = {}, {}
-    for site in sites:
+    for site, forms in probes:
         out = site.node.output[0]
         original[out] = base.get(out, 0.0)
-        r0, r1 = low[site.key], high[site.key]
         affine[out] = {}
-        for k, form in enumerate(forms):
+        for k, (form, r0, r1) in enumerate(forms):
+            x0, x1 = size(site, form, r0), size(site, form, r1)
             t0, t1 = timed[2 * k][1].get(out, 0.0), timed[2 * k + 1][1].get(out, 0.0)
-            slope = max(0.0, (t1 - t0) / (r1 - r0)) if r1 != r0 else 0.0
-            affine[out][form] = (max(0.0, t0 - slope * r0), slope)
+            slope = max(0.0, (t1 - t0) / (x1 - x0)) if x1 != x0 else 0.0
+            affine[out][form] = (max(0.0, t0 - slope * x0), slope)
     return LatencyModel(total, original, affine)

@@ -9,12 +9,13 @@ from typing import Callable
 
 import onnx
 
+from onnx_cp import decompositions
 from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
 from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.cost import rank_cost_macs
-from onnx_cp.ranks.budget import BudgetLayer, by_budget
+from onnx_cp.ranks.budget import BudgetLayer, budget_decompositions, by_budget
 from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
 from onnx_cp.ranks.rules import choose_rank, rank_unit_cost
 from onnx_cp.ranks.search import smallest_rank
@@ -45,12 +46,21 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
             if decision.rank is not None:
                 ruled.append(site)
             continue
+        kinds = budget_decompositions(site, config.decomposition if selection.mode != "max-error" else "cp")
         before, per_rank = rank_unit_cost(site, config.realize)
         cap = before // per_rank if config.cap_rank else 2 * max(1, before // per_rank)
-        if cap < 1:
-            plan.choices[site.key] = LayerChoice(None, reason="no CP rank is cheaper than this Conv")
+        if kinds != ("cp",):  # --decomposition auto: cp where a CP rank is cheaper, the others where theirs are
+            kinds = tuple(k for k in kinds if (cap >= 1 if k == "cp" else _cheaper(site, k)))
+            cap = cap if "cp" in kinds else 0
+        elif cap < 1:
+            kinds = ()
+        if not kinds:
+            what = "CP rank" if config.decomposition != "auto" or selection.mode == "max-error" else \
+                "rank of cp, tucker2 or svd"
+            plan.choices[site.key] = LayerChoice(None, reason=f"no {what} is cheaper than this Conv")
             continue
-        auto.append(BudgetLayer(site, site.groups(), int(cap), float(before), weights=weights(site)))
+        auto.append(BudgetLayer(site, site.groups(), int(cap), float(before), weights=weights(site),
+                                decompositions=kinds))
     tasks = [FitTask(s.key, s.name, s.groups(), plan.choices[s.key].rank, config.seed, weights(s)) for s in ruled]
     for key, fit in fit_all(tasks, config.fit_options(), config.worker_count(), progress, fitter).items():
         plan.choices[key].fit = fit
@@ -61,6 +71,12 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
     else:
         by_budget(plan, model, sites, shapes, auto, ruled, config, fitter, progress)
     return plan
+
+
+def _cheaper(site: ConvSite, kind: str) -> bool:
+    """Whether some rank of ``kind`` costs fewer multiply-adds than the layer."""
+    return site.cost is not None and site.cost.macs is not None and \
+        decompositions.get(kind).cap(site.spec, site.in_shape, site.out_shape) is not None
 
 
 def _by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: int, fitter: WarmFitter,

@@ -2,7 +2,8 @@
 
 - layer error: ||conv(x, K - K_cp)|| / ||conv(x, K) + b|| over the calibration inputs x that
   reach the layer in the original model (the residual kernel in a one-node model with the
-  Conv's own attributes, so strides, pads, dilations and groups are exact);
+  Conv's own attributes, so strides, pads, dilations and groups are exact; for a Gemm or MatMul,
+  alpha x' (W - W_hat)^T in numpy), whichever decomposition made K_cp;
 - output error: ||f_cp(x) - f(x)|| / ||f(x)|| over every float output of the whole model.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_cp.conv import attributes
 from onnx_cp.decompositions.cp import cp_kernel
 from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.runtime import open_session, session_options
@@ -67,17 +69,34 @@ def fitted_kernel(fit: LayerFit) -> np.ndarray:
     return np.concatenate([cp_kernel(*f.factors) for f in fit.fits], axis=0)
 
 
-def layer_errors(node: onnx.NodeProto, weight: np.ndarray, fits: Sequence[LayerFit], inputs: np.ndarray,
+def layer_errors(node: onnx.NodeProto, weight: np.ndarray, kernels: Sequence[np.ndarray], inputs: np.ndarray,
                  outputs: np.ndarray, opset: int, threads: int = 1) -> list[float]:
-    """Relative error of the layer's output feature maps for each fit, on the captured inputs."""
+    """Relative error of the layer's output feature maps for each approximate kernel (a LayerFit:
+    its CP kernel), on the captured inputs. A Gemm's or MatMul's ``weight`` and kernels are
+    (out, in) matrices."""
     norm = float(np.linalg.norm(outputs.astype(np.float64)))
     errors = []
-    for fit in fits:
-        residual = (weight.astype(np.float64) - fitted_kernel(fit)).astype(inputs.dtype)
-        sess = session(residual_conv(node, residual, opset), threads)
-        delta = sess.run(None, {"x": inputs})[0]
+    for kernel in kernels:
+        approx = fitted_kernel(kernel) if isinstance(kernel, LayerFit) else kernel
+        residual = weight.astype(np.float64) - approx
+        if node.op_type in ("Gemm", "MatMul"):
+            delta = linear_residual(node, residual, inputs)
+        else:
+            sess = session(residual_conv(node, residual.astype(inputs.dtype), opset), threads)
+            delta = sess.run(None, {"x": inputs})[0]
         errors.append(float(np.linalg.norm(delta.astype(np.float64))) / norm if norm else 0.0)
     return errors
+
+
+def linear_residual(node: onnx.NodeProto, residual: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """What an (out, in) weight error adds to a Gemm's or MatMul's output: alpha A' E^T (Gemm),
+    X E^T over X's last axis (MatMul)."""
+    x = np.asarray(inputs, np.float64)
+    if node.op_type == "MatMul":
+        return x.reshape(-1, x.shape[-1]) @ residual.T
+    attrs = attributes(node)
+    rows = x.T if attrs.get("transA", 0) else x
+    return float(attrs.get("alpha", 1.0)) * (rows @ residual.T)
 
 
 def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]) -> float:

@@ -65,7 +65,7 @@ def refine(options, budget: float, starts: dict[tuple[int, ...], float], evaluat
     if storage is None:
         study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     else:
-        space = [[str(n), [int(r) for r in ranks]] for n, ranks in space] if space is not None else \
+        space = [[str(n), [_rank_label(r) for r in ranks]] for n, ranks in space] if space is not None else \
             [[name, list(range(len(o[0]) - 1))] for name, o in zip(names, options)]
         study = _shared_study(optuna, storage, study_name, space, seed)
     known = _known(study, options)
@@ -244,6 +244,11 @@ def _study(name: str) -> str:
 def _shown(url: str) -> str:
     """The URL with any password hidden."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _rank_label(rank):
+    """A candidate in the study's space: a CP rank as an int, another decomposition's as its label."""
+    return rank if isinstance(rank, str) else int(rank)
 
 
 def _describe(space) -> str:

@@ -15,11 +15,12 @@ from onnx_cp.discover import ConvSite
 class RankDecision:
     """The rank of one layer (None: keep the Conv, ``reason`` says why)."""
 
-    rank: int | None
+    rank: object  # an int; another decomposition's own rank where ``decomposition`` says so
     requested: int | float | str | None = None
     capped: bool = False  # the requested rank was above the layer's cap
     reason: str = ""
     cap: int | None = None  # set when capped
+    decomposition: str | None = None  # set when rank selection chose it (--decomposition auto)
 
 
 def rank_unit_cost(site: ConvSite, realize: str) -> tuple[int, int]:

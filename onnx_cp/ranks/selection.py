@@ -8,13 +8,14 @@ from onnx_cp.ranks.fitting import LayerFit
 
 @dataclass
 class LayerChoice:
-    rank: int | None  # None: keep the Conv
-    fit: LayerFit | None = None
+    rank: object  # None: keep the Conv; an int, or the decomposition's own rank (tucker2: a pair)
+    fit: LayerFit | None = None  # or decompositions.Factors for another decomposition than cp
     requested: int | float | str | None = None
     capped: bool = False
     reason: str = ""
     proxy: float | None = None  # relative error of the layer's output on the calibration inputs
     cost: float | None = None  # in the plan's cost unit (MACs or ms)
+    decomposition: str = "cp"  # --decomposition auto: the one the allocation chose
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SelectionSummary:
     rounds: list[MeasuredRound] = field(default_factory=list)
     kept_round: int | None = None  # 1-based
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per step
+    decompositions: dict[str, int] | None = None  # --decomposition auto: layers rewritten by each
 
     @property
     def measured(self) -> MeasuredRound | None:

@@ -1,0 +1,194 @@
+"""--decomposition auto with a budget: the allocation spans CP, Tucker-2 and SVD candidates."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from builders import relative_difference, run
+from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
+
+
+def mixed_model(seed=0, size=12):
+    """x -> 3x3 Conv 4->96 -> Relu -> 1x1 Conv 96->96 -> Relu -> 3x3 Conv 96->4 -> Relu
+    -> GlobalAveragePool -> Flatten -> Gemm 4->48 (transB) -> y; seeded random weights. The 1x1
+    Conv holds 57% of the multiply-adds, so a 2x budget needs it rewritten."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def conv(name, x, cin, cout, k):
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2 / (k * k * cin))).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"{name}_w"),
+                      numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}_b")])
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_out"], name=name,
+                                      kernel_shape=[k, k], pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Relu", [f"{name}_out"], [f"{name}_relu"], name=f"{name}_relu"))
+        return f"{name}_relu"
+
+    h = conv("conv_c", conv("conv_b", conv("conv_a", "x", 4, 96, 3), 96, 96, 1), 96, 4, 3)
+    nodes.append(helper.make_node("GlobalAveragePool", [h], ["pooled"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"))
+    inits.extend([numpy_helper.from_array((rng.standard_normal((48, 4)) * 0.2).astype(np.float32), "fc_w"),
+                  numpy_helper.from_array((rng.standard_normal(48) * 0.1).astype(np.float32), "fc_b")])
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, 4, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def faster_everywhere(models):
+    """A layer timer that finds every rewritten layer twice as fast as its original."""
+    keys = [n.output[0] for n in models[0].graph.node if n.op_type in ("Conv", "Gemm")]
+    return [{k: 1.0 if i == 0 else 0.5 for k in keys} for i in range(len(models))]
+
+
+def layer(result, name):
+    return next(l for l in result.report.layers if l.node == name)
+
+
+def rewrite(model, decomposition, target=2.0, **selection):
+    selection = RankSelection(target_speedup=target, measure=False, candidates=3, calib_count=2, **selection)
+    config = RewriteConfig(selection=selection, decomposition=decomposition, max_iter=20, stabilize="never")
+    return rewrite_with_report(model, config, timer=faster_everywhere)
+
+
+def test_auto_budget_rewrites_the_1x1_by_svd_within_the_mac_budget():
+    model = mixed_model()
+    result = rewrite(model, "auto")
+    onnx.checker.check_model(result.model, full_check=True)
+    summary = result.report.rank_selection
+    assert summary["total_after"] <= summary["target_total"] * (1 + 1e-9)
+    assert summary["predicted_speedup"] >= 2.0 - 1e-9
+    # every rewritten layer's multiply-adds are what the allocation counted for it
+    for l in result.report.rewritten:
+        assert l.cost == l.macs_after and l.proxy_error is not None
+    assert layer(result, "conv_b").status == "rewritten"
+    assert layer(result, "conv_b").decomposition == "svd" and layer(result, "conv_b").realization == "svd"
+    assert {l.decomposition for l in result.report.rewritten} <= {"cp", "tucker2", "svd"}
+    assert sum(summary["decompositions"].values()) == len(result.report.rewritten)
+    # the written model's MACs: the untouched rest plus the rewritten layers as counted
+    after = sum(l.macs_after if l.status == "rewritten" else l.macs_before for l in result.report.layers)
+    assert after <= summary["target_total"] * (1 + 1e-9)
+    x = np.random.default_rng(1).standard_normal((1, 4, 12, 12)).astype(np.float32)
+    want, got = run(model, {"x": x})[0], run(result.model, {"x": x})[0]
+    assert got.shape == want.shape and relative_difference(want, got) < 1.0
+    rows = {r["node"]: r for r in result.report.to_dict()["layers"]}
+    assert rows["conv_b"]["decomposition"] == "svd"
+
+
+def linear_model(op="Gemm", seed=0):
+    """x -> 3x3 Conv 4->16 -> Relu -> Flatten -> Gemm 1024->256 (transB) or MatMul -> y: the
+    linear layer holds 88% of the multiply-adds."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((16, 4, 3, 3)) * 0.2).astype(np.float32)
+    fc = (rng.standard_normal((256, 1024)) * 0.03).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "conv_w"), numpy_helper.from_array(fc if op == "Gemm" else fc.T, "fc_w")]
+    nodes = [helper.make_node("Conv", ["x", "conv_w"], ["h"], name="conv", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["flat"], name="flatten")]
+    if op == "Gemm":
+        inits.append(numpy_helper.from_array((rng.standard_normal(256) * 0.1).astype(np.float32), "fc_b"))
+        nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1))
+    else:
+        nodes.append(helper.make_node("MatMul", ["flat", "fc_w"], ["y"], name="fc"))
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_auto_budget_rewrites_a_gemm_or_matmul_by_svd(op):
+    model = linear_model(op)
+    result = rewrite(model, "auto")
+    onnx.checker.check_model(result.model, full_check=True)
+    fc = layer(result, "fc")
+    assert fc.status == "rewritten" and fc.decomposition == "svd"
+    assert [n.op_type for n in result.model.graph.node].count(op) == 2
+    summary = result.report.rank_selection
+    assert summary["total_after"] <= summary["target_total"] * (1 + 1e-9)
+    assert summary["total_before"] == sum(l.macs_before for l in result.report.layers)  # the Gemm counted once
+    x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    want, got = run(model, {"x": x})[0], run(result.model, {"x": x})[0]
+    assert got.shape == want.shape and relative_difference(want, got) < 1.0
+    # the proxy's layer error is the error the SVD leaves on the layer's own output
+    assert 0 < fc.proxy_error < 1
+
+
+def test_cp_selection_is_unchanged_by_auto():
+    """--decomposition cp plans CP ranks for the k x k Convs alone, as before."""
+    result = rewrite(mixed_model(), "cp", target=1.3)
+    assert {l.decomposition for l in result.report.rewritten} == {"cp"}
+    assert layer(result, "conv_b").status == "ineligible"
+    summary = result.report.rank_selection
+    assert "decompositions" not in summary and summary["cost"] == "macs"
+    # the ranks and figures the CP-only selection gave before auto joined the budget
+    assert [layer(result, n).rank for n in ("conv_a", "conv_c")] == [8, 16]
+    assert summary["total_after"] == 1693632
+    assert summary["output_error"] == pytest.approx(0.51055, abs=2e-4)
+
+
+@pytest.mark.parametrize("op, attrs, x_shape", [("Gemm", dict(transB=1, alpha=0.5), (6, 20)),
+                                                ("Gemm", dict(transA=1, alpha=2.0), (20, 6)),
+                                                ("MatMul", {}, (2, 3, 20))])
+def test_proxy_layer_error_of_a_linear_layer_is_its_output_error_in_onnxruntime(op, attrs, x_shape):
+    from onnx_cp.decompositions.linear import out_in_matrix
+    from onnx_cp.ranks.proxy import layer_errors
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((30, 20) if attrs.get("transB") else (20, 30)).astype(np.float32)
+    approx = rng.standard_normal((30, 20)) * 0.5  # an (out, in) estimate of the weight
+
+    def model(w):
+        node = helper.make_node(op, ["x", "W"], ["y"], name="fc", **attrs)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(w.astype(np.float32), "W")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    original = model(weight)
+    node = original.graph.node[0]
+    matrix = out_in_matrix(node, weight).astype(np.float64)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = run(original, {"x": x})[0]
+    estimate = approx.T if not attrs.get("transB") else approx  # the same estimate as a weight of this node
+    want = np.linalg.norm(y - run(model(estimate), {"x": x})[0]) / np.linalg.norm(y)
+    got, = layer_errors(node, matrix, [approx], x, y, 17)
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_latency_lines_run_in_rank_for_cp_and_in_multiply_adds_for_the_others():
+    from onnx_cp.discover import find_convs
+    from onnx_cp.ranks.cost import measure_probes, option_macs
+    from onnx_cp.shapes import infer_shapes
+
+    model = mixed_model()
+    shapes, _ = infer_shapes(model, {})
+    sites = {s.name: s for s in find_convs(model, shapes, "auto")}
+    a, b = sites["conv_a"], sites["conv_b"]
+    seen = []
+
+    def profiler(models):  # the input, then per slot its low and high variant
+        seen.extend(models)
+        times = [{"conv_a_out": 10.0, "conv_b_out": 20.0}, {"conv_a_out": 2.0, "conv_b_out": 4.0},
+                 {"conv_a_out": 4.0, "conv_b_out": 8.0}, {"conv_a_out": 3.0}, {"conv_a_out": 4.0}]
+        return [(40.0, t) for t in times]
+
+    probes = [(a, [("cp4", 4, 8), ("tucker2", (4, 8), (4, 16))]), (b, [("svd", 4, 12)])]
+    timing = measure_probes(model, probes, profiler)
+    assert len(seen) == 5
+    ops = [sorted({n.op_type for n in m.graph.node if "/" in n.name}) for m in seen]
+    assert ops[1] == ops[2] == ["Conv"] and {n.name.split("/")[1] for n in seen[3].graph.node if "/" in n.name} == \
+        {"tucker2"}
+    assert timing.original_ms == {"conv_a_out": 10.0, "conv_b_out": 20.0}
+    assert timing.option_cost(a, "cp", 6) == pytest.approx(3.0)  # halfway in rank
+    low, high = option_macs(a, "tucker2", (4, 8)), option_macs(a, "tucker2", (4, 16))
+    mid = option_macs(a, "tucker2", (4, 12))
+    assert timing.option_cost(a, "tucker2", (4, 12)) == pytest.approx(3.0 + 1.0 * (mid - low) / (high - low))
+    assert timing.option_cost(b, "svd", 8) == pytest.approx(6.0)  # svd's multiply-adds are linear in its rank
+    assert timing.option_form(a, "cp", 6) == "cp4" and timing.option_form(a, "tucker2", (4, 12)) == "tucker2"
