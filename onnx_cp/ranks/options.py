@@ -24,7 +24,8 @@ class RankSelection:
     storage: an RDB URL (``sqlite:///study.db``, ``postgresql://...``) where the search keeps its
         trials, so several processes share one study and a later run resumes it; None: in memory.
     study_name: the study in ``storage``; None: named after the layers and candidate ranks.
-    candidates: ranks fitted per layer for the error and cost curves.
+    candidates: ranks fitted per layer for the error and cost curves (at least; a model with
+        few layers gets more, so that about ``budget.CURVE_FITS`` curve fits are made in all).
     measure: time the original and the rewritten model when a speed-up is targeted, and
         re-allocate (at most ``rounds`` times) when the measured speed-up falls short.
     """
