@@ -192,3 +192,22 @@ def test_latency_lines_run_in_rank_for_cp_and_in_multiply_adds_for_the_others():
     assert timing.option_cost(a, "tucker2", (4, 12)) == pytest.approx(3.0 + 1.0 * (mid - low) / (high - low))
     assert timing.option_cost(b, "svd", 8) == pytest.approx(6.0)  # svd's multiply-adds are linear in its rank
     assert timing.option_form(a, "cp", 6) == "cp4" and timing.option_form(a, "tucker2", (4, 12)) == "tucker2"
+
+
+def test_auto_budget_with_calib_fits_svd_and_tucker2_to_the_layer_inputs(tmp_path):
+    x = np.random.default_rng(2).standard_normal((24, 4, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    selection = RankSelection(target_speedup=2.0, measure=False, candidates=3, calib_count=4)
+    config = RewriteConfig(selection=selection, decomposition="auto", max_iter=20, stabilize="never",
+                           calib=str(tmp_path / "calib.npy"), recover_steps=20)
+    result = rewrite_with_report(mixed_model(), config, timer=faster_everywhere)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert layer(result, "conv_b").decomposition == "svd"
+    assert result.report.rank_selection["calibration"]["source"].endswith("calib.npy")
+    # the plain truncated SVD has the least kernel error at its rank; fitted to the layer's inputs,
+    # the SVD gives some of it up
+    from onnx_cp import decompositions
+
+    weight = next(numpy_helper.to_array(t) for t in mixed_model().graph.initializer if t.name == "conv_b_w")
+    plain = decompositions.get("svd").fit([weight.astype(np.float64)], layer(result, "conv_b").rank)
+    assert layer(result, "conv_b").rel_error > plain.rel_error + 1e-3

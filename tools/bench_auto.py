@@ -7,7 +7,8 @@ input and the written model alternated in onnxruntime at 1 thread (medians of 20
 independently of the rewrite's own measurement), and measures the written model's output error
 ||f'(x) - f(x)|| / ||f(x)|| over every float output on 8 held-out synthetic images
 (tools/calib_output_error.py's seeded "blocky" images, seed 1). It also counts the rewritten
-layers by decomposition. ResNet-50 is the zoo graph with seeded random weights, written first by
+layers by decomposition. The `-calib` cases pass `--calib calib.npy`: 64 blocky images (seed 0)
+written beside the models, the command run there. ResNet-50 is the zoo graph with seeded random weights, written first by
 tools/materialize_zoo.py (no download); nudenet needs `python tools/fetch_assets.py nudenet`.
 """
 from __future__ import annotations
@@ -21,22 +22,39 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 NUDENET = ROOT / "assets" / "nudenet_320n.onnx"
 NUDENET_SHAPE = ["--input-shape", "images=1x3x320x320"]
+CALIB = "calib.npy"  # written into the work folder: 64 blocky images of the model's input shape, seed 0
+
+SHAPES = {"images": (1, 3, 320, 320)}
+
+
+def _nudenet(decomposition: str, target: str, goal: str, calib: bool = False) -> tuple:
+    """A nudenet case; with ``calib`` the proxy and the fits see 64 calibration images and layer-wise
+    recovery is off, so CP and auto compare their selections and fits alone."""
+    extra = ["--decomposition", decomposition, "--target-speedup", target, *NUDENET_SHAPE]
+    return NUDENET, extra + (["--calib", CALIB, "--no-recover"] if calib else []), SHAPES, goal
+
 
 # name -> (model (None: the zoo ResNet-50), extra arguments, input shapes for timing, what the issue asks)
 CASES = {
     "resnet50-auto2": (None, ["--decomposition", "auto", "--target-speedup", "2"], {}, ">= 1.8x at 1 thread"),
     "resnet50-cp2": (None, ["--decomposition", "cp", "--target-speedup", "2"], {}, "CP alone, for comparison"),
     "resnet50-cp1.9": (None, ["--decomposition", "cp", "--target-speedup", "1.9"], {}, "CP alone, near its reach"),
-    "nudenet-auto3.5": (NUDENET, ["--decomposition", "auto", "--target-speedup", "3.5", *NUDENET_SHAPE],
-                        {"images": (1, 3, 320, 320)}, ">= 3.3x at 1 thread"),
-    "nudenet-auto2": (NUDENET, ["--decomposition", "auto", "--target-speedup", "2", *NUDENET_SHAPE],
-                      {"images": (1, 3, 320, 320)}, "output error <= 0.85x CP-only's at the same speed-up"),
-    "nudenet-cp2": (NUDENET, ["--decomposition", "cp", "--target-speedup", "2", *NUDENET_SHAPE],
-                    {"images": (1, 3, 320, 320)}, "CP alone, for comparison"),
+    "nudenet-auto3.5": _nudenet("auto", "3.5", ">= 3.3x at 1 thread"),
+    "nudenet-auto2": _nudenet("auto", "2", "output error <= 0.85x CP-only's at the same speed-up"),
+    "nudenet-cp2": _nudenet("cp", "2", "CP alone, for comparison"),
+    "nudenet-auto1.8": _nudenet("auto", "1.8", "a lower target"),
+    "nudenet-auto1.6": _nudenet("auto", "1.6", "a lower target"),
+    "nudenet-cp1.6": _nudenet("cp", "1.6", "CP alone, for comparison"),
+    "nudenet-auto2-calib": _nudenet("auto", "2", "output error <= 0.85x CP-only's at the same speed-up", True),
+    "nudenet-auto1.8-calib": _nudenet("auto", "1.8", "output error against CP alone at the same speed-up", True),
+    "nudenet-cp2-calib": _nudenet("cp", "2", "CP alone, for comparison", True),
+    "nudenet-cp2.3-calib": _nudenet("cp", "2.3", "CP alone, for comparison", True),
 }
 
 
@@ -54,10 +72,12 @@ def run_case(name: str, workdir: Path) -> dict:
     if not model.exists():
         return {"case": name, "skipped": f"{model.name} missing: python tools/fetch_assets.py"}
     out, report = workdir / f"{name}.onnx", workdir / f"{name}.json"
+    if CALIB in extra:
+        _calibration(model, shapes, workdir / CALIB)
     shown = "resnet50.onnx" if model.parent == workdir else str(model.relative_to(ROOT))
     command = ["onnx-cp", "rewrite", str(model), *extra, "-o", str(out), "--report", str(report)]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=workdir if CALIB in extra else ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     row = {"case": name, "goal": goal, "command": " ".join(["onnx-cp", "rewrite", shown, *extra, "-o", "r.onnx"]),
            "seconds": round(seconds, 1), "exit": done.returncode}
@@ -74,6 +94,16 @@ def run_case(name: str, workdir: Path) -> dict:
     if rewritten:
         row.update(_measure(model, out, shapes))
     return row
+
+
+def _calibration(model: Path, shapes: dict, path: Path) -> None:
+    from calib_output_error import blocky
+
+    from onnx_cp.model_io import load_model
+    from onnx_cp.ranks.calibration import input_shape
+
+    if not path.exists():
+        np.save(path, blocky(64, input_shape(load_model(str(model)), shapes)[1], seed=0))
 
 
 def _measure(model: Path, rewritten: Path, shapes: dict) -> dict:

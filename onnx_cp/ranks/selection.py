@@ -54,6 +54,9 @@ class SelectionSummary:
     kept_round: int | None = None  # 1-based
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per step
     decompositions: dict[str, int] | None = None  # --decomposition auto: layers rewritten by each
+    # --decomposition auto: the factor on every option's latency that put the latency model's
+    # prediction for the cheapest candidates on their measured time
+    latency_scale: float | None = None
 
     @property
     def measured(self) -> MeasuredRound | None:
