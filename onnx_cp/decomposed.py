@@ -118,9 +118,17 @@ def error(site: ConvSite, form: str, fit, stats: Sequence[np.ndarray] | None = N
 
 def pick(site: ConvSite, fitted: Sequence[tuple[Candidate, object]], timings: dict[str, float],
          stats: Sequence[np.ndarray] | None = None) -> tuple[Candidate, object]:
-    """The fitted candidate of lowest error (the faster one on a tie)."""
-    return min(fitted, key=lambda cf: (round(error(site, cf[0].form, cf[1], stats), 9),
-                                       timings.get(cf[0].form, 0.0)))
+    """The fitted candidate of lowest error (the faster one on a tie). Forms of one decomposition
+    share a fit (cp4 and cp3), so each fit's error is computed once."""
+    errors: dict = {}
+
+    def fit_error(cf) -> float:
+        key = (owner(cf[0].form), id(cf[1]))
+        if key not in errors:
+            errors[key] = error(site, cf[0].form, cf[1], stats)
+        return errors[key]
+
+    return min(fitted, key=lambda cf: (round(fit_error(cf), 9), timings.get(cf[0].form, 0.0)))
 
 
 def cost_after(site: ConvSite, form: str, rank) -> Cost:

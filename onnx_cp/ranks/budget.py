@@ -20,6 +20,7 @@ and allocated by the same knapsack; an SVD curve is exact at every rank, so it i
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -150,6 +151,11 @@ class BudgetProblem:
     feeds: list = field(default_factory=list)
     reference: list = field(default_factory=list)
     latency: costs.LatencyModel | None = None  # per-layer latency, once measured
+
+    @functools.cached_property
+    def model_macs(self) -> float:
+        """Multiply-adds of the whole model as it is."""
+        return float(costs.model_macs(self.model, self.sites, self.shapes))
 
     @property
     def selection(self):
@@ -343,7 +349,7 @@ def other_ranks(site: ConvSite, kind: str, share: float, count: int, align: Call
 
 def _macs_share(problem: BudgetProblem) -> float:
     selection, plan = problem.selection, problem.plan
-    total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
+    total = problem.model_macs
     before = sum(l.before for l in problem.auto)
     others = total - before - sum(s.cost.macs or 0 for s in problem.ruled) + sum(
         costs.rank_cost_macs(s, plan.choices[s.key].rank) for s in problem.ruled)
@@ -436,7 +442,7 @@ def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
     # SVD's dense ones in onnxruntime
     by_latency = selection.cost == "latency" or (problem.latency is not None and any(l.kinds for l in auto))
     if not by_latency:
-        total = float(costs.model_macs(problem.model, problem.sites, problem.shapes))
+        total = problem.model_macs
         unit_cost = lambda site, rank, kind="cp": float(  # noqa: E731
             costs.option_macs(site, kind, rank) if rank is not None else site.cost.macs)
     else:
