@@ -61,7 +61,7 @@ CURVE_FITS = 24
 # fit's time (its degeneracy correction comes on top, as always). On VGG-16 at --target-speedup 3,
 # unbounded final fits took 445 of 690 s and lowered the calibration output error only from
 # 0.0100 to 0.0088, and at 2x they still took 70 of 178 s. Its 512x512x3x3 layer at rank 592:
-# quick fit 0.354 relative error in 6 s; 1.5x: 0.317 in 21 s, 3x: 0.312 in 39 s (correction included).
+# quick fit 0.354 relative error in 6 s; 1.5x: 0.317 in 21 s, 3x: 0.312 in 39 s (correction included); tools/final_fit_budget.py).
 FINAL_FIT_FACTOR = 1.0
 # The decompositions a layer may take under --decomposition auto with a budget, in order of
 # preference: CP and Tucker-2 where CP applies (k x k kernels), else SVD (1x1 kernels, Gemm, MatMul).
