@@ -351,3 +351,26 @@ def test_measurement_rounds_keep_the_round_closest_to_the_target(monkeypatch, me
     assert len(summary["rounds"]) == 3 and summary["kept_round"] == kept
     assert summary["measured"]["measured_speedup"] == pytest.approx(measured[kept - 1])
     onnx.checker.check_model(result.model, full_check=True)
+
+
+@pytest.mark.parametrize("measured, note", [([1.2, 1.3, 1.4], "short of it by 30%"), ([1.2, 1.9], None)])
+def test_a_measured_shortfall_is_noted(monkeypatch, measured, note):
+    import onnx_cp.bench
+    from onnx_cp.bench import LatencyStats
+
+    speeds = iter(measured)
+
+    def fake(models, **kwargs):
+        if len(models) == 1:
+            return [LatencyStats.from_samples([10.0])]
+        return [LatencyStats.from_samples([10.0]), LatencyStats.from_samples([10.0 / next(speeds)])]
+
+    monkeypatch.setattr(onnx_cp.bench, "measure_latency", fake)
+    config = RewriteConfig(selection=RankSelection(target_speedup=2.0, candidates=3, calib_count=2),
+                           max_iter=10, stabilize="never", realize="cp4")
+    notes = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config).report.notes
+    found = [n for n in notes if "selection.target_speedup=2" in n]
+    if note is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and note in found[0] and "1.40x" in found[0], notes
