@@ -227,7 +227,7 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib: 
         if s.key not in chosen:
             continue
         c = plan.choices[s.key]
-        chosen_by = c.decomposition if config.decomposition == "auto" and c.requested == "auto" else None
+        chosen_by = c.decomposition if config.decomposition == "auto" and c.chosen else None
         layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason, decomposition=chosen_by),
                              proxy=c.proxy, cost=c.cost))
         if c.fit is not None:

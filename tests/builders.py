@@ -89,6 +89,15 @@ def conv_model(x_shape, weight: np.ndarray, bias: np.ndarray | None = None, *, o
     return model
 
 
+def float_model(name: str, nodes, inits, x_shape, y_shape) -> onnx.ModelProto:
+    """A float32 model of one input x and one output y from ``nodes`` and ``inits``, opset 17."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # onnxruntime may lag the newest IR
+    return model
+
+
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from builders import relative_difference, run
+from builders import float_model, relative_difference, run
 from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
 
 
@@ -32,12 +32,7 @@ def mixed_model(seed=0, size=12):
     inits.extend([numpy_helper.from_array((rng.standard_normal((48, 4)) * 0.2).astype(np.float32), "fc_w"),
                   numpy_helper.from_array((rng.standard_normal(48) * 0.1).astype(np.float32), "fc_b")])
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1))
-    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, 4, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return float_model("mixed", nodes, inits, (1, 4, size, size), (1, 48))
 
 
 def faster_everywhere(models):
@@ -95,11 +90,7 @@ def linear_model(op="Gemm", seed=0):
         nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1))
     else:
         nodes.append(helper.make_node("MatMul", ["flat", "fc_w"], ["y"], name="fc"))
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model
+    return float_model("linear", nodes, inits, (1, 4, 8, 8), (1, 256))
 
 
 @pytest.mark.parametrize("op", ["Gemm", "MatMul"])

@@ -58,7 +58,9 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--decomposition", type=click.Choice([*NAMES, "auto"]), default="cp", show_default=True,
               help="How each layer is factored: cp; tucker2 (--rank R or R1xR2); svd (also 1x1 Convs, and Gemm/MatMul "
                    "with a constant weight); gkpd (--rank TERMS or TERMS:F1xC1xh1xw1); lrcp (CP with low-rank factors, "
-                   "--factor-rank L); auto: per layer the lowest-error candidate faster than the Conv at the CP form's cost.")
+                   "--factor-rank L); auto: per layer the lowest-error candidate faster than the Conv at the CP form's cost "
+                   "(with --max-error: the candidate of fewest multiply-adds within the bound; with "
+                   "--target-speedup or --budget-macs: the budget's choice among CP, Tucker-2 and SVD).")
 @click.option("--factor-rank", type=int, default=None, metavar="L",
               help="lrcp's factor rank: the channel factors have rank L (with auto, lrcp joins the candidates).")
 @click.option("--method", type=click.Choice(METHODS), default="nls", show_default=True,

@@ -296,13 +296,13 @@ def _candidates(problem: BudgetProblem, progress: Progress | None) -> None:
                 layer.uniform = max(1, config.align_rank(min(uniform, layer.cap)))
                 found = sorted(set(grid) | {layer.uniform})
                 if len(layer.decompositions) > 1:  # auto: Tucker-2 covers the costly end
-                    top = max(1, config.align_rank(_cp_limit(layer.site)))
+                    top = max(1, config.align_rank(cp_limit(layer.site)))
                     layer.uniform = min(layer.uniform, top)
                     found = sorted({min(r, top) for r in found})
             else:
                 found = other_ranks(layer.site, kind, share, count, config.align_rank, upto=macs)
                 if not kinds:  # the uniform allocation's candidate: the rank at the common share
-                    layer.uniform = _rank_at(layer.site, kind, share, config.align_rank) or found[0]
+                    layer.uniform = rank_at(layer.site, kind, share, config.align_rank) or found[0]
                     found = sorted(set(found) | {layer.uniform}, key=_order)
             ranks += found
             kinds += [kind] * len(found)
@@ -310,7 +310,7 @@ def _candidates(problem: BudgetProblem, progress: Progress | None) -> None:
         layer.kinds = kinds if layer.decompositions != ("cp",) else []
 
 
-def _cp_limit(site: ConvSite) -> int:
+def cp_limit(site: ConvSite) -> int:
     """The highest CP rank ``--decomposition auto`` fits for a layer that Tucker-2 can also take:
     the larger channel count of a group. A CP fit's time grows with the cube of its rank (a
     512x512x3x3 kernel at rank 1145: 16 s per iteration), and a target that leaves a layer more
@@ -322,7 +322,7 @@ def _order(rank):
     return rank if isinstance(rank, tuple) else (rank,)
 
 
-def _rank_at(site: ConvSite, kind: str, fraction: float, align: Callable[[int], int]):
+def rank_at(site: ConvSite, kind: str, fraction: float, align: Callable[[int], int]):
     """``kind``'s largest rank whose first form costs under ``fraction`` of the Conv's multiply-adds."""
     macs = float(site.cost.macs)
     budget = Cost(int(math.ceil(fraction * macs)) + 1, 1 << 62)
@@ -340,7 +340,7 @@ def other_ranks(site: ConvSite, kind: str, share: float, count: int, align: Call
     lo = max(share * SHARE_RANGE[0], 1e-3)
     hi = min(1.0, max(share * SHARE_RANGE[1], upto))
     fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
-    found = {r for r in (_rank_at(site, kind, float(f), align) for f in fractions) if r is not None}
+    found = {r for r in (rank_at(site, kind, float(f), align) for f in fractions) if r is not None}
     if not found:
         smallest = decompositions.get(kind).concrete(1, site.spec)
         found = {smallest}
@@ -373,9 +373,9 @@ def _latency_share(problem: BudgetProblem, share: float, progress: Progress | No
                                             max(2, align(int(share * l.cap))))
             else:  # the ends of its candidates' range: every form has a fixed cost too, and a rank far
                 # below the candidates' (2% of the Conv) lands off onnxruntime's NCHWc blocks
-                low = _rank_at(l.site, kind, share * SHARE_RANGE[0], align) or \
+                low = rank_at(l.site, kind, share * SHARE_RANGE[0], align) or \
                     decompositions.get(kind).concrete(1, l.site.spec)
-                probes[l.site.key, kind] = (low, _rank_at(l.site, kind, share, align) or low)
+                probes[l.site.key, kind] = (low, rank_at(l.site, kind, share, align) or low)
     timing = _latency_model(problem, probes, progress)
     target = timing.total_ms / problem.selection.target_speedup
     auto_before = sum(timing.cost(l.site, None) for l in problem.auto)
@@ -681,7 +681,7 @@ def _record(problem: BudgetProblem, picks: list[int]) -> None:
         else:
             plan.choices[layer.site.key] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
                                                        proxy=layer.errors[k], cost=layer.costs[k],
-                                                       decomposition=layer.kind(k))
+                                                       decomposition=layer.kind(k), chosen=True)
             kinds[layer.kind(k)] = kinds.get(layer.kind(k), 0) + 1
     if any(l.kinds for l in problem.auto):
         summary.decompositions = kinds

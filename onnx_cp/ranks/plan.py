@@ -1,7 +1,8 @@
 """Choose a rank for every selected layer: by an error bound, or by a budget and a data-aware proxy.
 
 ``plan_ranks`` is all that ``rewrite`` calls; it returns a RankPlan whose fits the rewriter reuses.
-The budget modes live in ``budget.py``; what they decide, in ``selection.py``.
+The error bound lives in ``by_error.py``, the budget modes in ``budget.py``; what they decide, in
+``selection.py``.
 """
 from __future__ import annotations
 
@@ -14,14 +15,11 @@ from onnx_cp.decompose import Fitter
 from onnx_cp.discover import ConvSite
 from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.cost import rank_cost_macs
 from onnx_cp.ranks.budget import BudgetLayer, budget_decompositions, by_budget
-from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
+from onnx_cp.ranks.by_error import by_error
+from onnx_cp.ranks.fitting import solver_fitter
 from onnx_cp.ranks.rules import choose_rank, rank_unit_cost
-from onnx_cp.ranks.search import smallest_rank
 from onnx_cp.ranks.selection import LayerChoice, RankPlan, SelectionSummary
-
-LARGE = 256  # --max-error searches such layers in steps of 16 (their ranks are large anyway)
 
 
 def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], shapes, config,
@@ -46,7 +44,7 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
             if decision.rank is not None:
                 ruled.append(site)
             continue
-        kinds = budget_decompositions(site, config.decomposition if selection.mode != "max-error" else "cp")
+        kinds = budget_decompositions(site, config.decomposition)
         before, per_rank = rank_unit_cost(site, config.realize)
         cap = before // per_rank if config.cap_rank else 2 * max(1, before // per_rank)
         if kinds != ("cp",):  # --decomposition auto: cp where a CP rank is cheaper, the others where theirs are
@@ -55,8 +53,7 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
         elif cap < 1:
             kinds = ()
         if not kinds:
-            what = "CP rank" if config.decomposition != "auto" or selection.mode == "max-error" else \
-                "rank of cp, tucker2 or svd"
+            what = "CP rank" if config.decomposition != "auto" else "rank of cp, tucker2 or svd"
             plan.choices[site.key] = LayerChoice(None, reason=f"no {what} is cheaper than this Conv")
             continue
         auto.append(BudgetLayer(site, site.groups(), int(cap), float(before), weights=weights(site),
@@ -67,7 +64,7 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
     if selection.mode == "max-error":
         warm = solver_fitter(config.fit_options()) if fitter is None else \
             (lambda kernel, rank, seed, init: fitter(kernel, rank, seed))
-        _by_error(plan, auto, selection.max_error, config.seed, warm, progress)
+        by_error(plan, auto, selection.max_error, config.seed, warm, config.align_rank, progress)
     else:
         by_budget(plan, model, sites, shapes, auto, ruled, config, fitter, progress)
     return plan
@@ -77,27 +74,3 @@ def _cheaper(site: ConvSite, kind: str) -> bool:
     """Whether some rank of ``kind`` costs fewer multiply-adds than the layer."""
     return site.cost is not None and site.cost.macs is not None and \
         decompositions.get(kind).cap(site.spec, site.in_shape, site.out_shape) is not None
-
-
-def _by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: int, fitter: WarmFitter,
-              progress: Progress | None) -> None:
-    for k, layer in enumerate(auto):
-        if progress:
-            progress(f"{layer.site.name} (rank search)", k, len(auto))
-        result = smallest_rank(lambda r, warm: fit_layer(layer.groups, r, seed, fitter, warm), max_error,
-                               layer.cap, 16 if layer.cap >= LARGE else 1)
-        if result.fit is None:
-            worst = result.tried[max(result.tried)]
-            plan.choices[layer.site.key] = LayerChoice(
-                None, requested=f"error<={max_error}",
-                reason=f"no rank up to the cap {layer.cap} reaches kernel error {max_error} "
-                       f"(rank {worst.rank}: {worst.rel_error:.4f}); kept as it is")
-            continue
-        # The bound is on the kernel error of a plain fit; with calibration data the rewrite
-        # refits the chosen rank data-aware, so this fit is not handed on.
-        fit = result.fit if layer.weights is None else None
-        plan.choices[layer.site.key] = LayerChoice(result.rank, fit, f"error<={max_error}",
-                                                   cost=rank_cost_macs(layer.site, result.rank))
-    plan.summary.max_error = max_error
-
-

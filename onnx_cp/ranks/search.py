@@ -58,3 +58,19 @@ def smallest_rank(fit: RankFitter, max_error: float, limit: int, step: int = 1) 
         else:
             low = mid
     return SearchResult(tried[high], tried)
+
+
+def first_passing(count: int, ok: Callable[[int], bool]) -> int | None:
+    """The smallest index in range(count) where ``ok`` holds, by bisection (``ok`` taken as
+    monotone: false, then true); None when even the last fails. Calls ``ok`` about log2(count)
+    times, the last index first."""
+    if count == 0 or not ok(count - 1):
+        return None
+    low, high = -1, count - 1  # low fails (or is before the start), high passes
+    while high - low > 1:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid
+    return high

@@ -16,6 +16,7 @@ class LayerChoice:
     proxy: float | None = None  # relative error of the layer's output on the calibration inputs
     cost: float | None = None  # in the plan's cost unit (MACs or ms)
     decomposition: str = "cp"  # --decomposition auto: the one the allocation chose
+    chosen: bool = False  # whether the selection chose the decomposition (auto), not only the rank
 
 
 @dataclass
