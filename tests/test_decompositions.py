@@ -334,3 +334,24 @@ def test_cp_module_is_what_realize_re_exports():
     from onnx_cp import realize
 
     assert realize.realize is decompositions.get("cp").realize.__globals__["realize"]
+
+
+def test_gkpd_search_costs_splits_at_the_layers_shapes():
+    """Stage 1 runs over the padded input: on a 4x4 map the per-pixel count let the search pick
+    splits dearer than the Conv (9 terms of 4x1x3x1: 1.31x), which the rank cap then refused."""
+    from onnx_cp import RewriteConfig, rewrite_with_report
+    from onnx_cp.conv import ConvSpec, conv_cost
+
+    gkpd = decompositions.get("gkpd")
+    spec = ConvSpec(16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, "NOTSET")
+    w = np.random.default_rng(0).standard_normal((16, 16, 3, 3))
+    io = ((1, 16, 4, 4), (1, 16, 4, 4))
+    conv = conv_cost(spec, io[1], False).macs
+    for terms in range(1, 17):
+        split = gkpd.concrete(terms, spec, [w], None, io)
+        assert gkpd.cost("gkpd", spec, split, *io, False).macs <= conv
+    model = conv_model((1, 16, 4, 4), w.astype(np.float32), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    result = rewrite_with_report(model, RewriteConfig(ranks=(9,), decomposition="gkpd", realize="gkpd"))
+    row = result.report.layers[0]
+    assert row.status == "rewritten" and row.macs_after < row.macs_before
+    onnx.checker.check_model(result.model, full_check=True)

@@ -84,9 +84,11 @@ class Decomposition(ABC):
         return None
 
     def concrete(self, value, spec: ConvSpec, groups: list[np.ndarray] | None = None,
-                 factor_rank: int | None = None):
+                 factor_rank: int | None = None, shapes: tuple[Shape, Shape] | None = None):
         """The rank a rule's ``value`` (an int or this decomposition's string) gives a layer,
-        lowered to what the layer's channels allow; OnnxCpError when it cannot apply."""
+        lowered to what the layer's channels allow; OnnxCpError when it cannot apply.
+        ``shapes``: the layer's (input, output) shapes, where the rank's cost depends on more
+        than its number (gkpd's search of A's shape)."""
         return self.parse_rank(value)
 
     def rank_within(self, spec: ConvSpec, in_shape: Shape, out_shape: Shape, budget: Cost,

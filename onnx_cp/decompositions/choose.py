@@ -54,7 +54,7 @@ def choose_rank(d: Decomposition, value, spec: ConvSpec, in_shape: Shape, out_sh
             if rank is None:
                 return RankChoice(None, reason=f"no {d.name} rank costs under {value} of this Conv")
         else:
-            rank = d.concrete(value, spec, groups, factor_rank)
+            rank = d.concrete(value, spec, groups, factor_rank, (in_shape, out_shape))
         cost = d.cost(d.forms[0], spec, rank, in_shape, out_shape, False)
     except OnnxCpError as exc:
         return RankChoice(None, reason=exc.message)  # a Message: the CLI shows its flags

@@ -96,7 +96,7 @@ class LowRankFactorCP(Decomposition):
     def options(self, cp_options):
         return LrcpOptions(cp=cp_options)
 
-    def concrete(self, value, spec, groups=None, factor_rank=None) -> tuple[int, int]:
+    def concrete(self, value, spec, groups=None, factor_rank=None, shapes=None) -> tuple[int, int]:
         """An int is the CP rank R, with ``factor_rank`` as L; "24:8" gives both. L is lowered
         to the channels per group."""
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -50,7 +50,7 @@ class SVD(Decomposition):
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.out_per_group, spec.in_per_group * spec.kernel[0] * spec.kernel[1])
 
-    def concrete(self, value, spec, groups=None, factor_rank=None) -> int:
+    def concrete(self, value, spec, groups=None, factor_rank=None, shapes=None) -> int:
         return min(self.parse_rank(value), self.max_rank(spec))
 
     def checked(self, rank, weight_shape) -> int:

@@ -102,7 +102,7 @@ class Tucker2(Decomposition):
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.in_per_group, spec.out_per_group)
 
-    def concrete(self, value, spec, groups=None, factor_rank=None) -> tuple[int, int]:
+    def concrete(self, value, spec, groups=None, factor_rank=None, shapes=None) -> tuple[int, int]:
         r_in, r_out = self.parse_rank(value)
         return min(r_in, spec.in_per_group), min(r_out, spec.out_per_group)
 
