@@ -61,11 +61,7 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
             results[task.key] = _fit_task(task, options) if fitter is None or task.decomposition != "cp" else \
                 _fit(task, lambda k, r, s, init: fitter(k, r, s))
         return results
-    # fork: workers need nothing but numpy, and unlike spawn or forkserver it does not re-run a
-    # caller's script, which an API user's script without a __main__ guard would not survive.
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=context) as pool:
+    with worker_pool(min(jobs, len(order))) as pool:
         pending = {pool.submit(_fit_task, task, options): task for task in order}
         if progress:
             progress(_labels(pending.values()), 0, len(order))
@@ -77,6 +73,15 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
             if progress:
                 progress(_labels(pending.values()), len(results), len(order))
     return results
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for fits. fork: workers need nothing but numpy, and unlike spawn or forkserver
+    it does not re-run a caller's script, which an API user's script without a __main__ guard
+    would not survive."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def _labels(tasks) -> str:

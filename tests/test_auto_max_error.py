@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from builders import cp_kernel, float_model, relative_difference, run
@@ -35,10 +36,11 @@ def low_rank_model(seed=0):
     return float_model("low_rank", nodes, inits, (1, 8, 10, 10), (1, 24))
 
 
-def test_auto_max_error_picks_each_layers_exact_decomposition():
+@pytest.mark.parametrize("jobs", [1, 2])  # layers searched in process, or side by side in workers
+def test_auto_max_error_picks_each_layers_exact_decomposition(jobs):
     model = low_rank_model()
     config = RewriteConfig(selection=RankSelection(max_error=1e-3), decomposition="auto", max_iter=300,
-                           stabilize="never")
+                           stabilize="never", jobs=jobs)
     result = rewrite_with_report(model, config, timer=faster_everywhere)
     onnx.checker.check_model(result.model, full_check=True)
     rows = {l.node: l for l in result.report.layers}

@@ -7,13 +7,18 @@ the cheapest way to meet it wins. The rewrite then times the chosen form against
 """
 from __future__ import annotations
 
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import replace
+
 import numpy as np
 
 from onnx_cp import decompositions
+from onnx_cp.decompose import FitOptions
+from onnx_cp.parallel_fit import worker_pool
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.budget import BudgetLayer, rank_at
 from onnx_cp.ranks.cost import option_macs
-from onnx_cp.ranks.fitting import WarmFitter, fit_layer
+from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
 from onnx_cp.ranks.search import first_passing, smallest_rank
 from onnx_cp.ranks.selection import LayerChoice, RankPlan
 
@@ -21,20 +26,34 @@ LARGE = 256  # CP searches such layers in steps of 16 (their ranks are large any
 GRID = 48  # ranks of another decomposition tried at most: geometric in multiply-adds, 0.1% to 100%
 
 
-def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: int, fitter: WarmFitter,
-             align, progress: Progress | None) -> None:
+def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: int, options: FitOptions,
+             jobs: int, align, progress: Progress | None, fitter: WarmFitter | None = None) -> None:
+    """Every layer's choice within ``max_error``; layers search side by side in ``jobs`` worker
+    processes (each search is seeded, so any ``jobs`` gives the same choices). ``fitter`` (tests)
+    replaces the CP solver and runs in process."""
+    order = sorted(range(len(auto)), key=lambda i: -sum(g.size for g in auto[i].groups))
+    searches = {}
+    if fitter is not None or jobs <= 1 or len(order) <= 1:
+        for done, i in enumerate(order):
+            if progress:
+                progress(f"{auto[i].site.name} (rank search)", done, len(order))
+            searches[i] = _search(auto[i], max_error, seed, options, align, fitter)
+    else:
+        with worker_pool(min(jobs, len(order))) as pool:
+            # the weights only matter to the rewrite's refit, not to the kernel-error search
+            pending = {pool.submit(_search, replace(auto[i], weights=None), max_error, seed, options, align): i
+                       for i in order}
+            while pending:
+                if progress:
+                    names = [auto[i].site.name for i in pending.values()]
+                    progress(f"{names[0]} (rank search)" + (f" (+{len(names) - 1})" if len(names) > 1 else ""),
+                             len(searches), len(order))
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    searches[pending.pop(future)] = future.result()
     counts: dict[str, int] = {}
-    for k, layer in enumerate(auto):
-        if progress:
-            progress(f"{layer.site.name} (rank search)", k, len(auto))
-        found, closest = [], []  # (macs, kind, rank, fit); (kind, rank, error) of the largest tried
-        for kind in layer.decompositions:
-            hit, best = (_cp(layer, max_error, seed, fitter) if kind == "cp" else
-                         _other(layer, kind, max_error, seed, align))
-            if hit is not None:
-                found.append((option_macs(layer.site, kind, hit[0]), kind, *hit))
-            if best is not None:
-                closest.append((kind, *best))
+    for i, layer in enumerate(auto):
+        found, closest = searches[i]
         if not found:
             tried = "; ".join(f"{_label(kind, rank)}: {error:.4f}" for kind, rank, error in closest)
             plan.choices[layer.site.key] = LayerChoice(
@@ -52,6 +71,21 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
     plan.summary.max_error = max_error
     if any(len(l.decompositions) > 1 for l in auto):
         plan.summary.decompositions = counts
+
+
+def _search(layer: BudgetLayer, max_error: float, seed: int, options: FitOptions, align,
+            fitter: WarmFitter | None = None) -> tuple[list, list]:
+    """Runs in a worker: per decomposition, its smallest rank within the bound.
+    (macs, kind, rank, fit) of each that reaches it; (kind, rank, error) of each's largest tried."""
+    found, closest = [], []
+    for kind in layer.decompositions:
+        hit, best = (_cp(layer, max_error, seed, fitter or solver_fitter(options)) if kind == "cp" else
+                     _other(layer, kind, max_error, seed, align))
+        if hit is not None:
+            found.append((option_macs(layer.site, kind, hit[0]), kind, *hit))
+        if best is not None:
+            closest.append((kind, *best))
+    return found, closest
 
 
 def _cp(layer: BudgetLayer, max_error: float, seed: int, fitter: WarmFitter):

@@ -17,7 +17,6 @@ from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.budget import BudgetLayer, budget_decompositions, by_budget
 from onnx_cp.ranks.by_error import by_error
-from onnx_cp.ranks.fitting import solver_fitter
 from onnx_cp.ranks.rules import choose_rank, rank_unit_cost
 from onnx_cp.ranks.selection import LayerChoice, RankPlan, SelectionSummary
 
@@ -62,9 +61,9 @@ def plan_ranks(model: onnx.ModelProto, sites: list[ConvSite], chosen: set[str], 
     for key, fit in fit_all(tasks, config.fit_options(), config.worker_count(), progress, fitter).items():
         plan.choices[key].fit = fit
     if selection.mode == "max-error":
-        warm = solver_fitter(config.fit_options()) if fitter is None else \
-            (lambda kernel, rank, seed, init: fitter(kernel, rank, seed))
-        by_error(plan, auto, selection.max_error, config.seed, warm, config.align_rank, progress)
+        warm = None if fitter is None else (lambda kernel, rank, seed, init: fitter(kernel, rank, seed))
+        by_error(plan, auto, selection.max_error, config.seed, config.fit_options(), config.worker_count(),
+                 config.align_rank, progress, warm)
     else:
         by_budget(plan, model, sites, shapes, auto, ruled, config, fitter, progress)
     return plan
