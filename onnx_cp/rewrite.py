@@ -227,11 +227,11 @@ def _rank(model, sites, chosen, shapes, config, fitter, progress, notes, calib: 
         if s.key not in chosen:
             continue
         c = plan.choices[s.key]
-        chosen_by = c.decomposition if config.decomposition == "auto" and c.chosen else None
+        chosen_by = c.decomposition if config.decomposition == "auto" else None
         layers.append(_Layer(s, RankDecision(c.rank, c.requested, c.capped, c.reason, decomposition=chosen_by),
                              proxy=c.proxy, cost=c.cost))
         if c.fit is not None:
-            form = decomposed.first_form(c.decomposition)
+            form = decomposed.first_form(c.decomposition or "cp")
             fits[decomposed.fit_key(s, Candidate(form, c.rank), calib is not None)] = c.fit
     return layers, plan.summary.to_dict(), fits
 

@@ -337,13 +337,17 @@ def other_ranks(site: ConvSite, kind: str, share: float, count: int, align: Call
     """About ``count`` ranks of ``kind`` (not cp) whose multiply-adds span ``SHARE_RANGE`` times
     ``share`` of the Conv's (up to ``upto`` of them when that is higher), as ``candidate_ranks``
     spans CP's cap; at least the smallest rank."""
-    lo = max(share * SHARE_RANGE[0], 1e-3)
-    hi = min(1.0, max(share * SHARE_RANGE[1], upto))
+    found = ranks_between(site, kind, max(share * SHARE_RANGE[0], 1e-3),
+                          min(1.0, max(share * SHARE_RANGE[1], upto)), count, align)
+    return found or [decompositions.get(kind).concrete(1, site.spec)]
+
+
+def ranks_between(site: ConvSite, kind: str, lo: float, hi: float, count: int,
+                  align: Callable[[int], int] = align_rank) -> list:
+    """The distinct ranks of ``kind`` (not cp) at about ``count`` shares of the Conv's
+    multiply-adds, geometric from ``lo`` to ``hi``, cheapest first."""
     fractions = np.geomspace(lo, hi, count) if hi > lo else [hi]
     found = {r for r in (rank_at(site, kind, float(f), align) for f in fractions) if r is not None}
-    if not found:
-        smallest = decompositions.get(kind).concrete(1, site.spec)
-        found = {smallest}
     return sorted(found, key=_order)
 
 
@@ -444,12 +448,12 @@ def _costs(problem: BudgetProblem, progress: Progress | None) -> None:
     if not by_latency:
         total = problem.model_macs
         unit_cost = lambda site, rank, kind="cp": float(  # noqa: E731
-            costs.option_macs(site, kind, rank) if rank is not None else site.cost.macs)
+            site.cost.macs if rank is None else costs.option_macs(site, kind, rank))
     else:
         timing = problem.latency or _latency_model(problem, _span(auto), progress)
         total = timing.total_ms
         unit_cost = lambda site, rank, kind="cp": (  # noqa: E731
-            timing.cost(site, rank) if kind == "cp" or rank is None else timing.option_cost(site, kind, rank))
+            timing.cost(site, None) if rank is None else timing.option_cost(site, kind, rank))
     for layer in auto:
         layer.before = unit_cost(layer.site, None)
         layer.costs = [unit_cost(layer.site, r, layer.kind(k)) for k, r in enumerate(layer.ranks)]
@@ -566,8 +570,7 @@ def _damages(problem: BudgetProblem, progress: Progress | None) -> None:
         mid = len(layer.ranks) // 2
         if layer.errors[mid] <= 0:
             continue
-        kind = layer.kind(mid)
-        form = "cp4" if kind == "cp" else decompositions.get(kind).forms[0]
+        form = decompositions.get(layer.kind(mid)).forms[0]
         variant = splice(model, [Replacement(layer.site, form, layer.ranks[mid], layer.factors(mid))])[0]
         out = proxy.output_error(proxy.run(variant, problem.feeds, threads), problem.reference)
         layer.weight = (out / layer.errors[mid]) ** 2
@@ -681,7 +684,7 @@ def _record(problem: BudgetProblem, picks: list[int]) -> None:
         else:
             plan.choices[layer.site.key] = LayerChoice(layer.ranks[k], layer.fits[k], "auto",
                                                        proxy=layer.errors[k], cost=layer.costs[k],
-                                                       decomposition=layer.kind(k), chosen=True)
+                                                       decomposition=layer.kind(k))
             kinds[layer.kind(k)] = kinds.get(layer.kind(k), 0) + 1
     if any(l.kinds for l in problem.auto):
         summary.decompositions = kinds

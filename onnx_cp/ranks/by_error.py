@@ -10,13 +10,11 @@ from __future__ import annotations
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import replace
 
-import numpy as np
-
 from onnx_cp import decompositions
 from onnx_cp.decompose import FitOptions
 from onnx_cp.parallel_fit import worker_pool
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.budget import BudgetLayer, rank_at
+from onnx_cp.ranks.budget import BudgetLayer, ranks_between
 from onnx_cp.ranks.cost import option_macs
 from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
 from onnx_cp.ranks.search import first_passing, smallest_rank
@@ -65,8 +63,7 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
         # The bound is on the kernel error of a plain fit; with calibration data the rewrite
         # refits the chosen rank data-aware, so this fit is not handed on.
         plan.choices[layer.site.key] = LayerChoice(rank, fit if layer.weights is None else None,
-                                                   f"error<={max_error}", cost=macs, decomposition=kind,
-                                                   chosen=True)
+                                                   f"error<={max_error}", cost=macs, decomposition=kind)
         counts[kind] = counts.get(kind, 0) + 1
     plan.summary.max_error = max_error
     if any(len(l.decompositions) > 1 for l in auto):
@@ -102,8 +99,7 @@ def _cp(layer: BudgetLayer, max_error: float, seed: int, fitter: WarmFitter):
 def _other(layer: BudgetLayer, kind: str, max_error: float, seed: int, align):
     """The same for Tucker-2 or SVD, over ranks whose multiply-adds grow geometrically."""
     site = layer.site
-    ranks = sorted({r for r in (rank_at(site, kind, float(f), align) for f in np.geomspace(1e-3, 1.0, GRID))
-                    if r is not None}, key=lambda r: option_macs(site, kind, r))
+    ranks = ranks_between(site, kind, 1e-3, 1.0, GRID, align)
     d, fits = decompositions.get(kind), {}
 
     def ok(i: int) -> bool:

@@ -96,8 +96,7 @@ class LatencyModel:
     def cost(self, site: ConvSite, rank: int | None) -> float:
         if rank is None:
             return self.original_ms[site.node.output[0]]
-        a, b = self.line(site, rank)
-        return max(1e-6, a + b * rank)
+        return self.form_cost(site, self.form(site, rank), rank)
 
 
 # models -> per model (total ms, {Conv output name: ms})

@@ -15,8 +15,8 @@ class LayerChoice:
     reason: str = ""
     proxy: float | None = None  # relative error of the layer's output on the calibration inputs
     cost: float | None = None  # in the plan's cost unit (MACs or ms)
-    decomposition: str = "cp"  # --decomposition auto: the one the allocation chose
-    chosen: bool = False  # whether the selection chose the decomposition (auto), not only the rank
+    # the decomposition the selection chose with the rank (None: a --rank rule's, or none)
+    decomposition: str | None = None
 
 
 @dataclass
