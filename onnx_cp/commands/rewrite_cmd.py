@@ -90,7 +90,8 @@ from onnx_cp.rewrite import rewrite_with_report
               show_default=True, help="onnxruntime graph optimization level that auto times with.")
 @input_shape_option
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
-              help="Also write the per-layer report as JSON.")
+              help="Also write the per-layer report: r.html one offline page with charts, r.md Markdown, "
+                   "any other name JSON.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
 def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, calib_samples,
@@ -133,12 +134,26 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
     save_model(result.model, output, overwrite=overwrite, protect=model)
     report = for_cli(result.report)
     if report_path:
-        save_text(report.to_json(), report_path, protect=[model, output])
+        save_text(_report_text(report, report_path), report_path, protect=[model, output])
     if not quiet:
         out = make_console()
         render_rewrite(report, out)
         out.print(f"wrote {output}" + _speed_summary(report, threads, _batch(config.input_shapes)),
                   markup=False, highlight=False)
+
+
+def _report_text(report, path: str) -> str:
+    """The report in the format ``--report``'s suffix names: .html/.htm a page, .md/.markdown Markdown, else JSON."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        from onnx_cp.report_html import render_html
+
+        return render_html(report.to_dict())
+    if suffix in (".md", ".markdown"):
+        from onnx_cp.report_markdown import render_markdown
+
+        return render_markdown(report.to_dict())
+    return report.to_json()
 
 
 def _batch(shapes) -> int:
