@@ -1,4 +1,5 @@
-"""onnx-cp: make CNNs faster in onnxruntime by rewriting Conv nodes as low-rank CP decompositions.
+"""onnx-cp: make CNNs faster in onnxruntime by rewriting their Conv, Gemm and MatMul nodes as low-rank
+decompositions (CP first, Tucker-2, SVD, GKPD, low-rank-factor CP), chosen per layer by measured speed.
 
     import onnx_cp
     fast = onnx_cp.rewrite("model.onnx", onnx_cp.RewriteConfig(ranks=(64,)))

@@ -1,21 +1,17 @@
 """The one configuration object shared by the CLI and the Python API."""
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from onnx_cp import decompositions
 from onnx_cp.conv import align_rank
-from onnx_cp.decompose import METHODS, FitOptions
+from onnx_cp.decompositions.cp_solver import METHODS, FitOptions
 from onnx_cp.errors import OnnxCpError, param, spelled
 from onnx_cp.runtime import OPT_LEVELS
 from onnx_cp.ranks.options import RankSelection
-from onnx_cp.realize import REALIZATIONS
-
-
-CP_OR_AUTO = "decomposition='cp' or 'auto'"
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,7 @@ class RankRule:
         return self.pattern is None or any(fnmatch.fnmatchcase(n, self.pattern) for n in names if n)
 
 
-def parse_rank(text: str | int | float, decomposition: str = "cp") -> RankRule:
+def parse_rank(text: str | int | float, decomposition: str = decompositions.DEFAULT) -> RankRule:
     """``'200'``, ``'0.25'``, ``'conv2=200'`` or ``'layer3.*=0.5'`` -> RankRule; for a
     ``decomposition`` other than cp also its own rank syntax (``'conv2=16x12'`` for tucker2)."""
     if isinstance(text, bool):
@@ -54,7 +50,9 @@ def parse_rank(text: str | int | float, decomposition: str = "cp") -> RankRule:
         try:
             value = float(raw)
         except ValueError:
-            if decomposition not in ("cp", "auto"):
+            counted = decomposition == "auto" or (decomposition in decompositions.NAMES
+                                                 and decompositions.get(decomposition).count_ranked)
+            if not counted:
                 return RankRule(pattern, _own_rank(text, raw, decomposition))
             raise OnnxCpError(f"{rank_param(text)}: {raw!r} is not a number; give an integer rank such "
                               "as 64, or a fraction of the layer's cost such as 0.25", usage=True) from None
@@ -77,8 +75,6 @@ def rank_param(text) -> str:
 
 def _own_rank(text, raw: str, decomposition: str) -> str:
     """``raw`` when ``decomposition`` reads it as a rank, else a one-line error with its syntax."""
-    from onnx_cp import decompositions
-
     if decomposition not in decompositions.NAMES:
         return raw  # an unknown decomposition is refused by RewriteConfig, with the names
     try:
@@ -144,7 +140,7 @@ class RewriteConfig:
     recover: bool = True
     recover_steps: int = 300
     recover_time: float | None = 300.0
-    decomposition: str = "cp"
+    decomposition: str = decompositions.DEFAULT
     factor_rank: int | None = None
 
     def __post_init__(self):
@@ -195,13 +191,17 @@ class RewriteConfig:
             raise OnnxCpError(f"{param('recover_steps')} must be 0 or more, got {self.recover_steps}", usage=True)
         if self.recover_time is not None and not self.recover_time > 0:
             raise OnnxCpError(f"{param('recover_time')} must be positive, got {self.recover_time}", usage=True)
-        if self.calib is not None and self.selection is not None and self.selection.calib is None:
-            # One set of calibration inputs: the rank proxy reads the same data.
-            object.__setattr__(self, "selection", dataclasses.replace(self.selection, calib=self.calib))
+        if self.selection is not None and self.selection.calib is not None:
+            # RankSelection.calib is an alias kept for older callers: the data is the config's.
+            if self.calib is not None and self.calib != self.selection.calib:
+                raise OnnxCpError(f"{param('calib')} and {param('selection.calib')} name different data "
+                                  f"({self.calib!r}, {self.selection.calib!r}); give {param('calib')} alone",
+                                  usage=True)
+            object.__setattr__(self, "calib", self.selection.calib)
+        if self.selection is not None and self.selection.seed and not self.seed:
+            object.__setattr__(self, "seed", self.selection.seed)  # RankSelection.seed's alias, likewise
 
     def _check_decomposition(self) -> None:
-        from onnx_cp import decompositions
-
         if self.decomposition not in (*decompositions.NAMES, "auto"):
             raise OnnxCpError(f"{param('decomposition', repr(self.decomposition))}: choose one of "
                               f"{', '.join(decompositions.NAMES)}, auto", usage=True)
@@ -216,13 +216,12 @@ class RewriteConfig:
                               f"(or auto), not {self.decomposition}", usage=True)
 
     def _check_realize(self, rules: tuple[RankRule, ...]) -> None:
-        """``realize`` names a form of the decomposition (cp4/cp3 also pick lrcp's), or auto;
-        lrcp needs its factor rank; rank selection plans CP ranks (cp, or auto's budgets)."""
-        from onnx_cp import decompositions
-
+        """``realize`` names a form of the decomposition (or one of its aliases: cp4/cp3 pick
+        lrcp's), or auto; lrcp needs its factor rank; rank selection plans the ranks of the
+        decompositions that are selectable (or auto's budgets)."""
         d = self.decomposition
-        forms = REALIZATIONS if d in ("cp", "auto") else decompositions.get(d).forms
-        allowed = (*forms, *(REALIZATIONS if d == "lrcp" else ()), "auto") if d != "auto" else ("auto",)
+        own = decompositions.get(d) if d != "auto" else None
+        allowed = (*own.forms, *own.aliases, "auto") if own is not None else ("auto",)
         if self.realize not in allowed:
             raise OnnxCpError(f"{param('realize', repr(self.realize))} is not a form of "
                               f"{param('decomposition', repr(d), cli=d)}; choose one of "
@@ -232,10 +231,13 @@ class RewriteConfig:
                               f"{param('factor_rank', 'L', cli='L')} (e.g. "
                               f"{spelled('ranks=(24,), factor_rank=8', '--rank 24 --factor-rank 8')}) or write each "
                               "rank as R:L", usage=True)
-        if self.selection is not None and d not in ("cp", "auto"):
-            raise OnnxCpError(f"{self.selection.describe()} chooses CP ranks; with "
+        if self.selection is not None and own is not None and not own.selectable:
+            choices = [n for n in decompositions.NAMES if decompositions.get(n).selectable] + ["auto"]
+            api = "decomposition=" + " or ".join(repr(c) for c in choices)
+            shown = " and ".join(decompositions.get(n).display for n in choices[:-1])
+            raise OnnxCpError(f"{self.selection.describe()} chooses {shown} ranks; with "
                               f"{param('decomposition', repr(d), cli=d)} give {param('ranks')}, or choose "
-                              f"{spelled(CP_OR_AUTO, '--decomposition cp or auto')}", usage=True)
+                              f"{spelled(api, '--decomposition ' + ' or '.join(choices))}", usage=True)
 
     def rank_rule(self, names: tuple[str, ...]) -> RankRule | None:
         """The rule for a layer: the last matching rule with a pattern, else the last without one."""

@@ -103,27 +103,18 @@ def shape_problem(spec: ConvSpec, in_shape: tuple[int, ...] | None,
     return None
 
 
-def ineligibility(spec: ConvSpec, weight: Constant, refusal: Callable[[ConvSpec], str | None] | None = None
-                  ) -> str | None:
-    """Why CP (or the decomposition whose ``applies`` is ``refusal``) cannot or should not
-    rewrite this Conv; None when it can."""
+def ineligibility(spec: ConvSpec, weight: Constant, refusal: Callable[[ConvSpec], str | None]) -> str | None:
+    """Why the decomposition whose ``applies`` is ``refusal`` cannot or should not rewrite this
+    Conv; None when it can."""
     dtype = weight.dtype
     if not any(dtype == t for t in _FLOAT_TYPES) and dtype.name != "bfloat16":
         return f"weight dtype {dtype.name} is not floating point"
-    problem = refusal(spec) if refusal is not None else _cp_refusal(spec)
+    problem = refusal(spec)
     if problem:
         return problem
     bad = int(np.count_nonzero(~np.isfinite(weight.value)))
     if bad:
         return f"weight contains {bad} NaN/Inf values; fix the model before rewriting"
-    return None
-
-
-def _cp_refusal(spec: ConvSpec) -> str | None:
-    if spec.kernel == (1, 1):
-        return "1x1 kernel: already as cheap as its CP form"
-    if spec.in_per_group == 1 and spec.group > 1:
-        return "depthwise Conv (one input channel per group): CP cannot make it cheaper"
     return None
 
 

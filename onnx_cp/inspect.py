@@ -6,7 +6,7 @@ from typing import Mapping
 
 import onnx
 
-from onnx_cp.discover import find_convs, site_report
+from onnx_cp.sites import find_convs
 from onnx_cp.model_io import load_model
 from onnx_cp.report import LayerReport, RewriteReport
 from onnx_cp.shapes import infer_shapes
@@ -19,7 +19,7 @@ def inspect_model(model: onnx.ModelProto | str | os.PathLike,
     shapes, notes = infer_shapes(model, input_shapes or {})
     layers: list[LayerReport] = []
     for site in find_convs(model, shapes):
-        layer = site_report(site)
+        layer = site.report_row()
         layer.status = "eligible" if site.eligible else "ineligible"
         layer.reason = site.reason
         layers.append(layer)

@@ -14,12 +14,10 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from onnx_cp import decompositions
-from onnx_cp.calibrate.weighted_fit import GroupWeights, fit_weighted
-from onnx_cp.decompose import FitOptions, Fitter
 from onnx_cp.decompositions import Factors
+from onnx_cp.decompositions.cp_solver import FitOptions, Fitter
+from onnx_cp.decompositions.moments import ModeMoments
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.fitting import LayerFit, WarmFitter, fit_layer, solver_fitter
-
 
 
 @dataclass(frozen=True)
@@ -27,17 +25,15 @@ class FitTask:
     key: Hashable
     label: str  # what the progress bar shows
     groups: Sequence[np.ndarray]
-    rank: object  # an int for cp; the decomposition's own rank otherwise
+    rank: object  # the decomposition's own rank (an int for cp)
     seed: int
-    # Per group, how the layer's input statistics weight the fit (--calib); None: the kernel error.
-    weights: Sequence[GroupWeights] | None = None
+    # Per group, the layer's input statistics (--calib): the fit then minimizes the layer's output
+    # error on such inputs; None: the kernel error.
+    moments: Sequence[ModeMoments] | None = None
     # A fit of this layer to go on from (the same rank with fewer iterations, or a neighbouring rank).
-    init: LayerFit | None = None
+    init: Factors | None = None
     iteration_time: float | None = None  # seconds of iterations for the whole layer (FitOptions.iteration_time)
-    # Another decomposition than cp fits through its own ``fit`` (a Factors comes back), with
-    # ``stats`` (per group, the input-channel covariance) when it uses them.
-    decomposition: str = "cp"
-    stats: Sequence[np.ndarray] | None = None
+    decomposition: str = decompositions.DEFAULT
 
     @property
     def size(self) -> float:
@@ -47,19 +43,18 @@ class FitTask:
 
 
 def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: Progress | None = None,
-            fitter: Fitter | None = None) -> dict[Hashable, LayerFit | Factors]:
-    """Every task's LayerFit (Factors for a decomposition other than cp), by key. ``fitter``
-    (tests) replaces the CP solver and runs in process."""
-    results: dict[Hashable, LayerFit] = {}
+            fitter: Fitter | None = None) -> dict[Hashable, Factors]:
+    """Every task's Factors, by key. ``fitter`` (tests) replaces the CP solver and runs in process."""
+    results: dict[Hashable, Factors] = {}
     if not tasks:
         return results
     order = sorted(tasks, key=lambda t: -t.size)
     if fitter is not None or jobs <= 1 or len(order) == 1:
+        warm = None if fitter is None else (lambda k, r, s, init: fitter(k, r, s))
         for done, task in enumerate(order):
             if progress:
                 progress(task.label, done, len(order))
-            results[task.key] = _fit_task(task, options) if fitter is None or task.decomposition != "cp" else \
-                _fit(task, lambda k, r, s, init: fitter(k, r, s))
+            results[task.key] = _fit_task(task, options, warm)
         return results
     with worker_pool(min(jobs, len(order))) as pool:
         pending = {pool.submit(_fit_task, task, options): task for task in order}
@@ -89,20 +84,12 @@ def _labels(tasks) -> str:
     return ", ".join(names[:2]) + (f" (+{len(names) - 2})" if len(names) > 2 else "")
 
 
-def _fit_task(task: FitTask, options: FitOptions) -> LayerFit | Factors:
+def _fit_task(task: FitTask, options: FitOptions, fitter=None) -> Factors:
     """Runs in a worker: the layer's groups share its time budget."""
     if options.max_time is not None:
         options = replace(options, max_time=options.max_time / len(task.groups))
     if task.iteration_time is not None:
         options = replace(options, iteration_time=task.iteration_time / len(task.groups))
-    if task.decomposition != "cp":
-        decomposition = decompositions.get(task.decomposition)
-        return decomposition.fit(list(task.groups), task.rank, task.seed, decomposition.options(options),
-                                 stats=task.stats if decomposition.uses_stats else None)
-    return _fit(task, solver_fitter(options))
-
-
-def _fit(task: FitTask, fitter: WarmFitter) -> LayerFit:
-    if task.weights is not None:
-        return fit_weighted(list(task.groups), task.rank, task.seed, fitter, task.weights, task.init)
-    return fit_layer(list(task.groups), task.rank, task.seed, fitter, task.init)
+    decomposition = decompositions.get(task.decomposition)
+    return decomposition.fit(list(task.groups), task.rank, task.seed, decomposition.options(options), init=task.init,
+                             moments=task.moments, fitter=fitter)

@@ -53,7 +53,7 @@ class RewriteReport:
     method: str
     notes: list[str] = field(default_factory=list)
     rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
-    speed: dict | None = None  # the rewritten model against the input in onnxruntime (forms.SpeedCheck)
+    speed: dict | None = None  # the written model against the input in onnxruntime (measure.SpeedCheck)
     calibration: dict | None = None  # calib: samples, held back, whole-model output errors (calibrate.session)
 
     def __post_init__(self):
@@ -94,6 +94,12 @@ class RewriteReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass
+class RewriteResult:
+    model: object  # onnx.ModelProto
+    report: RewriteReport
 
 
 def human(n: int | float | None) -> str:

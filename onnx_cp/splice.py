@@ -11,12 +11,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_cp import decompositions
-from onnx_cp.decompositions.linear import realize_linear
 from onnx_cp.decompositions.nodes import Realization
-from onnx_cp.discover import ConvSite
-from onnx_cp.discover_linear import LinearSite
 from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
+from onnx_cp.sites import Site
 
 
 @dataclass(frozen=True)
@@ -24,19 +21,18 @@ class Replacement:
     """One layer to replace: its site, the form (cp4, cp3, tucker2, svd, gkpd, lrcp4, lrcp3:
     ``decompositions.for_form`` finds its decomposition), the rank and the per-group factors."""
 
-    site: ConvSite
+    site: Site
     form: str
     rank: object  # the decomposition's rank: an int, a pair, (terms, split)
     factors: Sequence[tuple[np.ndarray, ...]]
 
     def realize(self, names: NameAllocator) -> Realization:
-        site = self.site
-        dtype = site.weight.value.dtype
-        if isinstance(site, LinearSite):
-            return realize_linear(site.node, tuple(self.factors[0]), dtype, names)
-        return decompositions.for_form(self.form).realize(
-            self.form, site.name, site.node.input[0], site.node.output[0], site.bias, site.spec,
-            list(self.factors), dtype, names)
+        return self.site.realize(self.form, self.factors, names)
+
+    @classmethod
+    def placeholder(cls, site: Site, form: str, rank, seed: int = 0) -> "Replacement":
+        """``site`` in ``form`` at ``rank`` with random factors: enough to time it."""
+        return cls(site, form, rank, site.placeholder(form, rank, seed))
 
 
 def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_place: bool = False
@@ -85,22 +81,8 @@ def _fold_gathers(part: Realization, index: GraphIndex) -> list[str]:
     return read
 
 
-def build_ranked(model: onnx.ModelProto, layers, kind: str = "cp4") -> onnx.ModelProto:
-    """A copy of ``model`` with each ``(site, rank, per-group factors)`` of ``layers`` in ``kind`` form."""
-    return splice(model, [Replacement(site, kind, rank, factors) for site, rank, factors in layers])[0]
-
-
-def placeholder_factors(site: ConvSite, rank, seed: int = 0, form: str = "cp4") -> list[tuple[np.ndarray, ...]]:
-    """Random factors of ``form``'s shapes: onnxruntime's time does not depend on the values, so
-    forms and ranks can be timed before anything is fitted."""
-    factors = decompositions.for_form(form).placeholder(site.spec, rank, seed)
-    if isinstance(site, LinearSite):  # svd's Q of a 1x1 Conv, as the (R, in) matrix a Gemm takes
-        factors = [(p, q.reshape(q.shape[0], -1)) for p, q in factors]
-    return factors
-
-
 def _apply(model: onnx.ModelProto, replacements: dict[int, list[onnx.NodeProto]],
-           new_inits: list[onnx.TensorProto], replaced: list[ConvSite], folded: Sequence[str] = ()) -> None:
+           new_inits: list[onnx.TensorProto], replaced: list[Site], folded: Sequence[str] = ()) -> None:
     """Splice the new nodes in place (keeps topological order), then drop weights nobody reads."""
     graph = model.graph
     if not replacements:

@@ -1,6 +1,8 @@
 """--decomposition auto with a budget: the allocation spans CP, Tucker-2 and SVD candidates."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -153,10 +155,11 @@ def test_proxy_layer_error_of_a_linear_layer_is_its_output_error_in_onnxruntime(
     assert got == pytest.approx(want, rel=1e-4)
 
 
-def test_latency_lines_run_in_rank_for_cp_and_in_multiply_adds_for_the_others():
-    from onnx_cp.discover import find_convs
+def test_latency_lines_run_in_multiply_adds_for_every_form():
+    from onnx_cp.measure import Measurement
     from onnx_cp.ranks.cost import measure_probes, option_macs
     from onnx_cp.shapes import infer_shapes
+    from onnx_cp.sites import find_convs
 
     model = mixed_model()
     shapes, _ = infer_shapes(model, {})
@@ -164,15 +167,15 @@ def test_latency_lines_run_in_rank_for_cp_and_in_multiply_adds_for_the_others():
     a, b = sites["conv_a"], sites["conv_b"]
     seen = []
 
-    def profiler(models):  # the input, then per slot its low and high variant
+    def layers(models):  # the input, then per slot its low and high variant
         seen.extend(models)
-        times = [{"conv_a_out": 10.0, "conv_b_out": 20.0}, {"conv_a_out": 2.0, "conv_b_out": 4.0},
-                 {"conv_a_out": 4.0, "conv_b_out": 8.0}, {"conv_a_out": 3.0}, {"conv_a_out": 4.0}]
-        return [(40.0, t) for t in times]
+        return [{"conv_a_out": 10.0, "conv_b_out": 20.0}, {"conv_a_out": 2.0, "conv_b_out": 4.0},
+                {"conv_a_out": 4.0, "conv_b_out": 8.0}, {"conv_a_out": 3.0}, {"conv_a_out": 4.0}][:len(models)]
 
+    profiler = Measurement.injected(SimpleNamespace(layers=layers, whole=lambda models: [40.0] * len(models)))
     probes = [(a, [("cp4", 4, 8), ("tucker2", (4, 8), (4, 16))]), (b, [("svd", 4, 12)])]
     timing = measure_probes(model, probes, profiler)
-    assert len(seen) == 5
+    assert len(seen) == 5 and timing.total_ms == 40.0
     ops = [sorted({n.op_type for n in m.graph.node if "/" in n.name}) for m in seen]
     assert ops[1] == ops[2] == ["Conv"] and {n.name.split("/")[1] for n in seen[3].graph.node if "/" in n.name} == \
         {"tucker2"}
@@ -202,3 +205,13 @@ def test_auto_budget_with_calib_fits_svd_and_tucker2_to_the_layer_inputs(tmp_pat
     weight = next(numpy_helper.to_array(t) for t in mixed_model().graph.initializer if t.name == "conv_b_w")
     plain = decompositions.get("svd").fit([weight.astype(np.float64)], layer(result, "conv_b").rank)
     assert layer(result, "conv_b").rel_error > plain.rel_error + 1e-3
+
+
+def test_auto_with_a_rank_rule_gives_a_1x1_conv_only_the_decompositions_that_apply():
+    # CP does not apply to the 1x1 conv_b: its candidates are SVD's alone (cp4 of a 1x1 kernel crashed)
+    model = mixed_model()
+    config = RewriteConfig(ranks=(8,), decomposition="auto", max_iter=20, stabilize="never")
+    result = rewrite_with_report(model, config, timer=faster_everywhere)
+    onnx.checker.check_model(result.model, full_check=True)
+    assert layer(result, "conv_b").status == "rewritten" and layer(result, "conv_b").decomposition == "svd"
+    assert {layer(result, n).status for n in ("conv_a", "conv_c")} == {"rewritten"}

@@ -13,15 +13,16 @@ from builders import conv_model, cp_kernel, run
 from onnx_cp.calibrate.follow import following
 from onnx_cp.calibrate.layerwise import set_biases, waves
 from onnx_cp.calibrate.patches import conv_outputs, extract, pixels, sample_positions
+from onnx_cp import decompositions
 from onnx_cp.calibrate.recovery import Pairs, RecoveryOptions, output_error, recover
 from onnx_cp.calibrate.statistics import MomentAccumulator
-from onnx_cp.calibrate.weighted_fit import fit_weighted, group_weights
+from onnx_cp.decompositions.cp_fit import fit_weighted, group_weights
 from onnx_cp.config import RewriteConfig
 from onnx_cp.conv import conv_spec
-from onnx_cp.decompose import FitOptions
+from onnx_cp.decompositions.cp_solver import FitOptions
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.graph import GraphIndex
-from onnx_cp.ranks.fitting import fit_layer, solver_fitter
+from onnx_cp.decompositions.cp_fit import fit_layer, solver_fitter
 from onnx_cp.rewrite import rewrite_with_report
 
 
@@ -105,7 +106,8 @@ def test_data_aware_fit_lowers_the_output_error_on_correlated_inputs():
     want = conv_outputs(test_part, weight, None, 1)
 
     def error(fit):
-        got = output_error(Pairs(test_part, want), [f.factors for f in fit.fits], None, following_identity())
+        got = output_error(Pairs(test_part, want), decompositions.get("cp"), list(fit.groups), None,
+                           following_identity())
         return got
 
     assert aware.rel_error >= plain.rel_error - 1e-9  # the kernel error is not what it minimizes
@@ -136,12 +138,36 @@ def test_recovery_lowers_the_held_back_output_error(use_torch):
     train, held = pairs.split(np.arange(2000, len(fed)))
     start = fit_layer([weight], 4, 0, solver_fitter(FitOptions(max_iter=40)))
     relu = following_relu()
-    result = recover(train, held, [f.factors for f in start.fits], bias, relu,
+    result = recover(train, held, decompositions.get("cp"), list(start.groups), bias, relu,
                      RecoveryOptions(steps=100, use_torch=use_torch))
     assert result.error_after < 0.75 * result.error_before, (result.error_before, result.error_after)
     assert result.method == ("adam" if use_torch else "least-squares")
-    again = output_error(held, result.factors, result.bias, relu)
+    again = output_error(held, decompositions.get("cp"), result.factors, result.bias, relu)
     assert again == pytest.approx(result.error_after)
+
+
+@pytest.mark.parametrize("name, rank", [("tucker2", (4, 4)), ("svd", 4), ("lrcp", (6, 4)), ("gkpd", (2, (4, 4, 3, 1)))])
+def test_recovery_trains_every_decomposition_through_its_own_outputs(name, rank):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    weight = 0.3 * rng.standard_normal((8, 8, 3, 3))
+    bias = rng.standard_normal(8)
+    x = correlated(rng, 50, 8, 8)
+    model = conv_model(x.shape, weight.astype(np.float32), pads=[1, 1, 1, 1])
+    spec = conv_spec(model.graph.node[0], weight.shape)
+    patches = extract(x, 0, sample_positions(rng, range(50), (8, 8), 2500), spec, (8, 8))
+    fed = patches * 1.2 + 0.1 + 0.05 * rng.standard_normal(patches.shape)  # a drifted prefix
+    train, held = Pairs(fed, conv_outputs(patches, weight, bias, 1)).split(np.arange(2000, len(fed)))
+    d = decompositions.get(name)
+    start = d.fit([weight], rank, 0)
+    # the chain's outputs in numpy are the realized kernel's
+    np.testing.assert_allclose(d.outputs(held.patches, list(start.groups)),
+                               conv_outputs(held.patches, np.concatenate(d.kernels(start.groups)), None, 1),
+                               rtol=1e-6, atol=1e-9)
+    result = recover(train, held, d, list(start.groups), bias, following_relu(), RecoveryOptions(steps=150))
+    assert result.method == "adam" and result.error_after < 0.8 * result.error_before, \
+        (result.error_before, result.error_after)
+    assert [f.shape for f in result.factors[0]] == [f.shape for f in start.groups[0]]
 
 
 def following_relu():

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_cp.discover import find_convs
+from onnx_cp.sites import find_convs
 from onnx_cp.shapes import infer_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

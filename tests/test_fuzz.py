@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from builders import conv_model, relative_difference
 from onnx_cp import RewriteConfig, rewrite_with_report
 from onnx_cp.cli import cli
-from onnx_cp.decompose import KernelFit
+from onnx_cp.decompositions.cp_solver import KernelFit
 
 # The default solver, few iterations: the fuzz judges robustness, not fit quality.
 FAST = ["--method", "nls", "--max-iter", "5", "--realize", "cp4", "-q"]

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from golden_timing import FakeStats, FakeTiming
+from golden_timing import FakeTiming
 from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,28 +54,9 @@ CASES = {
 
 
 @pytest.fixture
-def timing(monkeypatch):
-    """Installs a FakeTiming for a model wherever the rewrite times things; returns its maker."""
-    made = {}
-
-    def install(model: onnx.ModelProto, shapes) -> FakeTiming:
-        fake = FakeTiming(model, shapes)
-        made["fake"] = fake
-
-        def profiler(threads, opt_level, input_shapes, warmup=2, runs=10):
-            return lambda models: list(zip(fake.whole(models), fake.layers(models)))
-
-        def measure_latency(models, **kwargs):
-            return [FakeStats(ms) for ms in fake.whole(models)]
-
-        import onnx_cp.bench
-        import onnx_cp.ranks.cost
-
-        monkeypatch.setattr(onnx_cp.ranks.cost, "onnxruntime_profiler", profiler, raising=False)
-        monkeypatch.setattr(onnx_cp.bench, "measure_latency", measure_latency)
-        return fake
-
-    return install
+def timing():
+    """Makes the FakeTiming the rewrite is given (its one timing injection point)."""
+    return FakeTiming
 
 
 def _calibration(model_name: str, path: Path) -> str:
@@ -103,9 +84,7 @@ def _run(case: str, tmp_path: Path, timing):
     config = RewriteConfig(selection=selection, input_shapes=shapes,
                            calib=_calibration(model_name, tmp_path / "calib.npy") if calib else None,
                            **FIT, **config_kw)
-    from onnx_cp.forms import Timing
-
-    result = rewrite_with_report(model, config, timer=Timing(fake.layers, fake.whole))
+    result = rewrite_with_report(model, config, timer=fake)
     return model, shapes, result
 
 

@@ -18,7 +18,7 @@ from builders import conv_model, grouped_cp_kernel, relative_difference, run
 from onnx_cp import OnnxCpError, RewriteConfig, load_model, rewrite_with_report, save_model
 from onnx_cp import model_io, solver
 from onnx_cp.cli import cli
-from onnx_cp.discover import find_convs
+from onnx_cp.sites import find_convs
 
 # Small, quick fits; the solver is patched through onnx_cp.solver.cp_als in some tests.
 FAST = ("--method", "als", "--max-iter", "5", "--realize", "cp4", "-q")

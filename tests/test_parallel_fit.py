@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 
-from onnx_cp.decompose import FitOptions
+from onnx_cp.decompositions.cp_solver import FitOptions
 from onnx_cp.parallel_fit import FitTask, fit_all
 
 
@@ -30,7 +30,7 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
     script = tmp_path / "user.py"
     script.write_text(
         "import numpy as np\n"
-        "from onnx_cp.decompose import FitOptions\n"
+        "from onnx_cp.decompositions.cp_solver import FitOptions\n"
         "from onnx_cp.parallel_fit import FitTask, fit_all\n"
         "rng = np.random.default_rng(0)\n"
         "tasks = [FitTask(k, str(k), [rng.standard_normal((6, 4, 3, 3))], 3, k) for k in range(2)]\n"

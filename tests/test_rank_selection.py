@@ -10,11 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from builders import cp_kernel, relative_difference, run, zero_fitter
 from onnx_cp import OnnxCpError, RankSelection, RewriteConfig, rewrite_with_report
-from onnx_cp.decompose import FitOptions
+from onnx_cp.decompositions.cp_solver import FitOptions
 from onnx_cp.ranks import allocate, smallest_rank, uniform_error
-from onnx_cp.ranks.calibration import load_calibration
-from onnx_cp.ranks.fitting import fit_layer, solver_fitter
-from onnx_cp.ranks.budget import candidate_ranks
+from onnx_cp.calibrate.data import CalibrationData
+from onnx_cp.decompositions.cp_fit import fit_layer, solver_fitter
+from onnx_cp.ranks.grid import candidate_ranks
 from onnx_cp.ranks.refine import repair
 
 FAST = FitOptions(max_iter=60, tol=1e-10)
@@ -143,8 +143,8 @@ def test_max_error_search_warm_starts_from_the_nearest_smaller_rank():
 
     def fake(rank, warm):
         starts.append((rank, warm.rank if warm else None))
-        from onnx_cp.ranks.fitting import LayerFit
-        return LayerFit(rank, (), max(0.0, 1 - rank / 20))  # error <= 0.1 from rank 18
+        from onnx_cp.decompositions import Factors
+        return Factors(rank, (), max(0.0, 1 - rank / 20), 0.0)  # error <= 0.1 from rank 18
 
     result = smallest_rank(fake, 0.1, limit=64)
     assert result.rank == 18
@@ -250,15 +250,17 @@ def test_calibration_reads_npz_npy_and_warns_on_random(tmp_path):
     np.savez(tmp_path / "c.npz", x=x)
     np.save(tmp_path / "c.npy", x)
     for path in ("c.npz", "c.npy"):
-        feeds, note = load_calibration(model, str(tmp_path / path), 8, 0, {})
-        assert len(feeds) == 3 and note is None and np.array_equal(feeds[2]["x"][0], x[2])
-    feeds, note = load_calibration(model, None, 2, 0, {})
-    assert len(feeds) == 2 and "random" in note
+        data = CalibrationData.read(model, str(tmp_path / path), 512, 8, 0, {})
+        feeds = data.proxy_feeds()
+        assert len(feeds) == 3 and data.note is None and np.array_equal(feeds[2]["x"][0], x[2])
+        assert (data.samples, data.train) == (3, 2)  # a fifth held back, at least one
+    data = CalibrationData.read(model, None, 512, 2, 0, {})
+    assert len(data.proxy_feeds()) == 2 and "random" in data.note and data.samples == 0
     np.savez(tmp_path / "bad.npz", y=x)
     with pytest.raises(OnnxCpError, match="array 'x'"):
-        load_calibration(model, str(tmp_path / "bad.npz"), 8, 0, {})
+        CalibrationData.read(model, str(tmp_path / "bad.npz"), 512, 8, 0, {})
     with pytest.raises(OnnxCpError, match="wants"):
-        load_calibration(model, str(tmp_path / "c.npy"), 8, 0, {"x": (1, 4, 10, 10)})
+        CalibrationData.read(model, str(tmp_path / "c.npy"), 512, 8, 0, {"x": (1, 4, 10, 10)})
 
 
 @pytest.mark.parametrize("search", [0, 4])
@@ -330,23 +332,25 @@ def test_budget_modes_need_known_shapes():
     assert "--input-shape x=1x3x224x224" in info.value.cli
 
 
-@pytest.mark.parametrize("measured, kept", [([1.2, 2.6, 1.9], 3), ([1.2, 2.5, 1.5], 2)])
-def test_measurement_rounds_keep_the_round_closest_to_the_target(monkeypatch, measured, kept):
-    import onnx_cp.bench
-    from onnx_cp.bench import LatencyStats
+class RoundTimer:
+    """Every layer equally fast; the whole model's measured speed-ups in rounds are given."""
 
-    speeds = iter(measured)
+    def __init__(self, speedups):
+        self.speeds = iter(speedups)
 
-    def fake(models, **kwargs):
-        if len(models) == 1:  # the probe before any fit
-            return [LatencyStats.from_samples([10.0])]
-        s = next(speeds)
-        return [LatencyStats.from_samples([10.0]), LatencyStats.from_samples([10.0 / s])]
+    def layers(self, models):
+        keys = [n.output[0] for n in models[0].graph.node if n.op_type == "Conv"]
+        return [{k: 1.0 for k in keys} for _ in models]
 
-    monkeypatch.setattr(onnx_cp.bench, "measure_latency", fake)
+    def whole(self, models):
+        return [10.0] if len(models) == 1 else [10.0, 10.0 / next(self.speeds)]
+
+
+@pytest.mark.parametrize("measured, kept", [([1.2, 2.6, 1.9], 2), ([1.2, 2.5, 1.5], 2), ([1.2, 1.5, 1.9], 3)])
+def test_measurement_rounds_keep_the_round_closest_to_the_target_from_above(measured, kept):
     config = RewriteConfig(selection=RankSelection(target_speedup=2.0, candidates=3, calib_count=2),
                            max_iter=10, stabilize="never", realize="cp4")
-    result = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config)
+    result = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config, timer=RoundTimer(measured))
     summary = result.report.rank_selection
     assert len(summary["rounds"]) == 3 and summary["kept_round"] == kept
     assert summary["measured"]["measured_speedup"] == pytest.approx(measured[kept - 1])
@@ -354,21 +358,11 @@ def test_measurement_rounds_keep_the_round_closest_to_the_target(monkeypatch, me
 
 
 @pytest.mark.parametrize("measured, note", [([1.2, 1.3, 1.4], "short of it by 30%"), ([1.2, 1.9], None)])
-def test_a_measured_shortfall_is_noted(monkeypatch, measured, note):
-    import onnx_cp.bench
-    from onnx_cp.bench import LatencyStats
-
-    speeds = iter(measured)
-
-    def fake(models, **kwargs):
-        if len(models) == 1:
-            return [LatencyStats.from_samples([10.0])]
-        return [LatencyStats.from_samples([10.0]), LatencyStats.from_samples([10.0 / next(speeds)])]
-
-    monkeypatch.setattr(onnx_cp.bench, "measure_latency", fake)
+def test_a_measured_shortfall_is_noted(measured, note):
     config = RewriteConfig(selection=RankSelection(target_speedup=2.0, candidates=3, calib_count=2),
                            max_iter=10, stabilize="never", realize="cp4")
-    notes = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config).report.notes
+    timer = RoundTimer(measured)
+    notes = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config, timer=timer).report.notes
     found = [n for n in notes if "selection.target_speedup=2" in n]
     if note is None:
         assert found == []

@@ -3,6 +3,8 @@ refusals, reports, and the input left untouched."""
 import json
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
 import onnx
 import pytest
@@ -12,8 +14,7 @@ from onnx.reference import ReferenceEvaluator
 from builders import (conv_model, grouped_cp_kernel, oracle_fitter, relative_difference, run,
                       zero_fitter)
 from onnx_cp import OnnxCpError, RewriteConfig, rewrite_with_report
-from onnx_cp.decompose import FitOptions, fit_kernel
-from onnx_cp.forms import Timing
+from onnx_cp.decompositions.cp_solver import FitOptions, fit_kernel
 from onnx_cp.provenance import METADATA_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -267,7 +268,7 @@ def test_a_rewritten_model_slower_than_the_input_is_not_returned():
     weight, factors, _ = exact_conv()
     model = conv_model((1, 4, 8, 8), weight, pads=[1, 1, 1, 1])
     layer_times = _fake_timer({"original": 1.0, "cp4": 0.5, "cp3": 0.9})
-    timing = Timing(layer_times, lambda models: [1.0, 1.2])
+    timing = SimpleNamespace(layers=layer_times, whole=lambda models: [1.0, 1.2])
     result = rewrite_with_report(model, RewriteConfig(ranks=(2,), cap_rank=False), fitter=oracle_fitter(factors),
                                  timer=timing)
     layer, = result.report.layers

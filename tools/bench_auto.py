@@ -100,7 +100,7 @@ def _calibration(model: Path, shapes: dict, path: Path) -> None:
     from calib_output_error import blocky
 
     from onnx_cp.model_io import load_model
-    from onnx_cp.ranks.calibration import input_shape
+    from onnx_cp.calibrate.data import input_shape
 
     if not path.exists():
         np.save(path, blocky(64, input_shape(load_model(str(model)), shapes)[1], seed=0))
@@ -111,7 +111,7 @@ def _measure(model: Path, rewritten: Path, shapes: dict) -> dict:
 
     from onnx_cp.bench import measure_latency
     from onnx_cp.model_io import load_model
-    from onnx_cp.ranks.calibration import input_shape
+    from onnx_cp.calibrate.data import input_shape
     from onnx_cp.ranks.proxy import output_error, run
 
     base, new = measure_latency([str(model), str(rewritten)], threads=1, warmup=3, runs=20, input_shapes=shapes)

@@ -44,8 +44,8 @@ from threadpoolctl import threadpool_limits
 import onnx_cp
 from onnx_cp import decompositions
 from onnx_cp.bench import measure_latency
-from onnx_cp.decompose import fit_kernel
-from onnx_cp.discover import find_convs
+from onnx_cp.decompositions.cp_solver import fit_kernel
+from onnx_cp.sites import find_convs
 from onnx_cp.shapes import infer_shapes
 
 MODEL = "assets/nudenet_320n.onnx"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from onnx_cp.decompose import FitOptions, fit_kernel
-from onnx_cp.discover import find_convs
+from onnx_cp.decompositions.cp_solver import FitOptions, fit_kernel
+from onnx_cp.sites import find_convs
 from onnx_cp.model_io import load_model
 from onnx_cp.shapes import infer_shapes
 

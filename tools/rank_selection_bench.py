@@ -27,15 +27,15 @@ import onnx
 
 from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
 from onnx_cp.bench import measure_latency
-from onnx_cp.discover import find_convs
+from onnx_cp.sites import find_convs
 from onnx_cp.model_io import load_model
 from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import uniform_error
-from onnx_cp.ranks.calibration import input_shape
+from onnx_cp.calibrate.data import input_shape
 from onnx_cp.ranks.cost import model_macs, rank_cost_macs
 from onnx_cp.ranks.budget import uniform_rank
 from onnx_cp.ranks.plan import plan_ranks
-from onnx_cp.rewrite import select
+from onnx_cp.stages.discover import select
 from onnx_cp.splice import build_ranked
 from onnx_cp.shapes import infer_shapes, parse_input_shapes
 from onnx_cp.testing import ZOO_NAMES, materialize_zoo

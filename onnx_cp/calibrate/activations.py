@@ -83,3 +83,16 @@ def batched_outputs(model: onnx.ModelProto, x: np.ndarray, *, threads: int = 1) 
     outputs whose batch axis is not the first, as in a (T, N, C) sequence)."""
     names = [o.name for o in model.graph.output]
     return [[values[n] for n in names] for _, values in stream(model, names, x, threads=threads)]
+
+
+def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]) -> float:
+    """sqrt(sum ||out - ref||^2 / sum ||ref||^2) over every float output of every feed (or batch)."""
+    num = den = 0.0
+    for got, want in zip(outputs, reference):
+        for a, b in zip(got, want):
+            if not np.issubdtype(np.asarray(b).dtype, np.floating):
+                continue
+            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            num += float(np.sum(np.square(a64 - b64)))
+            den += float(np.sum(np.square(b64)))
+    return float(np.sqrt(num / den)) if den else 0.0

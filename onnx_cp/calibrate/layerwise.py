@@ -3,8 +3,8 @@
 Layers are taken in waves: a layer's wave is one more than the latest wave of any rewritten
 layer upstream of its input, so one onnxruntime pass of the model with the earlier waves
 recovered gives every layer of a wave its real (prefix-fed) inputs, and errors do not pile up.
-Only the small CP chains are trained; the rest of the model runs as it is in onnxruntime,
-whatever its ops.
+Only the small chains of the rewritten layers are trained, whatever their decomposition; the
+rest of the model runs as it is in onnxruntime, whatever its ops.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from onnx_cp.calibrate.observe import Observation
 from onnx_cp.calibrate.patches import extract
 from onnx_cp.calibrate.block import gather, next_block, refine
 from onnx_cp.calibrate.recovery import Pairs, Recovered, RecoveryOptions, output_error, recover
+from onnx_cp.decompositions import for_form
 from onnx_cp.graph import GraphIndex, NameAllocator, all_names, subgraph_reads
 from onnx_cp.progress import Progress
 from onnx_cp.splice import Replacement, splice
@@ -99,7 +100,7 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
             share = None if left is None else left / (len(replacements) - len(done))
             block = next_block(index, rep.site.spec, following(index, rep.site.node), options.block) \
                 if options.block else None
-            if block is not None and len(rep.factors) == 1 and len(rep.factors[0]) == 4:
+            if block is not None and len(rep.factors) == 1 and for_form(rep.form).block_refinable:
                 first = _recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
                                      replace(options, max_time=None if share is None else share / 2, threads=threads))
                 left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
@@ -138,7 +139,7 @@ def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphI
     own = r.error_after
     if len(seen.held):
         patches = _held_patches(prefix, site, seen, x, options.threads)
-        own = output_error(Pairs(patches, seen.targets[seen.held]), [factors], bias, act)
+        own = output_error(Pairs(patches, seen.targets[seen.held]), for_form(rep.form), [factors], bias, act)
     result = replace(r, factors=(tuple(factors),), bias=bias, error_after=own, method=note, steps=r.steps + steps)
     return LayerRecovery(replace(rep, factors=[tuple(factors)]), bias, result, layer.activation)
 
@@ -160,7 +161,7 @@ def _recover_one(index: GraphIndex, rep: Replacement, seen: Observation, patches
             return LayerRecovery(rep, zero, None, act.kind, f"bias is not constant: {value}")
         bias = value.value.astype(np.float64)
     train, held = Pairs(patches, seen.targets).split(seen.held)
-    result = recover(train, held if len(held.targets) else train, rep.factors, bias, act, options)
+    result = recover(train, held if len(held.targets) else train, for_form(rep.form), rep.factors, bias, act, options)
     return LayerRecovery(replace(rep, factors=result.factors), result.bias, result, act.kind)
 
 

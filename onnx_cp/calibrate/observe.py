@@ -14,7 +14,7 @@ import onnx
 from onnx_cp.calibrate.activations import batch_size, stream
 from onnx_cp.calibrate.patches import Positions, extract, pixels, sample_positions
 from onnx_cp.calibrate.statistics import ModeMoments, MomentAccumulator
-from onnx_cp.discover import ConvSite
+from onnx_cp.sites import Site
 from onnx_cp.progress import Progress
 
 # Floats of patches one layer may hold for recovery (128 MiB in float32).
@@ -31,7 +31,7 @@ class Observation:
     moments: list[ModeMoments]  # per group, of the patches at the training positions
 
 
-def layer_positions(site: ConvSite, train: int, total: int, count: int, seed: int) -> tuple[Positions, np.ndarray]:
+def layer_positions(site: Site, train: int, total: int, count: int, seed: int) -> tuple[Positions, np.ndarray]:
     """Positions for ``site``: about ``count`` over the training samples and a quarter of that
     over the held-back ones; the count is capped so the patches fit ``PATCH_FLOATS``."""
     spec = site.spec
@@ -47,7 +47,7 @@ def layer_positions(site: ConvSite, train: int, total: int, count: int, seed: in
     return joined, np.arange(len(fit), len(joined))
 
 
-def observe(model: onnx.ModelProto, sites: Sequence[ConvSite], x: np.ndarray, train: int, count: int,
+def observe(model: onnx.ModelProto, sites: Sequence[Site], x: np.ndarray, train: int, count: int,
             seed: int, threads: int = 1, progress: Progress | None = None) -> dict[str, Observation]:
     """Every site's Observation, from one batched pass of ``model`` over ``x`` (the first
     ``train`` samples train, the rest are held back)."""

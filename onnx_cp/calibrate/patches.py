@@ -78,18 +78,6 @@ def pixels(y: np.ndarray, first_sample: int, positions: Positions) -> np.ndarray
     return y[positions.sample[pick] - first_sample, :, positions.row[pick], positions.col[pick]]
 
 
-def cp_outputs(patches: np.ndarray, group_factors: Sequence[tuple[np.ndarray, ...]],
-               bias: np.ndarray | None) -> np.ndarray:
-    """What the CP chain of per-group factors (Ut, Us, Uy, Ux) outputs (M, T) for the patches."""
-    groups = len(group_factors)
-    per_in = patches.shape[1] // groups
-    outs = []
-    for g, (ut, us, uy, ux) in enumerate(group_factors):
-        p = patches[:, g * per_in:(g + 1) * per_in].astype(np.float64)
-        z = np.einsum("msyx,sr,yr,xr->mr", p, us, uy, ux, optimize=True)
-        outs.append(z @ ut.T)
-    y = np.concatenate(outs, axis=1)
-    return y if bias is None else y + bias
 
 
 def conv_outputs(patches: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, group: int) -> np.ndarray:

@@ -1,13 +1,12 @@
-"""What calibration data (``RewriteConfig.calib``, ``--calib``) adds to one rewrite, as the orchestrator calls it:
+"""What calibration data (``RewriteConfig.calib``, ``--calib``) adds to one rewrite:
 
-    calib = Calibration.start(model, config, sites, progress, notes)   # None without calib
-    FitTask(..., weights=calib.weights(site))                          # data-aware fits
+    calib = Calibration.start(data, config)              # None without a file of samples
+    calib.observe(model, sites, progress, notes)         # once per layer, when its fit needs it
+    Factors = decomposition.fit(..., moments=calib.moments(site))
     final, layers = calib.recover(model, fitted_model, replacements, progress)
-    report.calibration = calib.summary()
 
-The calibration inputs are read and checked before any fit; a fifth of them (at least one,
-when there are two or more) is held back: the per-layer and whole-model output errors in the
-report are measured on those alone.
+The data (calibrate.data.CalibrationData) was read, checked and split before any of this; the
+per-layer and whole-model output errors are measured on its held-back samples alone.
 """
 from __future__ import annotations
 
@@ -19,62 +18,78 @@ from typing import Sequence
 import numpy as np
 import onnx
 
-from onnx_cp.calibrate.activations import batched_outputs
+from onnx_cp.calibrate.activations import batched_outputs, output_error
+from onnx_cp.calibrate.data import CalibrationData, calib_param
 from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers
 from onnx_cp.calibrate.observe import Observation, observe
 from onnx_cp.calibrate.recovery import RecoveryOptions
 from onnx_cp.calibrate.statistics import samples_needed
-from onnx_cp.calibrate.weighted_fit import GroupWeights, group_weights
-from onnx_cp.discover import ConvSite
+from onnx_cp.decompositions import Factors, for_form
+from onnx_cp.decompositions.moments import ModeMoments
 from onnx_cp.errors import Message, param
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.calibration import calib_param, read_calibration
-from onnx_cp.ranks.fitting import LayerFit
-from onnx_cp.ranks.proxy import output_error
+from onnx_cp.sites import Site
 from onnx_cp.splice import Replacement
 
 # Output positions sampled per layer for its statistics and recovery (fewer for wide layers).
 PATCHES = 16384
-HELD_BACK = 0.2
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """The report's ``calibration`` entry: the data and the written model's output errors."""
+
+    data: str
+    samples: int
+    held_back: int
+    recovered_layers: int
+    output_error_fitted: float | None  # the written layers as fitted, before recovery
+    output_error: float | None  # the written model
+    seconds: float
+    data_aware_fits: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
 class Calibration:
-    config: object  # RewriteConfig (not imported: config imports nothing of this package)
-    x: np.ndarray
-    train: int
-    observed: dict[str, Observation]
-    seconds: float
+    data: CalibrationData
+    config: object  # RewriteConfig (not imported: config sits above this package)
+    observed: dict[str, Observation] = field(default_factory=dict)
+    seconds: float = 0.0
     model_error_fitted: float | None = None
     model_error: float | None = None
     recovered: dict[str, LayerRecovery] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, model: onnx.ModelProto, config, sites: Sequence[ConvSite], progress: Progress | None,
-              notes: list[str]) -> "Calibration | None":
-        """Read and check the data, warn when it is too little, observe the layers; None
-        without ``config.calib``."""
-        if config.calib is None:
-            return None
+    def start(cls, data: CalibrationData, config) -> "Calibration | None":
+        """The calibration of a rewrite with a file of samples; None for random proxy inputs."""
+        return cls(data, config) if data is not None and data.source is not None else None
+
+    def observe(self, model: onnx.ModelProto, sites: Sequence[Site], progress: Progress | None,
+                notes: list[str]) -> None:
+        """One pass of the original model over the samples for every site not observed yet,
+        with a note for sites it cannot observe and for too few samples."""
         begin = time.perf_counter()
-        x = read_calibration(model, config.calib, config.calib_samples, config.input_shapes)
-        held = int(round(len(x) * HELD_BACK)) if len(x) > 1 else 0
-        held = max(held, 1) if len(x) > 1 else 0
-        train = len(x) - held
+        sites = [s for s in sites if s.observable and s.key not in self.observed]
         unknown = [s for s in sites if s.out_shape is None or s.in_shape is None]
         if unknown:  # shape inference lost them (a Reshape to a computed shape, say)
             notes.append(Message(f"{param('calib')}: shape inference could not tell the shapes of {len(unknown)} "
                                  f"layer(s) (e.g. {unknown[0].name}); they get plain fits and no recovery"))
             sites = [s for s in sites if s not in unknown]
-        notes.extend(_too_few(sites, train, held, config.calib))
-        observed = observe(model, sites, x, train, PATCHES, config.seed, config.threads, progress) if sites else {}
-        return cls(config, x, train, observed, time.perf_counter() - begin)
+        if not sites:
+            return
+        data, config = self.data, self.config
+        notes.extend(_too_few(sites, data.train, data.samples - data.train, data.source))
+        self.observed.update(observe(model, sites, data.fitting, data.train, PATCHES, config.seed, config.threads,
+                                     progress))
+        self.seconds += time.perf_counter() - begin
 
-    def weights(self, site: ConvSite) -> list[GroupWeights] | None:
-        """The data-aware weighting of ``site``'s fit; None for a layer that was not observed."""
-        if site.key not in self.observed:
-            return None
-        return [group_weights(m) for m in self.observed[site.key].moments]
+    def moments(self, site: Site) -> list[ModeMoments] | None:
+        """Per group, the input statistics ``site``'s fit weights its error by (None: not observed)."""
+        seen = self.observed.get(site.key)
+        return None if seen is None else seen.moments
 
     def recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
                 progress: Progress | None) -> tuple[onnx.ModelProto, dict[str, LayerRecovery]]:
@@ -88,8 +103,8 @@ class Calibration:
             self.model_error = self.model_error_fitted
             return fitted, {}
         options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
-        replacements = [r for r in replacements if r.site.key in self.observed]
-        layers = recover_layers(model, replacements, self.observed, self.x, options, config.recover_time,
+        replacements = [r for r in replacements if r.site.key in self.observed and for_form(r.form).recoverable]
+        layers = recover_layers(model, replacements, self.observed, self.data.fitting, options, config.recover_time,
                                 config.threads, progress)
         final = apply(model, layers)
         self.model_error = self._error(final, reference)
@@ -97,30 +112,33 @@ class Calibration:
         self.seconds += time.perf_counter() - begin
         return final, self.recovered
 
-    @staticmethod
-    def refit(fit: LayerFit, site: ConvSite, layer: LayerRecovery) -> LayerFit:
-        """``fit`` carrying the recovered factors (its kernel errors stay those of the fit)."""
-        fits = tuple(dataclasses.replace(f, factors=tuple(g)) for f, g in zip(fit.fits, layer.replacement.factors))
-        return dataclasses.replace(fit, fits=fits)
+    def measure(self, model: onnx.ModelProto, written: onnx.ModelProto) -> None:
+        """The written model's output error, where no recovery ran (or it was given back)."""
+        self.recovered = {}
+        self.model_error_fitted = self.model_error = self._error(written, self._outputs(model))
 
-    def summary(self) -> dict:
+    @staticmethod
+    def refit(fit: Factors, layer: LayerRecovery) -> Factors:
+        """``fit`` carrying the recovered factors (its kernel errors stay those of the fit)."""
+        return dataclasses.replace(fit, groups=tuple(tuple(g) for g in layer.replacement.factors))
+
+    def summary(self) -> CalibrationSummary:
         recovered = [l for l in self.recovered.values() if l.result is not None]
-        return {"data": self.config.calib, "samples": len(self.x), "held_back": len(self.x) - self.train,
-                "data_aware_fits": True, "recovered_layers": len(recovered),
-                "output_error_fitted": self.model_error_fitted, "output_error": self.model_error,
-                "seconds": self.seconds}
+        return CalibrationSummary(self.data.source, self.data.samples, self.data.samples - self.data.train,
+                                  len(recovered), self.model_error_fitted, self.model_error, self.seconds)
 
     def _outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
         """Every output per batch of the held-back samples (not concatenated: an output's batch
         axis need not be its first, as in a (T, N, C) sequence)."""
-        x = self.x[self.train:] if self.train < len(self.x) else self.x
+        data = self.data
+        x = data.held_back if data.train < data.samples else data.fitting
         return batched_outputs(model, x, threads=self.config.threads)
 
     def _error(self, model: onnx.ModelProto, reference) -> float:
         return output_error(self._outputs(model), reference)
 
 
-def _too_few(sites: Sequence[ConvSite], train: int, held: int, path: str) -> list[str]:
+def _too_few(sites: Sequence[Site], train: int, held: int, path: str) -> list[str]:
     notes = []
     if held == 0:
         notes.append(Message(f"{calib_param(path)}: a single sample; nothing is held back, so the reported output "

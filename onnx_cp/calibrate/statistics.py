@@ -1,26 +1,10 @@
-"""A layer's input statistics, from the patches its Conv reads on calibration inputs.
-
-The output error of a kernel error E on a patch p is <E, p>; over the data it is E's norm
-weighted by the patches' second moment. That moment is approximated as a Kronecker product
-of per-mode moments (input channels x rows x columns), which a CP fit can honour mode by mode.
-"""
+"""A layer's input statistics, measured on the patches its Conv reads on calibration inputs
+(decompositions.moments says what they are and how the fits use them)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_cp.decompositions.calibration import symmetric_roots
-
-
-@dataclass(frozen=True)
-class ModeMoments:
-    """Uncentered second moments of one group's input patches, per mode, trace-normalized."""
-
-    channels: np.ndarray  # (S, S)
-    rows: np.ndarray  # (kh, kh)
-    cols: np.ndarray  # (kw, kw)
-    patches: int  # how many patches they were measured on
+from onnx_cp.decompositions.moments import ModeMoments
 
 
 class MomentAccumulator:
@@ -47,15 +31,6 @@ class MomentAccumulator:
 def _normalized(moment: np.ndarray) -> np.ndarray:
     trace = float(np.trace(moment))
     return moment / trace * len(moment) if trace > 0 else np.eye(len(moment))
-
-
-def whitener(moment: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """(A, A^-1) with A = (M + floor * mean eigenvalue * I)^(1/2) for a symmetric moment M.
-
-    The floor keeps directions the data never excites from being fitted arbitrarily (their
-    error would show on other inputs) and A well conditioned.
-    """
-    return symmetric_roots(moment, lambda values: np.maximum(values, 0.0) + floor * max(float(np.mean(values)), 1e-12))
 
 
 def samples_needed(in_per_group: int, kernel: tuple[int, int], out_hw: tuple[int, int]) -> int:

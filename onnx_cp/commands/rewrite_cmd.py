@@ -8,7 +8,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.config import RewriteConfig
-from onnx_cp.decompose import METHODS
+from onnx_cp.decompositions.cp_solver import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.model_io import check_output_path, save_model, save_text

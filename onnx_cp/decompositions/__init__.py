@@ -20,6 +20,7 @@ from onnx_cp.decompositions.tucker2 import Tucker2
 from onnx_cp.errors import OnnxCpError, param
 
 _REGISTRY: dict[str, Decomposition] = {}
+DEFAULT = "cp"  # what --decomposition means when not given: the paper's method
 
 
 def _register(decomposition: Decomposition) -> Decomposition:
@@ -48,6 +49,10 @@ RANK_SYNTAX = {
 # What --decomposition auto tries per layer (lrcp too when a factor rank is given; gkpd's cost
 # depends on its factor shapes more than on a rank, so it is left to an explicit choice).
 AUTO = ("cp", "tucker2", "svd")
+# What --decomposition auto's budget gives a layer, in order of preference: CP and Tucker-2
+# where CP applies (k x k kernels), else SVD (1x1 kernels, Gemm, MatMul).
+AUTO_SPATIAL = ("cp", "tucker2")
+AUTO_POINTWISE = ("svd",)
 
 
 def get(name: str) -> Decomposition:
@@ -56,6 +61,21 @@ def get(name: str) -> Decomposition:
         return _REGISTRY[name]
     except KeyError:
         raise OnnxCpError(f"decomposition={name!r}: choose one of {', '.join(NAMES)}") from None
+
+
+def budget_candidates(requested: str, site_decomposition: str, spec) -> tuple[str, ...]:
+    """The decompositions whose candidates rank selection weighs for a layer: the one asked for
+    (``site_decomposition``: what the site takes, svd for a Gemm), or with auto those of
+    ``AUTO_SPATIAL`` or ``AUTO_POINTWISE`` that apply."""
+    if requested != "auto":
+        return (site_decomposition,)
+    preferred = AUTO_SPATIAL if get(DEFAULT).applies(spec) is None else AUTO_POINTWISE
+    return tuple(d for d in preferred if get(d).applies(spec) is None)
+
+
+def rule_decomposition(requested: str) -> str:
+    """What a --rank rule's layers are rewritten with when rank selection plans the others."""
+    return DEFAULT if requested == "auto" else requested
 
 
 def refusal(name: str, spec) -> str | None:
@@ -77,5 +97,5 @@ def for_form(form: str) -> Decomposition:
     raise OnnxCpError(f"form={form!r}: choose one of {', '.join(forms)}")
 
 
-__all__ = ["AUTO", "FORMS", "NAMES", "RANK_SYNTAX", "Decomposition", "Factors", "Realization", "for_form", "get",
+__all__ = ["AUTO", "DEFAULT", "FORMS", "NAMES", "RANK_SYNTAX", "Decomposition", "Factors", "Realization", "for_form", "get",
            "refusal"]

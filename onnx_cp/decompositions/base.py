@@ -1,5 +1,7 @@
-"""What every decomposition offers: fit a weight, realize the factors as ONNX nodes, count them,
-say whether it applies to a layer. One module per decomposition implements this."""
+"""What every decomposition offers: fit a weight (to its input statistics too), realize the factors
+as ONNX nodes, count them, say whether it applies to a layer, the rank a rule gives a layer and
+how a rank is written. One module per decomposition implements this; the rewrite never asks
+which decomposition it holds."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -9,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from onnx_cp.conv import ConvSpec, Cost, conv_cost
+from onnx_cp.decision import Decision
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.graph import NameAllocator
 
@@ -20,21 +23,50 @@ Shape = Optional[tuple[int, ...]]
 
 @dataclass(frozen=True)
 class Factors:
-    """A fitted weight: per-group factors that ``realize`` turns into nodes."""
+    """A fitted weight, whatever the decomposition: per-group factors that ``realize`` turns
+    into nodes. The one type a fit travels as, from rank selection to the report."""
 
     rank: Any  # the decomposition's normalized rank (an int, a pair, ...), as fitted
     groups: tuple[tuple[np.ndarray, ...], ...]  # float64, one tuple per Conv group
     rel_error: float  # ||W - W_hat|| / ||W|| over all groups; Sigma-weighted when fitted with stats
     seconds: float
-    fits: tuple = ()  # per group, the solver's own record where there is one (cp: KernelFit)
+    fits: tuple = ()  # per group, the CP solver's record where one ran (cp_solver.KernelFit)
+
+    @property
+    def degeneracy(self) -> float | None:
+        """The largest degeneracy measure of the CP solver's fits (None when none ran)."""
+        return max((f.degeneracy for f in self.fits), default=None)
+
+    @property
+    def max_term_norm(self) -> float | None:
+        return max((f.max_term_norm for f in self.fits), default=None)
+
+    @property
+    def stabilized(self) -> bool | None:
+        return any(f.stabilized for f in self.fits) if self.fits else None
 
 
 class Decomposition(ABC):
     """One low-rank decomposition of a Conv weight (per group, shape (F, C, kh, kw))."""
 
     name: str
+    display: str  # how messages name it ("no CP form at rank 8 was faster")
     forms: tuple[str, ...]  # realization kinds; forms[0] is the default
     uses_stats: bool = False  # whether fit accepts input-channel covariances
+    # --realize names that mean one of this decomposition's forms (lrcp: cp4 -> lrcp4)
+    aliases: dict[str, str] = {}
+    # whether a fit improves by going on from a shorter one (rank selection's final fits, warm
+    # rank searches); the others are exact or close to it after a few sweeps
+    iterative: bool = False
+    # whether rank selection (--target-speedup, --budget-macs, --max-error) plans its ranks alone
+    selectable: bool = False
+    # whether layer-wise recovery can train its realized chain (its bias on the last stage)
+    recoverable: bool = True
+    # whether recovery may train a layer further on the next Conv's output (calibrate.block)
+    block_refinable: bool = False
+    # whether its rank counts terms whose cost is linear in it: rank selection then spreads the
+    # candidates over its cap and can give every layer one rank (the uniform allocation)
+    count_ranked: bool = False
 
     @abstractmethod
     def parse_rank(self, value) -> Any:
@@ -46,9 +78,13 @@ class Decomposition(ABC):
 
     @abstractmethod
     def fit(self, groups: list[np.ndarray], rank, seed: int = 0, options=None, *,
-            init: Factors | None = None, stats: Sequence[np.ndarray] | None = None) -> Factors:
-        """Fit each group's kernel. ``stats``: per group, the input-channel covariance
-        (C/G x C/G) to fit the layer's output instead of its weight (see calibration.py)."""
+            init: Factors | None = None, stats: Sequence[np.ndarray] | None = None,
+            moments: Sequence | None = None, fitter=None) -> Factors:
+        """Fit each group's kernel, going on from ``init`` (a fit of the same weight) where the
+        decomposition can. ``stats``: per group, the input-channel covariance (C/G x C/G) to fit
+        the layer's output instead of its weight (see calibration.py); ``moments``: per group,
+        the calibration's moments.ModeMoments, of which each decomposition takes what it uses.
+        ``fitter``: a replacement for the CP solver (tests); decompositions without it ignore it."""
 
     @abstractmethod
     def realize(self, form: str, name: str, x: str, y: str, bias: str | None, spec: ConvSpec,
@@ -61,18 +97,85 @@ class Decomposition(ABC):
         """Multiply-adds (None when shapes are unknown) and stored parameters of the form."""
 
     @abstractmethod
-    def kernels(self, group_factors: GroupFactors) -> list[np.ndarray]:
-        """The per-group kernels the factors represent (for errors and checks)."""
+    def kernels(self, group_factors: GroupFactors, xp=np) -> list[np.ndarray]:
+        """The per-group kernels the factors represent (for errors, checks and recovery),
+        computed with ``xp``: numpy, or torch on tensors (recovery trains through it)."""
+
+    def outputs(self, patches, group_factors: GroupFactors, xp=np):
+        """What the realized form outputs (M, F) for input patches (M, C, kh, kw), before the
+        bias, with ``xp`` (numpy or torch): the layer's output where it read them."""
+        per_in = patches.shape[1] // len(group_factors)
+        outs = []
+        for g, kernel in enumerate(self.kernels(group_factors, xp)):
+            p = patches[:, g * per_in:(g + 1) * per_in].reshape(patches.shape[0], -1)
+            if xp is np:
+                p = p.astype(np.float64)
+            outs.append(p @ kernel.reshape(kernel.shape[0], -1).T)
+        return xp.concatenate(outs, axis=1)
+
+    def solve_last(self, patches: np.ndarray, targets: np.ndarray, group_factors: GroupFactors):
+        """The factors with their last (output) stage and a bias solved by least squares for
+        ``targets`` (M, F) at ``patches``, or None where the decomposition has no such stage."""
+        return None
 
     @abstractmethod
     def placeholder(self, spec: ConvSpec, rank, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
         """Random factors of the right shapes, to time a form before fitting."""
+
+    def label(self, rank) -> int | str | None:
+        """A rank as the report and the CLI write it: an int as it is, others in the
+        decomposition's own syntax (16x12, 24:8, 4:16x8x3x1)."""
+        if rank is None or isinstance(rank, (int, np.integer)):
+            return rank
+        return "x".join(map(str, rank)) if isinstance(rank, tuple) else str(rank)
+
+    def forms_for(self, realize: str) -> tuple[str, ...]:
+        """The forms timed against the Conv for ``--realize`` (auto: all), or the one it forces."""
+        if realize == "auto":
+            return tuple(self.forms)
+        realize = self.aliases.get(realize, realize)
+        return (realize,) if realize in self.forms else (self.forms[0],)
+
+    def channel_stats(self, stats, moments) -> Sequence[np.ndarray] | None:
+        """The input-channel covariances a fit uses: ``stats`` as given, else the calibration's
+        channel moments, when this decomposition fits to statistics at all."""
+        if stats is not None or moments is None or not self.uses_stats:
+            return stats
+        return [m.channels for m in moments]
+
+    def rule_rank(self, value, spec: ConvSpec, in_shape: Shape, out_shape: Shape, conv: Cost,
+                  groups: list[np.ndarray] | None = None, *, factor_rank: int | None = None,
+                  cap_rank: bool = True, align: Callable[[int], int] = int, realize: str = "auto",
+                  name: str = "the layer") -> Decision:
+        """The rank a rule's ``value`` (an int, the decomposition's string, or a fraction of the
+        Conv's cost) gives a layer; with ``cap_rank`` a rank whose form is not cheaper than the
+        Conv keeps it. ``groups``: the layer's kernels, where the rank depends on them (gkpd);
+        ``realize``: the form asked for, where the cost depends on it; ``name``: the layer, for messages."""
+        try:
+            if isinstance(value, float):
+                rank = self.rank_within(spec, in_shape, out_shape, scaled(conv, value), factor_rank, align)
+                if rank is None:
+                    return Decision(None, value, reason=f"no {self.name} rank costs under {value} of this Conv")
+            else:
+                rank = self.concrete(value, spec, groups, factor_rank, (in_shape, out_shape))
+            cost = self.cost(self.forms[0], spec, rank, in_shape, out_shape, False)
+        except OnnxCpError as exc:
+            return Decision(None, value, reason=exc.message)  # a Message: the CLI shows its flags
+        if cap_rank and not cheaper(cost, conv):
+            return Decision(None, value, capped=True,
+                            reason=f"{self.name} at rank {self.label(rank)} costs no less than the Conv: kept")
+        return Decision(rank, value)
 
     def cap(self, spec: ConvSpec, in_shape: Shape, out_shape: Shape):
         """The largest rank cheaper than the Conv (in MACs, in parameters when shapes are
         unknown); None when even the smallest is not, or a single rank says nothing."""
         return largest_cheaper(lambda r: self.cost(self.forms[0], spec, r, in_shape, out_shape, False),
                                conv_cost(spec, out_shape, False), self.max_rank(spec))
+
+    def auto_limit(self, spec: ConvSpec) -> int | None:
+        """The highest rank --decomposition auto's budget fits for a layer another decomposition
+        can also take (None: no limit)."""
+        return None
 
     def max_rank(self, spec: ConvSpec) -> int:
         """An upper bound for ``cap``'s search."""
@@ -131,18 +234,25 @@ def spatial_with_channels(spec: ConvSpec, one_by_one: str, single_channel: str) 
     return None
 
 
+def cheaper(cost: Cost, budget: Cost) -> bool:
+    """Fewer multiply-adds than ``budget`` (fewer parameters when either count is unknown)."""
+    if cost.macs is not None and budget.macs is not None:
+        return cost.macs < budget.macs
+    return cost.params < budget.params
+
+
+def scaled(cost: Cost, share: float) -> Cost:
+    return Cost(None if cost.macs is None else int(cost.macs * share), int(cost.params * share))
+
+
 def largest_cheaper(cost: Callable[[int], Cost], conv: Cost, hi: int) -> int | None:
     """The largest rank in [1, hi] whose cost is below ``conv`` (costs grow with the rank)."""
-    def cheaper(r: int) -> bool:
-        c = cost(r)
-        return c.macs < conv.macs if c.macs is not None and conv.macs is not None else c.params < conv.params
-
-    if not cheaper(1):
+    if not cheaper(cost(1), conv):
         return None
     lo = 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cheaper(mid) else (lo, mid - 1)
+        lo, hi = (mid, hi) if cheaper(cost(mid), conv) else (lo, mid - 1)
     return lo
 
 

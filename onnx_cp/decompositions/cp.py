@@ -14,13 +14,13 @@ the first spatial stage, which reads the one channel directly (a plain Conv 1 ->
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from onnx_cp.conv import ConvSpec, Cost, cp4_stage_counts, cp_cost, has_reduce_stage
-from onnx_cp.decompose import FitOptions, KernelFit, fit_kernel
-from onnx_cp.decompositions.base import Decomposition, Factors, parse_positive, relative_error
+from onnx_cp.decision import Decision
+from onnx_cp.decompositions.base import Decomposition, Factors, parse_positive
+from onnx_cp.decompositions.cp_fit import fit_layer, fit_weighted, group_weights, solver_fitter
+from onnx_cp.decompositions.cp_solver import FitOptions
 from onnx_cp.decompositions.nodes import NodeBuilder, Realization, one_by_one, padding
 from onnx_cp.graph import NameAllocator
 
@@ -105,7 +105,12 @@ def _cp4_middle(builder: NodeBuilder, x: str, us, uy, ux, spec: ConvSpec) -> str
 
 class CP(Decomposition):
     name = "cp"
+    display = "CP"
     forms = REALIZATIONS
+    iterative = True
+    selectable = True
+    block_refinable = True
+    count_ranked = True
 
     def parse_rank(self, value) -> int:
         return parse_positive(value, "rank", "64")
@@ -120,20 +125,51 @@ class CP(Decomposition):
             return "depthwise Conv (one input channel per group): CP cannot make it cheaper"
         return None
 
-    def fit(self, groups, rank, seed=0, options: FitOptions | None = None, *, init=None, stats=None) -> Factors:
-        """CP-NLS (or ALS) per group through decompose.fit_kernel; ``init``: a fit of the same
-        weight at a neighbouring rank."""
-        self.check_stats(stats, groups)
+    def fit(self, groups, rank, seed=0, options: FitOptions | None = None, *, init=None, stats=None,
+            moments=None, fitter=None) -> Factors:
+        """CP-NLS (or ALS) per group through cp_solver.fit_kernel, group i seeded ``seed + i``;
+        ``init``: a fit of the same weight (at this or a neighbouring rank) to go on from;
+        ``moments``: fit the layer's output on inputs of those statistics (cp_fit.fit_weighted)."""
+        if stats is not None:
+            self.check_stats(stats, groups)
         rank = self.parse_rank(rank)
-        options = options or FitOptions()
-        start = time.perf_counter()
-        starts = [None] * len(groups) if init is None else \
-            list(init.fits) or [kernel_fit(f) for f in init.groups]
-        fits = [fit_kernel(kernel, rank, seed, options, init=start_fit)
-                for kernel, start_fit in zip(groups, starts)]
-        found = tuple(f.factors for f in fits)
-        return Factors(rank, found, relative_error(groups, self.kernels(found)),
-                       time.perf_counter() - start, tuple(fits))
+        fitter = fitter or solver_fitter(options or FitOptions())
+        if moments is not None:
+            return fit_weighted(groups, rank, seed, fitter, [group_weights(m) for m in moments], init)
+        return fit_layer(groups, rank, seed, fitter, init)
+
+    def auto_limit(self, spec: ConvSpec) -> int:
+        """The larger channel count of a group: a CP fit's time grows with the cube of its rank
+        (a 512x512x3x3 kernel at rank 1145: 16 s per iteration), and a target that leaves a layer
+        more than that has Tucker-2 candidates of the same cost."""
+        return max(spec.out_per_group, spec.in_per_group)
+
+    def unit_cost(self, spec: ConvSpec, in_shape, out_shape, conv: Cost, realize: str = "auto") -> tuple[int, int]:
+        """(the Conv's multiply-adds, those of the form ``realize`` gives per unit of rank), with
+        1x1 maps where shapes are unknown: a CP form's cost is linear in its rank."""
+        in_shape = in_shape or (1, spec.in_channels, 1, 1)
+        out_shape = out_shape or (1, spec.out_channels, 1, 1)
+        before = conv.macs if conv.macs is not None else \
+            spec.out_channels * spec.in_per_group * spec.kernel[0] * spec.kernel[1]
+        form = self.forms_for(realize)[0]
+        return before, cp_cost(form, spec, 1, in_shape, out_shape, False).macs or 1
+
+    def count_cap(self, spec: ConvSpec, in_shape, out_shape, conv: Cost, realize: str = "auto") -> int:
+        """The largest rank whose form costs fewer multiply-adds than the Conv (0: none does)."""
+        before, per_rank = self.unit_cost(spec, in_shape, out_shape, conv, realize)
+        return max(0, (before - 1) // per_rank)
+
+    def rule_rank(self, value, spec, in_shape, out_shape, conv, groups=None, *, factor_rank=None, cap_rank=True,
+                  align=int, realize="auto", name="the layer") -> Decision:
+        """An int is the rank; a fraction the share of the Conv's multiply-adds the form may cost."""
+        before, per_rank = self.unit_cost(spec, in_shape, out_shape, conv, realize)
+        cap = self.count_cap(spec, in_shape, out_shape, conv, realize) if cap_rank else None
+        rank = align(max(1, int(value * before // per_rank))) if isinstance(value, float) else value
+        if cap is not None and cap < 1:
+            return Decision(None, value, reason="no CP rank is cheaper than this Conv")
+        if cap is not None and rank > cap:
+            return Decision(None, value, capped=True, cap=int(cap), reason=f"rank {rank} exceeds {name}'s cap {cap}: kept")
+        return Decision(rank, value)
 
     def realize(self, form, name, x, y, bias, spec, group_factors, dtype, names) -> Realization:
         self.check_form(form)
@@ -143,8 +179,33 @@ class CP(Decomposition):
         self.check_form(form)
         return cp_cost(form, spec, self.parse_rank(rank), in_shape, out_shape, has_bias)
 
-    def kernels(self, group_factors):
-        return [cp_kernel(*f) for f in group_factors]
+    def kernels(self, group_factors, xp=np):
+        return [cp_kernel(*f) for f in group_factors]  # broadcasting and matmul: numpy or torch alike
+
+    def outputs(self, patches, group_factors, xp=np):
+        """The chain's own order: the R channels of the first three stages, then the last."""
+        per_in = patches.shape[1] // len(group_factors)
+        outs = []
+        for g, (ut, us, uy, ux) in enumerate(group_factors):
+            p = patches[:, g * per_in:(g + 1) * per_in]
+            outs.append(_features(p, (ut, us, uy, ux), xp) @ ut.T)
+        return xp.concatenate(outs, axis=1)
+
+    def solve_last(self, patches, targets, group_factors):
+        """Ut and the bias that best map the first stages' channels to the targets (a lightly
+        ridged least squares per group, before the activation)."""
+        per_in, per_out = patches.shape[1] // len(group_factors), targets.shape[1] // len(group_factors)
+        out, biases = [], []
+        for g, group in enumerate(group_factors):
+            z = _features(patches[:, g * per_in:(g + 1) * per_in], group, np)
+            design = np.concatenate([z, np.ones((len(z), 1))], axis=1)
+            gram = design.T @ design
+            gram += np.eye(len(gram)) * 1e-8 * max(float(np.trace(gram)) / len(gram), 1e-30)
+            target = targets[:, g * per_out:(g + 1) * per_out].astype(np.float64)
+            solution = np.linalg.solve(gram, design.T @ target)  # (R + 1, T/G)
+            out.append((solution[:-1].T.copy(), *group[1:]))
+            biases.append(solution[-1])
+        return out, np.concatenate(biases)
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)
@@ -153,6 +214,11 @@ class CP(Decomposition):
         return [tuple(rng.standard_normal((d, r)) * 0.1 for d in shape) for _ in range(spec.group)]
 
 
-def kernel_fit(factors: tuple[np.ndarray, ...]) -> KernelFit:
-    """Known factors as a KernelFit (a warm start for fit_kernel)."""
-    return KernelFit(tuple(factors), 0.0, 1.0, 1.0, False, 0.0)
+def _features(patches, group, xp):
+    """The R channels (M, R) that the first three stages of one group's chain make of its patches."""
+    _, us, uy, ux = group
+    if xp is np:
+        return np.einsum("msyx,sr,yr,xr->mr", patches.astype(np.float64), us, uy, ux, optimize=True)
+    flat = patches.reshape(patches.shape[0], patches.shape[1], -1)  # (M, S, kh*kw)
+    spatial = (uy[:, None, :] * ux[None, :, :]).reshape(-1, us.shape[1])  # (kh*kw, R)
+    return (xp.einsum("bsk,sr->bkr", flat, us) * spatial).sum(1)

@@ -78,9 +78,9 @@ def rearranged(kernel: np.ndarray, split: Split) -> np.ndarray:
     return eight.transpose(0, 2, 4, 6, 1, 3, 5, 7).reshape(int(np.prod(split)), int(np.prod(inner)))
 
 
-def kron_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum_r A_r (x) B_r for A (R, F1, C1, h1, w1), B (R, F2, C2, h2, w2)."""
-    terms = np.einsum("rabcd,refgh->aebfcgdh", a, b)
+def kron_sum(a: np.ndarray, b: np.ndarray, xp=np) -> np.ndarray:
+    """sum_r A_r (x) B_r for A (R, F1, C1, h1, w1), B (R, F2, C2, h2, w2) (numpy or torch)."""
+    terms = xp.einsum("rabcd,refgh->aebfcgdh", a, b)
     f, c, h, w = (x * y for x, y in zip(a.shape[1:], b.shape[1:]))
     return terms.reshape(f, c, h, w)
 
@@ -174,6 +174,8 @@ def stage_strides(spec: ConvSpec, split: Split) -> tuple[tuple[int, int], tuple[
 
 class GKPD(Decomposition):
     name = "gkpd"
+    display = "GKPD"
+    recoverable = False  # its output channels may be reordered after the stage that adds the bias
     forms = ("gkpd",)
 
     def parse_rank(self, value) -> tuple[int, Split | None]:
@@ -190,7 +192,12 @@ class GKPD(Decomposition):
     def cap(self, spec, in_shape, out_shape):
         return None  # the cost depends on the factor shapes as much as on the number of terms
 
-    def fit(self, groups, rank, seed=0, options: GkpdOptions | None = None, *, init=None, stats=None) -> Factors:
+    def label(self, rank) -> str:
+        terms, split = rank
+        return f"{terms}:" + "x".join(map(str, split)) if split is not None else str(terms)
+
+    def fit(self, groups, rank, seed=0, options: GkpdOptions | None = None, *, init=None, stats=None,
+            moments=None, fitter=None) -> Factors:
         """Optimal truncated SVD of the rearranged kernel per group, for the rank's split or the
         best one searched (deterministic: ``seed`` and ``init`` are unused)."""
         self.check_stats(stats, groups)
@@ -292,8 +299,8 @@ class GKPD(Decomposition):
                  zip(in_shape[2:], pads[:2], pads[2:], spec.dilations, (h2, w2), first)]
         return Cost(n * sizes[0] * sizes[1] * stage1_per_pixel + n * ho * wo * stage2_params, params)
 
-    def kernels(self, group_factors):
-        return [kron_sum(a, b) for a, b in group_factors]
+    def kernels(self, group_factors, xp=np):
+        return [kron_sum(a, b, xp) for a, b in group_factors]
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)

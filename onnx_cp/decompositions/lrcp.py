@@ -5,7 +5,7 @@ Tucker-2 of ranks (L, L) whose core has a rank-R CP. Realized as 1x1 C -> L (U_i
 form of the core (1x1 L -> R, kh x 1 and 1 x kw depthwise or one kh x kw depthwise, 1x1 R -> L),
 1x1 L -> F (U_out, with the bias). A side's two 1x1 stages merge into one (C -> R, or R -> F)
 where that costs no more (C R <= C L + L R), which is then the plain CP stage with factor
-U_in b (or U_out a). Fitted by HOOI to (L, L), then CP-NLS of the core with decompose.fit_kernel;
+U_in b (or U_out a). Fitted by HOOI to (L, L), then CP-NLS of the core with cp_solver.fit_kernel;
 calibration statistics whiten the input side as for Tucker-2.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from onnx_cp.conv import ConvSpec, Cost, cp_cost
-from onnx_cp.decompose import FitOptions, fit_kernel
+from onnx_cp.decompositions.cp_solver import FitOptions, KernelFit, fit_kernel
 from onnx_cp.decompositions import cp
 from onnx_cp.decompositions.base import (Decomposition, Factors, parse_positive, relative_error,
                                          spatial_with_channels)
@@ -81,8 +81,13 @@ def _core_fit(core: np.ndarray, rank: int, seed: int, options: LrcpOptions, warm
 
 class LowRankFactorCP(Decomposition):
     name = "lrcp"
+    display = "low-rank-factor CP"
     forms = tuple(FORMS)
     uses_stats = True
+    aliases = {cp_form: form for form, cp_form in FORMS.items()}  # --realize cp4 means lrcp4
+
+    def label(self, rank) -> str:
+        return f"{rank[0]}:{rank[1]}"
 
     def parse_rank(self, value) -> tuple[int, int]:
         return parse_lrcp_rank(value)
@@ -114,9 +119,11 @@ class LowRankFactorCP(Decomposition):
                               f"({in_dim} in, {out_dim} out); give at most {min(in_dim, out_dim)}")
         return r, l
 
-    def fit(self, groups, rank, seed=0, options: LrcpOptions | None = None, *, init=None, stats=None) -> Factors:
+    def fit(self, groups, rank, seed=0, options: LrcpOptions | None = None, *, init=None, stats=None,
+            moments=None, fitter=None) -> Factors:
         """HOOI to (L, L), then CP of the (L, L, kh, kw) core per group; ``init``: an lrcp fit
         of the same weight (its core factors start CP-NLS)."""
+        stats = self.channel_stats(stats, moments)
         self.check_stats(stats, groups)
         r, l = self.checked(rank, groups[0].shape[1], groups[0].shape[0])
         options = options or LrcpOptions()
@@ -125,7 +132,7 @@ class LowRankFactorCP(Decomposition):
         for g, kernel in enumerate(groups):
             target, inverse = whiten(np.asarray(kernel, np.float64), None if stats is None else stats[g])
             core, u_out, u_in = hooi(target, (l, l), options.tucker)
-            warm = None if init is None else cp.kernel_fit(init.groups[g][2:])
+            warm = None if init is None else KernelFit(tuple(init.groups[g][2:]), 0.0, 1.0, 1.0, False, 0.0)
             fit = _core_fit(core, r, seed, options, warm)
             a, b, c, d = fit.factors
             targets.append(target)
@@ -173,7 +180,7 @@ class LowRankFactorCP(Decomposition):
             n * ho * wo * spec.out_channels * l * (not out_merged)
         return Cost(macs, params)
 
-    def kernels(self, group_factors):
+    def kernels(self, group_factors, xp=np):
         return [cp.cp_kernel(u_out @ a, u_in @ b, c, d) for u_out, u_in, a, b, c, d in group_factors]
 
     def placeholder(self, spec, rank, seed=0):

@@ -36,6 +36,7 @@ def truncated(weight: np.ndarray, rank: int, sigma: np.ndarray | None = None
 
 class SVD(Decomposition):
     name = "svd"
+    display = "SVD"
     forms = ("svd",)
     uses_stats = True
 
@@ -61,9 +62,11 @@ class SVD(Decomposition):
                               f"{int(np.prod(weight_shape[1:]))} unfolding; give at most {limit}")
         return r
 
-    def fit(self, groups, rank, seed=0, options=None, *, init=None, stats=None) -> Factors:
+    def fit(self, groups, rank, seed=0, options=None, *, init=None, stats=None, moments=None,
+            fitter=None) -> Factors:
         """Truncated SVD per group (exact and deterministic: ``seed``, ``options`` and ``init``
         are unused). A group may be a kernel (F, C, kh, kw) or a matrix (out, in)."""
+        stats = self.channel_stats(stats, moments)
         self.check_stats(stats, groups)
         r = self.checked(rank, groups[0].shape)
         start = time.perf_counter()
@@ -92,8 +95,10 @@ class SVD(Decomposition):
         n, _, ho, wo = out_shape
         return Cost(n * ho * wo * (spec.group * r * spec.in_per_group * kh * kw + spec.out_channels * r), params)
 
-    def kernels(self, group_factors):
-        return [np.tensordot(p, q, axes=(1, 0)) for p, q in group_factors]
+    def kernels(self, group_factors, xp=np):
+        if xp is np:
+            return [np.tensordot(p, q, axes=(1, 0)) for p, q in group_factors]
+        return [(p @ q.reshape(q.shape[0], -1)).reshape(p.shape[0], *q.shape[1:]) for p, q in group_factors]
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)

@@ -83,6 +83,7 @@ def parse_ranks(value) -> tuple[int, int]:
 
 class Tucker2(Decomposition):
     name = "tucker2"
+    display = "Tucker-2"
     forms = ("tucker2",)
     uses_stats = True
 
@@ -114,9 +115,10 @@ class Tucker2(Decomposition):
         return r_in, r_out
 
     def fit(self, groups, rank, seed=0, options: Tucker2Options | None = None, *, init=None,
-            stats=None) -> Factors:
+            stats=None, moments=None, fitter=None) -> Factors:
         """HOOI per group (deterministic: ``seed`` is unused). ``init``: a Tucker-2 fit of the
         same weight, whose factors start HOOI."""
+        stats = self.channel_stats(stats, moments)
         self.check_stats(stats, groups)
         ranks = self.checked(rank, groups[0].shape[1], groups[0].shape[0])
         options = options or Tucker2Options()
@@ -174,8 +176,10 @@ class Tucker2(Decomposition):
                 + n * ho * wo * spec.out_channels * r_out * expand)
         return Cost(macs, params)
 
-    def kernels(self, group_factors):
-        return [mode_product(mode_product(core, u_out, 0), u_in, 1) for core, u_out, u_in in group_factors]
+    def kernels(self, group_factors, xp=np):
+        if xp is np:
+            return [mode_product(mode_product(core, u_out, 0), u_in, 1) for core, u_out, u_in in group_factors]
+        return [xp.einsum("fa,abyx,cb->fcyx", u_out, core, u_in) for core, u_out, u_in in group_factors]
 
     def placeholder(self, spec, rank, seed=0):
         rng = np.random.default_rng(seed)

@@ -1,8 +1,11 @@
-"""Rank selection: per-layer ranks from an error bound (--max-error) or a budget (--target-speedup,
---budget-macs) with a data-aware proxy. ``plan.plan_ranks`` is the entry ``rewrite`` uses.
+"""Rank selection: per-layer ranks from rank rules, an error bound (--max-error) or a budget
+(--target-speedup, --budget-macs) with a data-aware proxy. ``plan`` is the entry the rewrite's
+plan stage uses.
 
-search: smallest admissible rank; allocate: multiple-choice knapsack; proxy / calibration:
-feature-map errors on calibration inputs; cost: MACs or measured latency; refine: optuna.
+A budget's steps share ``problem.BudgetProblem``: grid (candidates), latency (the probe), target
+(costs), curves (fits), damages, allocation; ``budget`` runs them in order. by_error: the error
+bound; search: smallest admissible rank; allocate: multiple-choice knapsack; proxy: feature-map
+errors on the proxy's inputs; cost: multiply-adds and the latency model; refine: optuna.
 """
 from onnx_cp.ranks.allocate import allocate, uniform_error
 from onnx_cp.ranks.options import RankSelection

@@ -11,16 +11,18 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import replace
 
 from onnx_cp import decompositions
-from onnx_cp.decompose import FitOptions
+from onnx_cp.decision import Decision
+from onnx_cp.decompositions.cp_fit import WarmFitter
+from onnx_cp.decompositions.cp_solver import FitOptions
 from onnx_cp.parallel_fit import worker_pool
 from onnx_cp.progress import Progress
-from onnx_cp.ranks.budget import BudgetLayer, ranks_between
 from onnx_cp.ranks.cost import option_macs
-from onnx_cp.ranks.fitting import WarmFitter, fit_layer, solver_fitter
+from onnx_cp.ranks.grid import ranks_between
+from onnx_cp.ranks.problem import BudgetLayer
 from onnx_cp.ranks.search import first_passing, smallest_rank
-from onnx_cp.ranks.selection import LayerChoice, RankPlan
+from onnx_cp.ranks.selection import RankPlan
 
-LARGE = 256  # CP searches such layers in steps of 16 (their ranks are large anyway)
+LARGE = 256  # a count-ranked rank search steps by 16 from such caps (their ranks are large anyway)
 GRID = 48  # ranks of another decomposition tried at most: geometric in multiply-adds, 0.1% to 100%
 
 
@@ -39,7 +41,7 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
     else:
         with worker_pool(min(jobs, len(order))) as pool:
             # the weights only matter to the rewrite's refit, not to the kernel-error search
-            pending = {pool.submit(_search, replace(auto[i], weights=None), max_error, seed, options, align): i
+            pending = {pool.submit(_search, replace(auto[i], moments=None), max_error, seed, options, align): i
                        for i in order}
             while pending:
                 if progress:
@@ -54,16 +56,16 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
         found, closest = searches[i]
         if not found:
             tried = "; ".join(f"{_label(kind, rank)}: {error:.4f}" for kind, rank, error in closest)
-            plan.choices[layer.site.key] = LayerChoice(
-                None, requested=f"error<={max_error}",
+            plan.choices[layer.site.key] = Decision(
+                None, f"error<={max_error}",
                 reason=f"no rank reaches kernel error {max_error} at fewer multiply-adds than the layer "
                        f"(largest tried: {tried}); kept as it is")
             continue
         macs, kind, rank, fit = min(found, key=lambda f: f[0])
         # The bound is on the kernel error of a plain fit; with calibration data the rewrite
         # refits the chosen rank data-aware, so this fit is not handed on.
-        plan.choices[layer.site.key] = LayerChoice(rank, fit if layer.weights is None else None,
-                                                   f"error<={max_error}", cost=macs, decomposition=kind)
+        plan.choices[layer.site.key] = Decision(rank, f"error<={max_error}", cost=macs, decomposition=kind,
+                                                fit=fit if layer.moments is None else None)
         counts[kind] = counts.get(kind, 0) + 1
     plan.summary.max_error = max_error
     if any(len(l.decompositions) > 1 for l in auto):
@@ -76,8 +78,8 @@ def _search(layer: BudgetLayer, max_error: float, seed: int, options: FitOptions
     (macs, kind, rank, fit) of each that reaches it; (kind, rank, error) of each's largest tried."""
     found, closest = [], []
     for kind in layer.decompositions:
-        hit, best = (_cp(layer, max_error, seed, fitter or solver_fitter(options)) if kind == "cp" else
-                     _other(layer, kind, max_error, seed, align))
+        hit, best = (_counted(layer, kind, max_error, seed, options, fitter)
+                     if decompositions.get(kind).count_ranked else _other(layer, kind, max_error, seed, align))
         if hit is not None:
             found.append((option_macs(layer.site, kind, hit[0]), kind, *hit))
         if best is not None:
@@ -85,12 +87,15 @@ def _search(layer: BudgetLayer, max_error: float, seed: int, options: FitOptions
     return found, closest
 
 
-def _cp(layer: BudgetLayer, max_error: float, seed: int, fitter: WarmFitter):
-    """((rank, fit) or None, (rank, error) of the largest rank tried)."""
+def _counted(layer: BudgetLayer, kind: str, max_error: float, seed: int, options: FitOptions,
+             fitter: WarmFitter | None):
+    """A count-ranked decomposition's search, each fit going on from its neighbour's:
+    ((rank, fit) or None, (rank, error) of the largest rank tried)."""
+    d = decompositions.get(kind)
     # up to the cap, as with CP alone: a bound that only a high CP rank meets (MNIST's 64->128 3x3
     # at 0.3: CP rank 192, where Tucker-2's cheapest-than-the-Conv ranks stop at 0.345) still gets it
-    result = smallest_rank(lambda r, warm: fit_layer(layer.groups, r, seed, fitter, warm), max_error,
-                           layer.cap, 16 if layer.cap >= LARGE else 1)
+    result = smallest_rank(lambda r, warm: d.fit(layer.groups, r, seed, d.options(options), init=warm, fitter=fitter),
+                           max_error, layer.cap, 16 if layer.cap >= LARGE else 1)
     worst = result.tried[max(result.tried)] if result.tried else None
     return ((result.rank, result.fit) if result.fit else None,
             (worst.rank, worst.rel_error) if worst else None)
@@ -113,5 +118,4 @@ def _other(layer: BudgetLayer, kind: str, max_error: float, seed: int, align):
 
 
 def _label(kind: str, rank) -> str:
-    shown = "x".join(map(str, rank)) if isinstance(rank, tuple) else str(rank)
-    return f"{kind} rank {shown}"
+    return f"{kind} rank {decompositions.get(kind).label(rank)}"

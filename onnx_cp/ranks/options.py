@@ -17,9 +17,10 @@ class RankSelection:
     target_speedup: the whole model must get this much faster (by ``cost``: multiply-adds,
         or measured per-layer latency); the layers that are not rewritten count at full cost.
     budget_macs: the whole model's multiply-adds (Conv, Gemm, MatMul) after the rewrite.
-    calib: .npz (array ``x``), .npy, or a folder of images for the data-aware proxy;
-        None: random inputs (with a note in the report).
-    calib_count: how many calibration inputs the proxy uses at most.
+    calib: an alias of ``RewriteConfig.calib``, kept for older callers (the rewrite reads the
+        calibration data once, for the proxy, the fits and recovery); give ``RewriteConfig.calib``.
+    calib_count: how many calibration inputs the proxy uses at most (random inputs without
+        calibration data, with a note in the report).
     search: Bayesian-optimization trials (optuna) that refine the greedy allocation.
     storage: an RDB URL (``sqlite:///study.db``, ``postgresql://...``) where the search keeps its
         trials, so several processes share one study and a later run resumes it; None: in memory.
@@ -28,6 +29,7 @@ class RankSelection:
         few layers gets more, so that about ``budget.CURVE_FITS`` curve fits are made in all).
     measure: time the original and the rewritten model when a speed-up is targeted, and
         re-allocate (at most ``rounds`` times) when the measured speed-up falls short.
+    seed: an alias kept for older callers; the rewrite's seed is ``RewriteConfig.seed``.
     """
 
     max_error: float | None = None

@@ -4,7 +4,8 @@
   reach the layer in the original model (the residual kernel in a one-node model with the
   Conv's own attributes, so strides, pads, dilations and groups are exact; for a Gemm or MatMul,
   alpha x' (W - W_hat)^T in numpy), whichever decomposition made K_cp;
-- output error: ||f_cp(x) - f(x)|| / ||f(x)|| over every float output of the whole model.
+- output error: ||f_cp(x) - f(x)|| / ||f(x)|| over every float output of the whole model
+  (calibrate.activations.output_error, shared with the calibration report).
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_cp.calibrate.activations import output_error  # noqa: F401 (the proxy measures by it)
 from onnx_cp.conv import attributes
-from onnx_cp.decompositions.cp import cp_kernel
-from onnx_cp.ranks.fitting import LayerFit
 from onnx_cp.runtime import open_session, session_options
 
 if TYPE_CHECKING:
@@ -64,20 +64,13 @@ def residual_conv(node: onnx.NodeProto, weight: np.ndarray, opset: int) -> onnx.
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 11))])
 
 
-def fitted_kernel(fit: LayerFit) -> np.ndarray:
-    """The kernel a layer's CP factors rebuild (groups stacked along the output channels)."""
-    return np.concatenate([cp_kernel(*f.factors) for f in fit.fits], axis=0)
-
-
 def layer_errors(node: onnx.NodeProto, weight: np.ndarray, kernels: Sequence[np.ndarray], inputs: np.ndarray,
                  outputs: np.ndarray, opset: int, threads: int = 1) -> list[float]:
-    """Relative error of the layer's output feature maps for each approximate kernel (a LayerFit:
-    its CP kernel), on the captured inputs. A Gemm's or MatMul's ``weight`` and kernels are
-    (out, in) matrices."""
+    """Relative error of the layer's output feature maps for each approximate kernel, on the
+    captured inputs. A Gemm's or MatMul's ``weight`` and kernels are (out, in) matrices."""
     norm = float(np.linalg.norm(outputs.astype(np.float64)))
     errors = []
-    for kernel in kernels:
-        approx = fitted_kernel(kernel) if isinstance(kernel, LayerFit) else kernel
+    for approx in kernels:
         residual = weight.astype(np.float64) - approx
         if node.op_type in ("Gemm", "MatMul"):
             delta = linear_residual(node, residual, inputs)
@@ -97,16 +90,3 @@ def linear_residual(node: onnx.NodeProto, residual: np.ndarray, inputs: np.ndarr
     attrs = attributes(node)
     rows = x.T if attrs.get("transA", 0) else x
     return float(attrs.get("alpha", 1.0)) * (rows @ residual.T)
-
-
-def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Sequence[np.ndarray]]) -> float:
-    """sqrt(sum ||out - ref||^2 / sum ||ref||^2) over every float output of every feed."""
-    num = den = 0.0
-    for got, want in zip(outputs, reference):
-        for a, b in zip(got, want):
-            if not np.issubdtype(np.asarray(b).dtype, np.floating):
-                continue
-            a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            num += float(np.sum(np.square(a64 - b64)))
-            den += float(np.sum(np.square(b64)))
-    return float(np.sqrt(num / den)) if den else 0.0

@@ -10,16 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from onnx_cp.ranks.fitting import LayerFit
+from onnx_cp.decompositions import Factors
 
-# (rank, warm start or None) -> LayerFit
-RankFitter = Callable[[int, LayerFit | None], LayerFit]
+# (rank, warm start or None) -> Factors
+RankFitter = Callable[[int, Factors | None], Factors]
 
 
 @dataclass
 class SearchResult:
-    fit: LayerFit | None  # None: even ``limit`` does not reach the error
-    tried: dict[int, LayerFit] = field(default_factory=dict)
+    fit: Factors | None  # None: even ``limit`` does not reach the error
+    tried: dict[int, Factors] = field(default_factory=dict)
 
     @property
     def rank(self) -> int | None:
@@ -34,9 +34,9 @@ def smallest_rank(fit: RankFitter, max_error: float, limit: int, step: int = 1) 
     if limit < 1:
         return SearchResult(None)
     step = max(1, min(step, limit))
-    tried: dict[int, LayerFit] = {}
+    tried: dict[int, Factors] = {}
 
-    def at(rank: int) -> LayerFit:
+    def at(rank: int) -> Factors:
         if rank not in tried:
             below = [r for r in tried if r < rank]
             tried[rank] = fit(rank, tried[max(below)] if below else None)

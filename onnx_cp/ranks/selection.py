@@ -1,22 +1,9 @@
-"""What rank selection decided: a choice per layer, the typed summary of how, and the plan holding both."""
+"""What rank selection decided: a Decision per layer, the typed summary of how, and the plan holding both."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from onnx_cp.ranks.fitting import LayerFit
-
-
-@dataclass
-class LayerChoice:
-    rank: object  # None: keep the Conv; an int, or the decomposition's own rank (tucker2: a pair)
-    fit: LayerFit | None = None  # or decompositions.Factors for another decomposition than cp
-    requested: int | float | str | None = None
-    capped: bool = False
-    reason: str = ""
-    proxy: float | None = None  # relative error of the layer's output on the calibration inputs
-    cost: float | None = None  # in the plan's cost unit (MACs or ms)
-    # the decomposition the selection chose with the rank (None: a --rank rule's, or none)
-    decomposition: str | None = None
+from onnx_cp.decision import Decision
 
 
 @dataclass
@@ -74,7 +61,7 @@ class SelectionSummary:
 
 @dataclass
 class RankPlan:
-    choices: dict[str, LayerChoice]  # ConvSite.key -> choice
+    choices: dict[str, Decision]  # Site.key -> the layer's decision
     summary: SelectionSummary
     notes: list[str] = field(default_factory=list)
     layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves

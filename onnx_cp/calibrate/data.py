@@ -1,6 +1,10 @@
-"""Calibration inputs for the data-aware proxy: an .npz or .npy file, a folder of images, or random."""
+"""The calibration inputs of one rewrite: read and checked once (an .npz or .npy file, or a folder of
+images), split once into the samples that fit and recover the layers and those held back for the
+report, and the first few of them fed to rank selection's proxy. Without a file the proxy gets
+seeded random inputs (and the report says how little they tell)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -9,6 +13,54 @@ import onnx
 
 from onnx_cp.errors import Message, OnnxCpError, param, shape_param
 from onnx_cp.graph import runtime_inputs
+
+# Share of the samples held back: the per-layer and whole-model output errors of the report are
+# measured on those alone.
+HELD_BACK = 0.2
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Samples for one input: ``x[:train]`` fit and recover, ``x[train:samples]`` are held back;
+    the first ``proxy_count`` feed the rank proxy."""
+
+    source: str | None  # the path given, or None for random proxy inputs
+    input_name: str
+    x: np.ndarray  # float32 (N, ...)
+    samples: int  # how many fit, recover and are held back (the rest only feed the proxy)
+    train: int
+    proxy_count: int
+    note: str | None = None  # why the proxy's inputs say little, when they are random
+
+    @classmethod
+    def read(cls, model: onnx.ModelProto, path: str | None, samples: int, proxy_count: int, seed: int,
+             shapes: Mapping[str, tuple[int, ...]]) -> "CalibrationData":
+        """The data of ``path`` (refused in one line when it does not fit the model), or, without
+        one, ``proxy_count`` seeded random inputs for the proxy alone."""
+        name, shape = input_shape(model, shapes)
+        if path is None:
+            rng = np.random.default_rng(seed)
+            x = rng.standard_normal((proxy_count, *shape[1:])).astype(np.float32)
+            note = Message(f"no {param('calib')} given: the proxy used {proxy_count} random inputs, which say little "
+                           f"about real data; pass {calib_param('images/')} or {calib_param('calib.npz')}")
+            return cls(None, name, x, 0, 0, proxy_count, note)
+        x = read_calibration(model, path, max(samples, proxy_count), shapes)
+        used = min(samples, len(x))
+        held = max(int(round(used * HELD_BACK)), 1) if used > 1 else 0
+        return cls(path, name, x, used, used - held, min(proxy_count, len(x)))
+
+    @property
+    def fitting(self) -> np.ndarray:
+        """The samples that fit and recover the layers, then the held-back ones."""
+        return self.x[:self.samples]
+
+    @property
+    def held_back(self) -> np.ndarray:
+        return self.x[self.train:self.samples]
+
+    def proxy_feeds(self) -> list[dict[str, np.ndarray]]:
+        """One feed per proxy sample (the proxy runs them one by one)."""
+        return [{self.input_name: self.x[i:i + 1]} for i in range(self.proxy_count)]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -33,20 +85,6 @@ def input_shape(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -
         raise OnnxCpError(f"input {arg.name!r} has dynamic dimensions ({shown}); fix them with "
                           f"{shape_param(arg.name, (1, 3, 224, 224))} (your model's size)", usage=True)
     return arg.name, (1, *dims[1:])
-
-
-def load_calibration(model: onnx.ModelProto, path: str | None, count: int, seed: int,
-                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[dict[str, np.ndarray]], str | None]:
-    """Up to ``count`` single-sample feeds, and a note when they are random."""
-    name, shape = input_shape(model, shapes)
-    sample = (1, *shape[1:])
-    if path is None:
-        rng = np.random.default_rng(seed)
-        feeds = [{name: rng.standard_normal(sample).astype(np.float32)} for _ in range(count)]
-        return feeds, Message(f"no {param('calib')} given: the proxy used {count} random inputs, which say little "
-                              f"about real data; pass {calib_param('images/')} or {calib_param('calib.npz')}")
-    data = read_calibration(model, path, count, shapes)
-    return [{name: data[i:i + 1]} for i in range(len(data))], None
 
 
 def read_calibration(model: onnx.ModelProto, path: str, count: int,

@@ -14,13 +14,15 @@ import onnx
 
 from onnx_cp.conv import ConvSpec, Cost
 from onnx_cp.decompositions import get
-from onnx_cp.decompositions.linear import LINEAR_OPS, linear_problem, out_in_matrix
-from onnx_cp.discover import ConvSite
-from onnx_cp.graph import Constant, GraphIndex, display_name
+from onnx_cp.decompositions.linear import LINEAR_OPS, linear_problem, out_in_matrix, realize_linear
+from onnx_cp.graph import Constant, GraphIndex, NameAllocator, display_name
+from onnx_cp.sites.base import Site
+
+DECOMPOSITION = "svd"  # the one that factors a matrix
 
 
 @dataclass
-class LinearSite(ConvSite):
+class LinearSite(Site):
     """A Gemm or MatMul as a site: ``groups()`` is its weight as one (out, in) matrix."""
 
     def groups(self) -> list[np.ndarray]:
@@ -33,6 +35,16 @@ class LinearSite(ConvSite):
     @property
     def has_bias(self) -> bool:
         return self.op_type == "Gemm" and len(self.node.input) > 2 and bool(self.node.input[2])
+
+    def decomposition(self, requested: str) -> str:
+        return DECOMPOSITION
+
+    def realize(self, form, factors, names: NameAllocator):
+        return realize_linear(self.node, tuple(factors[0]), self.weight.value.dtype, names)
+
+    def placeholder(self, form, rank, seed: int = 0):
+        """svd's factors of the equivalent 1x1 Conv, Q as the (R, in) matrix a Gemm takes."""
+        return [(p, q.reshape(q.shape[0], -1)) for p, q in super().placeholder(form, rank, seed)]
 
 
 def find_linears(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[LinearSite]:
@@ -66,7 +78,7 @@ def _site(index: GraphIndex, node: onnx.NodeProto, i: int, shapes) -> LinearSite
         site.in_shape, site.out_shape = (1, in_c, rows, 1), (1, out_c, rows, 1)
     site.cost = Cost(None if rows is None else rows * in_c * out_c, in_c * out_c)
     site.weight = weight
-    site.reason = get("svd").applies(site.spec)
+    site.reason = get(DECOMPOSITION).applies(site.spec)
     return site
 
 

@@ -1,6 +1,7 @@
-"""The boundary between the rewriter and the solvers: a kernel in, balanced CP factors out.
+"""CP's boundary to the solvers: one kernel in, balanced CP factors out.
 
-The rewriter sees only ``fit_kernel`` and ``KernelFit``; which solver ran, and how, stays here.
+The CP decomposition (cp.py) sees only ``fit_kernel`` and ``KernelFit``; which solver ran, and
+how, stays here.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Find every convolution in a model, with what it computes, what it costs, and whether CP applies."""
+"""Every convolution in a model, with what it computes, what it costs, and whether the chosen
+decomposition applies."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnx_cp.conv import (ConvSpec, Cost, conv_cost, conv_spec, ineligibility, shape_problem,
-                          weight_constant)
+from onnx_cp import decompositions
+from onnx_cp.conv import ConvSpec, conv_cost, conv_spec, ineligibility, shape_problem, weight_constant
 from onnx_cp.errors import spelled
-from onnx_cp.graph import Constant, GraphIndex, display_name
-from onnx_cp.report import LayerReport
+from onnx_cp.graph import Constant, GraphIndex, NameAllocator, display_name
+from onnx_cp.sites.base import Site
 
 CONV_LIKE = ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "NhwcConv", "FusedConv")
 # How a message tells the user to list the layers a pattern may name.
@@ -18,33 +19,10 @@ LIST_LAYERS = spelled("onnx_cp.inspect_model lists them", "run 'onnx-cp inspect'
 
 
 @dataclass
-class ConvSite:
-    """One convolution node and everything the rewriter and the reports need to know of it."""
+class ConvSite(Site):
+    """One Conv node; its kernel is fitted group by group."""
 
-    name: str
-    node: onnx.NodeProto | None  # None for nodes inside subgraphs (never rewritten)
-    op_type: str
-    weight_name: str | None
-    spec: ConvSpec | None
-    weight: Constant | None
-    in_shape: tuple[int, ...] | None
-    out_shape: tuple[int, ...] | None
-    cost: Cost | None
-    reason: str | None  # why it is not eligible; None when it is
-
-    @property
-    def eligible(self) -> bool:
-        return self.reason is None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """What ``layers`` and ``exclude`` patterns are matched against."""
-        return tuple(n for n in (self.name, self.weight_name) if n)
-
-    @property
-    def key(self) -> str:
-        """A stable, hashable identity: the node's output (unique in a graph), else its name."""
-        return self.node.output[0] if self.node is not None and self.node.output else self.name
+    observable = True
 
     def groups(self) -> list[np.ndarray]:
         """The kernel of each group, (out_per_group, in_per_group, kh, kw): each is fitted alone."""
@@ -56,17 +34,18 @@ class ConvSite:
         node = self.node
         return node.input[2] if node is not None and len(node.input) > 2 and node.input[2] else None
 
+    def realize(self, form, factors, names: NameAllocator):
+        return decompositions.for_form(form).realize(form, self.name, self.node.input[0], self.node.output[0],
+                                                     self.bias, self.spec, list(factors), self.weight.value.dtype,
+                                                     names)
 
-def find_convs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], decomposition: str = "cp"
-               ) -> list[ConvSite]:
+
+def find_convs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+               decomposition: str = decompositions.DEFAULT) -> list[ConvSite]:
     """Every convolution, eligible when ``decomposition`` (a name, or auto: any it tries) can
     rewrite it."""
     index = GraphIndex(model.graph)
-    refusal = None
-    if decomposition != "cp":
-        from onnx_cp import decompositions
-
-        refusal = lambda spec: decompositions.refusal(decomposition, spec)  # noqa: E731
+    refusal = lambda spec: decompositions.refusal(decomposition, spec)  # noqa: E731
     sites = [_site(index, node, i, shapes, refusal) for i, node in enumerate(model.graph.node)
              if node.op_type in CONV_LIKE]
     for node in model.graph.node:
@@ -136,18 +115,3 @@ def _subgraph_sites(graph: onnx.GraphProto, where: str) -> list[ConvSite]:
             for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                 found.extend(_subgraph_sites(sub, f"{where}/{display_name(node, i)}/{attr.name}"))
     return found
-
-
-def site_report(site: ConvSite) -> LayerReport:
-    """A report row with what is known of the site before any rewrite (status left empty)."""
-    spec = site.spec
-    return LayerReport(
-        node=site.name, op_type=site.op_type, weight=site.weight_name, status="",
-        kernel=list(spec.kernel) if spec else None, strides=list(spec.strides) if spec else None,
-        pads=list(spec.pads) if spec else None, dilations=list(spec.dilations) if spec else None,
-        group=spec.group if spec else None,
-        weight_shape=[spec.out_channels, spec.in_per_group, *spec.kernel] if spec else None,
-        in_shape=list(site.in_shape) if site.in_shape else None,
-        out_shape=list(site.out_shape) if site.out_shape else None,
-        macs_before=site.cost.macs if site.cost else None,
-        params_before=site.cost.params if site.cost else None)

@@ -1,0 +1,176 @@
+"""How a rewrite times models in onnxruntime: one service, built once per rewrite and passed to
+every step that needs a time (the forms, rank selection's latency probe and measured rounds, the
+final check of the written model).
+
+It owns the run policy (docs/latency.md, "Measurement protocol"): every model of a call gets
+its own session and the same inputs, and the models run in alternation, warm-up included, so
+drift hits all alike; the number of runs adapts to the model's speed (``RunPolicy``); the
+whole-model comparison of the input and the rewritten model repeats blocks of alternated runs
+until the speed-up's spread across blocks is narrower than ``RunPolicy.agreement``. It also
+owns the variants that time forms before any fit: placeholder factors spliced in at given ranks
+(time does not depend on the values). Tests inject a computed timing (``Measurement.injected``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import onnx
+
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.splice import Replacement, splice
+
+# models -> per model, {layer output name: median ms per run of everything attributed to it}
+LayerTimer = Callable[[Sequence[onnx.ModelProto]], list[dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How many runs each measurement gets."""
+
+    # onnxruntime time each model gets when layers are profiled, and the bounds on the number of
+    # runs that gives (a 300 ms VGG-16 gets 5 runs, a 3 ms MNIST CNN 30)
+    budget_ms: float = 1500.0
+    run_bounds: tuple[int, int] = (5, 30)
+    # the whole-model comparison: blocks of alternated runs until the block speed-ups agree
+    # within this relative half-range, (at least, at most) so many blocks
+    agreement: float = 0.03
+    block_bounds: tuple[int, int] = (2, 6)
+
+    def runs(self, median_ms: float) -> int:
+        low, high = self.run_bounds
+        return int(min(high, max(low, self.budget_ms / max(median_ms, 1e-3))))
+
+    @staticmethod
+    def warmup(runs: int) -> int:
+        return max(1, runs // 6)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A model's median time per run and the relative width of its runs, (p90 - p10) / median."""
+
+    median: float
+    spread: float = 0.0
+
+
+@dataclass(frozen=True)
+class SpeedCheck:
+    """The input and the rewritten model, timed in alternation."""
+
+    original_ms: float
+    rewritten_ms: float
+    spread: float = 0.0  # relative half-range of the speed-up across the blocks of runs
+    blocks: int = 1
+
+    @property
+    def speedup(self) -> float:
+        return self.original_ms / self.rewritten_ms if self.rewritten_ms > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        return {"original_ms": self.original_ms, "rewritten_ms": self.rewritten_ms, "speedup": self.speedup,
+                "spread": self.spread, "blocks": self.blocks}
+
+
+class Timer(Protocol):
+    """What tests inject: per-layer times and whole-model times of models (ms)."""
+
+    def layers(self, models: Sequence[onnx.ModelProto]) -> list[dict[str, float]]: ...
+
+    def whole(self, models: Sequence[onnx.ModelProto]) -> list[float]: ...
+
+
+# (site, form, rank): one layer in a form at a rank, with placeholder factors
+Placement = tuple[object, str, object]
+
+
+class Measurement:
+    """Times models: per-layer profiles (``layers``), whole models (``whole``, ``compare``)."""
+
+    def __init__(self, layers: LayerTimer, whole: Callable[[Sequence[onnx.ModelProto]], list[Latency]],
+                 policy: RunPolicy = RunPolicy()):
+        self._layers, self._whole, self.policy = layers, whole, policy
+
+    @classmethod
+    def onnxruntime(cls, model: onnx.ModelProto, threads: int, opt_level: str,
+                    input_shapes: Mapping[str, tuple[int, ...]], policy: RunPolicy = RunPolicy()) -> "Measurement":
+        """Timing in onnxruntime's CPU EP. Runs the model once first, so a model that onnxruntime
+        cannot run at these shapes fails here, before anything is fitted."""
+        from onnx_cp.bench import measure_latency, profile_outputs
+        from onnx_cp.runtime import first_line
+
+        shapes = dict(input_shapes)
+        try:
+            probe, = measure_latency([model], threads=threads, warmup=1, runs=2, input_shapes=shapes,
+                                     opt_level=opt_level)
+        except Exception as exc:  # OnnxCpError from the feeds, onnxruntime's own from the session
+            raise OnnxCpError(f"onnxruntime cannot run the model to time it ({first_line(exc)})") from exc
+        runs = policy.runs(probe.median)
+        warmup = policy.warmup(runs)
+
+        def layers(models):
+            return [per_layer for _, per_layer in profile_outputs(
+                list(models), threads=threads, warmup=warmup, runs=runs, input_shapes=shapes, opt_level=opt_level)]
+
+        def whole(models):
+            stats = measure_latency(list(models), threads=threads, warmup=warmup, runs=2 * runs,
+                                    input_shapes=shapes, opt_level=opt_level)
+            return [Latency(s.median, s.spread) for s in stats]
+
+        return cls(layers, whole, policy)
+
+    @classmethod
+    def injected(cls, timer: Timer | LayerTimer) -> "Measurement":
+        """A computed timing (tests): an object with ``layers`` and ``whole``, or a layer timer
+        alone, whose model time is then its layers' sum."""
+        layers = timer.layers if hasattr(timer, "layers") else timer
+        if hasattr(timer, "whole"):
+            def whole(models):
+                return [t if isinstance(t, Latency) else Latency(float(t)) for t in timer.whole(models)]
+        else:
+            def whole(models):
+                return [Latency(sum(t.values())) for t in layers(models)]
+        return cls(layers, whole, RunPolicy(block_bounds=(1, 1)))
+
+    def layers(self, models: Sequence[onnx.ModelProto]) -> list[dict[str, float]]:
+        """Per model, each layer's time (keyed by the output name of the node it replaced)."""
+        return self._layers(models)
+
+    def whole(self, models: Sequence[onnx.ModelProto]) -> list[Latency]:
+        """Each model's median time per run, the models run in alternation."""
+        return self._whole(models)
+
+    def compare(self, model: onnx.ModelProto, rewritten: onnx.ModelProto) -> SpeedCheck:
+        """The two models in alternation, repeated in blocks until the blocks' speed-ups agree
+        (``RunPolicy.agreement``); the figures are the medians over all blocks."""
+        originals, news, ratios = [], [], []
+        least, most = self.policy.block_bounds
+        for _ in range(most):
+            base, new = self.whole([model, rewritten])
+            originals.append(base.median)
+            news.append(new.median)
+            ratios.append(base.median / new.median if new.median > 0 else math.inf)
+            if len(ratios) >= least and _half_range(ratios) <= self.policy.agreement:
+                break
+        return SpeedCheck(float(np.median(originals)), float(np.median(news)), _half_range(ratios), len(ratios))
+
+    @staticmethod
+    def variant(model: onnx.ModelProto, placements: Sequence[Placement], seed: int = 0) -> onnx.ModelProto:
+        """``model`` with each placed layer in its form at its rank, placeholder factors: what a
+        form costs in onnxruntime, before anything is fitted."""
+        return splice(model, [Replacement.placeholder(site, form, rank, seed) for site, form, rank in placements])[0]
+
+    def time_variants(self, model: onnx.ModelProto, variants: Sequence[Sequence[Placement]]
+                      ) -> list[dict[str, float]]:
+        """Per-layer times of ``model`` itself, then of each variant (placeholder factors)."""
+        return self.layers([model] + [self.variant(model, v) for v in variants])
+
+
+def _half_range(values: Sequence[float]) -> float:
+    """Half the range of ``values`` relative to their median (0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    middle = float(np.median(values))
+    return (max(values) - min(values)) / 2 / middle if middle > 0 else 0.0
