@@ -188,7 +188,10 @@ def test_unnamed_nodes_are_numbered_as_onnxruntime_does_skipping_constants():
 
 
 def test_quantize_nodes_count_with_the_layer_they_serve():
-    """x -> Q(x) -> DQ -> conv1 (weight w1 via DQ) -> c1 -> Q(c1) -> DQ -> Relu -> y"""
+    """x -> Q(x) -> DQ -> conv1 (weight w1 via DQ) -> c1 -> Q(c1) -> DQ -> Relu -> r -> Q -> DQ -> y
+
+    The graph input's Q counts with conv1 (the layer it is there for), the graph output's DQ with
+    relu, which lists y among its outputs as the float Relu did."""
     loaded = _graph_model([
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x_QuantizeLinear"),
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="x_DequantizeLinear"),
@@ -196,15 +199,19 @@ def test_quantize_nodes_count_with_the_layer_they_serve():
         helper.make_node("Conv", ["xd", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
         helper.make_node("QuantizeLinear", ["c1", "s", "z"], ["c1q"], name="c1_QuantizeLinear"),
         helper.make_node("DequantizeLinear", ["c1q", "s", "z"], ["c1d"], name="c1_DequantizeLinear"),
-        helper.make_node("Relu", ["c1d"], ["y"], name="relu"),
+        helper.make_node("Relu", ["c1d"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="r_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"], name="y_DequantizeLinear"),
     ], [numpy_helper.from_array(np.ones((C, C, 1, 1), np.uint8), "w1q"),
         numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")])
     attribution = Attribution(loaded, {}, None)
     layer = {name: attribution.resolve(name).layer for name in
              ["x_QuantizeLinear", "x_DequantizeLinear", "w1_DequantizeLinear", "c1_QuantizeLinear",
-              "c1_DequantizeLinear"]}
-    assert layer == {"x_QuantizeLinear": "x_QuantizeLinear", "x_DequantizeLinear": "conv1",
-                     "w1_DequantizeLinear": "conv1", "c1_QuantizeLinear": "conv1", "c1_DequantizeLinear": "relu"}
+              "c1_DequantizeLinear", "r_QuantizeLinear", "y_DequantizeLinear"]}
+    assert layer == {"x_QuantizeLinear": "conv1", "x_DequantizeLinear": "conv1", "w1_DequantizeLinear": "conv1",
+                     "c1_QuantizeLinear": "conv1", "c1_DequantizeLinear": "relu", "r_QuantizeLinear": "relu",
+                     "y_DequantizeLinear": "relu"}
+    assert attribution.outputs == {"conv1": ("c1",), "relu": ("r", "y")}
 
 
 def _graph_model(nodes, inits):
