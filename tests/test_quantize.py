@@ -178,6 +178,25 @@ def test_excluded_nodes_stay_float():
     assert "\n" not in str(exc.value)
 
 
+def test_arithmetic_ops_stay_float():
+    """x -> matmul -> Add -> Relu -> Mul -> Add -> y (a dense layer, its bias, a BatchNormalization
+    as Mul and Add): the matmul is quantized; no Add or Mul output is (OP_TYPES)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Mul", ["r", "scale"], ["s"]),
+             helper.make_node("Add", ["s", "shift"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (16, 16)), ("b", (16,)), ("scale", (16,)), ("shift", (16,)))]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    int8 = quantize_int8(model, rng.standard_normal((16, 16)).astype(np.float32))
+    producer = {t: n.op_type for n in int8.graph.node for t in n.output}
+    quantized = [producer.get(n.input[0]) for n in int8.graph.node if n.op_type == "QuantizeLinear"]
+    assert reads_int8(int8) == {"matmul": True}
+    assert not {"Add", "Mul"} & set(quantized)
+
+
 def test_feed_dicts_calibrate_as_the_array_does():
     model, x = tiny_model(), inputs()
     from_array = quantize_int8(model, x[:16])
