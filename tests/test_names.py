@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_cp.cli import cli
+from onnx_cp.graph import display_name
 
 TENSORS = ("x", "w1", "b1", "h1", "h2", "w2", "b2", "h3", "pooled", "y")
 NODES = ("conv1", "relu", "conv2", "pool", "flatten")
@@ -44,11 +45,11 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 
 @st.composite
 def naming(draw):
-    """Tensor names (unique), node names (unique, perhaps equal to tensor names), and whether the
-    initializers are listed among the graph inputs too."""
+    """Tensor names (unique), node names (unique, perhaps equal to tensor names, one perhaps empty), and
+    whether the initializers are listed among the graph inputs too."""
     tensors = draw(st.lists(NAME, min_size=len(TENSORS), max_size=len(TENSORS), unique=True))
-    nodes = draw(st.lists(st.one_of(NAME, st.sampled_from(tensors)), min_size=len(NODES), max_size=len(NODES),
-                          unique=True))
+    nodes = draw(st.lists(st.one_of(NAME, st.sampled_from(tensors), st.just("")), min_size=len(NODES),
+                          max_size=len(NODES), unique=True))
     return dict(zip(TENSORS, tensors)), dict(zip(NODES, nodes)), draw(st.booleans())
 
 
@@ -137,9 +138,11 @@ def test_rewrite_keeps_every_name(tmp_path_factory, names):
 @given(names=naming())
 def test_inspect_lists_every_conv_by_its_name(tmp_path_factory, names):
     path = tmp_path_factory.mktemp("inspect") / "model.onnx"
-    onnx.save(named_model(names), path)
+    model = named_model(names)
+    onnx.save(model, path)
     listed = json.loads(invoke("inspect", path, "--json"))
-    assert [layer["node"] for layer in listed["layers"]] == [names[1]["conv1"], names[1]["conv2"]]
+    convs = [display_name(node, k) for k, node in enumerate(model.graph.node) if node.op_type == "Conv"]
+    assert [layer["node"] for layer in listed["layers"]] == convs
     assert all(layer["status"] == "eligible" for layer in listed["layers"])
     invoke("inspect", path)  # the table, names drawn as they are
 
@@ -163,7 +166,7 @@ def test_evaluate_reads_the_named_output(tmp_path_factory, names):
 @given(names=naming())
 def test_bench_times_and_profiles_named_models(tmp_path_factory, names):
     folder = tmp_path_factory.mktemp("bench")
-    source, out, _, _ = rewritten(folder, names)
+    source, out, model, _ = rewritten(folder, names)
     shape = f"{names[0]['x']}={'x'.join(map(str, X_SHAPE))}"
     invoke("bench", source, out, "--runs", "2", "--warmup", "0", "--per-node", "--input-shape", shape,
            "--json", folder / "b.json", "--markdown", folder / "b.md", "--html", folder / "b.html")
@@ -171,7 +174,7 @@ def test_bench_times_and_profiles_named_models(tmp_path_factory, names):
     assert list(report["inputs"]) == [names[0]["x"]]
     assert [m["label"] for m in report["models"]] == [str(source), str(out)]
     layers = {row["layer"] for c in report["comparisons"] for row in c["layers"]}
-    assert {names[1]["conv1"], names[1]["conv2"]} <= layers
+    assert {display_name(node, k) for k, node in enumerate(model.graph.node) if node.op_type == "Conv"} <= layers
 
 
 @settings(max_examples=30, **SETTINGS)

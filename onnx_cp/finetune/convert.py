@@ -138,9 +138,11 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
     device = _device_of(module)
     x = example_input(like) if example is None else fit_batch(like, example)
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device)
-    interface = [inputs[0].name, *[o.name for o in reference.graph.output]]
-    stand_ins = placeholders(interface)  # the exporter refuses names such as '387'
-    dynamic = {stand_in: _dynamic_dims(v) for stand_in, v in zip(stand_ins, [inputs[0], *reference.graph.output])}
+    values = [inputs[0], *reference.graph.output]
+    interface = [v.name for v in values]
+    dim_names = [d.dim_param for v in values for d in v.type.tensor_type.shape.dim]
+    stand_ins = placeholders(interface, dim_names)  # the exporter refuses names such as '387'
+    dynamic = {stand_in: _dynamic_dims(v) for stand_in, v in zip(stand_ins, values)}
     dynamic = {name: dims for name, dims in dynamic.items() if dims}
     was_training = module.training
     module.eval()

@@ -22,7 +22,6 @@ import onnx
 _PLAIN_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z0-9_]+)*")
 _PLACEHOLDER = "onnx_cp_io_{}"
 _PLACEHOLDER_IN = re.compile(r"onnx_cp_io_\d+(?!\d)")
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def module_names(graph: onnx.GraphProto) -> list[str]:
@@ -32,10 +31,9 @@ def module_names(graph: onnx.GraphProto) -> list[str]:
     names = []
     for k, node in enumerate(graph.node):
         own = node.name.replace(".", "/").lstrip("/")
-        usable = (node.domain in _DEFAULT_DOMAINS and _PLAIN_MODULE.fullmatch(own) is not None
-                  and own not in taken and not own.endswith("_split_output")
-                  and not own.startswith("onnx_initializer_"))
-        name = own if usable else _fresh(re.sub(r"[^A-Za-z0-9_]+", "_", own).strip("_"), node, k, taken)
+        usable = (_PLAIN_MODULE.fullmatch(own) is not None and own not in taken
+                  and not own.endswith("_split_output") and not own.startswith("onnx_initializer_"))
+        name = own if usable else _fresh(own, node, k, taken)
         taken.add(name)
         names.append(name)
     return names
@@ -48,13 +46,14 @@ def use_module_names(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def placeholders(names: list[str]) -> list[str]:
-    """Plain names the exporter accepts for the interface names ``names``, none of them among those."""
-    given, found, k = set(names), [], 0
+def placeholders(names: list[str], dims: Iterable[str] = ()) -> list[str]:
+    """Plain names the exporter accepts for the interface names ``names``: none of them appears in those
+    names or in the dimension names ``dims``, so restoring the names cannot touch anything else."""
+    given, found, k = [*names, *dims], [], 0
     while len(found) < len(names):
         candidate = _PLACEHOLDER.format(k)
         k += 1
-        if candidate not in given:
+        if not any(candidate in text for text in given):
             found.append(candidate)
     return found
 
@@ -120,8 +119,7 @@ def restore_names(exported: onnx.ModelProto, reference: onnx.ModelProto, modules
             unmatched.append(original.name or module)
             continue
         node = got[0]
-        if original.name:
-            node_names[index[id(node)]] = original.name
+        node_names[index[id(node)]] = original.name  # an unnamed node comes back unnamed
         for new, old in zip(original.output, node.output):
             if new and old:
                 tensors[old] = new
@@ -129,7 +127,7 @@ def restore_names(exported: onnx.ModelProto, reference: onnx.ModelProto, modules
             if old in exp_inits and new in ref_inits:
                 tensors.setdefault(old, new)
     tensors = _collision_free(tensors, {n: n for n in _tensor_names(graph)})
-    node_names = _collision_free(node_names, {k: n.name for k, n in enumerate(graph.node)})
+    node_names = _collision_free(node_names, {k: n.name for k, n in enumerate(graph.node)}, repeatable={""})
     for k, name in node_names.items():
         graph.node[k].name = name
     rename_tensors(graph, tensors)
@@ -148,12 +146,13 @@ def _owning_module(node_name: str, modules: dict) -> str | None:
     return None
 
 
-def _collision_free(renames: dict, current: dict) -> dict:
-    """Drop renames until the final names are unique (``current``: key -> name in use now)."""
+def _collision_free(renames: dict, current: dict, repeatable: frozenset | set = frozenset()) -> dict:
+    """Drop renames until the final names are unique, those in ``repeatable`` aside (``current``: key ->
+    name in use now)."""
     accepted = dict(renames)
     while True:
         final = Counter(accepted.get(key, name) for key, name in current.items())
-        bad = [key for key, new in accepted.items() if final[new] > 1]
+        bad = [key for key, new in accepted.items() if final[new] > 1 and new not in repeatable]
         if not bad:
             return accepted
         for key in bad:
@@ -170,10 +169,11 @@ def _tensor_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _fresh(base: str, node: onnx.NodeProto, k: int, taken: set[str]) -> str:
-    """A plain submodule name not in ``taken``: ``base`` (the node's name made plain) or the op type,
-    with the node's position to keep it unique."""
-    if not base or not (base[0].isalpha() or base[0] == "_") or not base.isascii():
+def _fresh(own: str, node: onnx.NodeProto, k: int, taken: set[str]) -> str:
+    """A plain submodule name not in ``taken``: the node's name made plain (or its op type, where that
+    leaves nothing usable), with the node's position added when needed to keep it unique."""
+    base = re.sub(r"[^A-Za-z0-9_]+", "_", own).strip("_")
+    if not base or not (base[0].isalpha() or base[0] == "_"):
         base = re.sub(r"[^A-Za-z0-9_]+", "_", node.op_type) or "node"
     name, suffix = base, k
     while name in taken or _PLAIN_MODULE.fullmatch(name) is None:
