@@ -1,6 +1,8 @@
 """Every legal ONNX name survives every command: tensors and nodes named like exporters name them
 ('387', '/conv1/Conv', 'onnx::Conv_1', 'input.1'), with spaces, unicode, markup characters, node
-names equal to tensor names, and initializers listed among the graph inputs.
+names equal to tensor names or empty, and initializers listed among the graph inputs. Each command
+runs through the CLI in this process: rewrite (with its JSON report), inspect, evaluate, bench (its
+JSON, Markdown and HTML reports) and finetune.
 
 The model, every name drawn by hypothesis:
 
@@ -113,12 +115,12 @@ def assert_same_interface(got: onnx.ModelProto, original: onnx.ModelProto) -> No
     assert [o.name for o in got.graph.output] == [o.name for o in original.graph.output]
 
 
-def rewritten(tmp_path, names) -> tuple:
+def rewritten(tmp_path, names, *flags) -> tuple:
     """(original path, rewritten path, original model, rewritten model): cp4 at rank 2 on both Convs."""
     model = named_model(names)
     source, out = tmp_path / "model.onnx", tmp_path / "rewritten.onnx"
     onnx.save(model, source)
-    invoke("rewrite", source, "--rank", "2", "--realize", "cp4", "--jobs", "1", "-q", "-o", out)
+    invoke("rewrite", source, "--rank", "2", "--realize", "cp4", "--jobs", "1", "-q", "-o", out, *flags)
     return source, out, model, onnx.load(out)
 
 
@@ -126,8 +128,12 @@ def rewritten(tmp_path, names) -> tuple:
 @given(names=naming())
 @example(names=EXPORTED)
 def test_rewrite_keeps_every_name(tmp_path_factory, names):
-    source, out, model, result = rewritten(tmp_path_factory.mktemp("rewrite"), names)
+    folder = tmp_path_factory.mktemp("rewrite")
+    _, _, model, result = rewritten(folder, names, "--report", folder / "report.json")
     assert_same_interface(result, model)
+    report = json.loads((folder / "report.json").read_text())
+    convs = [display_name(node, k) for k, node in enumerate(model.graph.node) if node.op_type == "Conv"]
+    assert [layer["node"] for layer in report["layers"]] == convs
     assert not any(n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in (names[0]["w1"], names[0]["w2"])
                    for n in result.graph.node), "a Conv was left as it was"
     x = samples(4)
