@@ -96,8 +96,9 @@ def layers_table(data: dict) -> Table:
     table = Table("Layers", headers, [h not in ("layer", "decomposition (form)", "note") for h in headers])
     for layer, times in zip(layers, layer_times(data)):
         rewritten = layer.get("status") == "rewritten"
-        form = f"{layer.get('decomposition') or '?'} ({layer.get('realization')})" if rewritten else "original Conv"
-        cells = [times.layer, form, str(layer.get("rank")) if rewritten else DASH, error(layer.get("rel_error"))]
+        form = f"{layer.get('decomposition') or '?'} ({layer.get('realization') or '?'})" if rewritten else "original Conv"
+        rank = layer.get("rank") if rewritten else None
+        cells = [times.layer, form, DASH if rank is None else str(rank), error(layer.get("rel_error"))]
         if calibrated:
             cells += [error(layer.get("output_error_before")), error(layer.get("output_error_after"))]
         if timed:
@@ -123,9 +124,16 @@ def section_tables(data: dict) -> list[Table]:
     sensitivity = data.get("sensitivity")
     if sensitivity:
         tables += record_tables("Sensitivity: each layer alone", sensitivity, SENSITIVITY_ORDER)
+    scalars = {}
     for key, value in data.items():
-        if key not in KNOWN and value:
+        if key in KNOWN or value in (None, [], {}):
+            continue
+        if isinstance(value, (dict, list)):
             tables += record_tables(key.replace("_", " ").capitalize(), value)
+        else:
+            scalars[key] = value
+    if scalars:
+        tables += record_tables("More", scalars)
     machine = data.get("machine")
     if isinstance(machine, dict):
         tables += record_tables("Machine", machine)

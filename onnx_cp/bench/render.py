@@ -6,11 +6,12 @@ import json
 from rich.console import Console
 
 from onnx_cp.bench.report import BenchReport
-from onnx_cp.bench.tables import all_tables, settings_line
+from onnx_cp.bench.tables import all_tables, machine_line, settings_line
 from onnx_cp.table import draw
 
 
 def render_terminal(report: BenchReport, console: Console) -> None:
+    console.print(machine_line(report), style="dim", markup=False, highlight=False)
     console.print(settings_line(report), style="dim", markup=False, highlight=False)
     for table in all_tables(report):
         draw(table, console)
@@ -23,7 +24,7 @@ def render_json(report: BenchReport) -> str:
 
 
 def render_markdown(report: BenchReport) -> str:
-    lines = ["# onnx-cp bench", "", settings_line(report), ""]
+    lines = ["# onnx-cp bench", "", _md(machine_line(report)), "", _md(settings_line(report)), ""]
     for table in all_tables(report):
         lines += [f"## {table.title}", "",
                   "| " + " | ".join(_md(h) for h in table.headers) + " |",

@@ -1,7 +1,7 @@
 """One benchmark end to end: latency of every model, optionally per-layer profiles and comparisons."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from onnx_cp.bench.compare import Comparison, compare
@@ -10,6 +10,7 @@ from onnx_cp.bench.latency import LatencyStats, measure_sources
 from onnx_cp.bench.profile import NodeProfile, profile_sources
 from onnx_cp.bench.runner import Callback
 from onnx_cp.bench.source import ModelLike, load_models
+from onnx_cp.machine import Machine, describe_machine
 
 SCHEMA_VERSION = 1
 
@@ -27,12 +28,14 @@ class ModelResult:
 
 @dataclass(frozen=True)
 class BenchReport:
-    """Everything a benchmark found. ``comparisons`` pit the first model against each other one."""
+    """Everything a benchmark found. ``comparisons`` pit the first model against each other one;
+    ``machine`` says where the times were taken."""
 
     config: BenchConfig
     inputs: dict[str, tuple[tuple[int, ...], str]]
     models: tuple[ModelResult, ...]
     comparisons: tuple[Comparison, ...] = ()
+    machine: Machine = field(default_factory=describe_machine)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -42,6 +45,7 @@ class BenchReport:
         return {
             "onnx_cp_bench": SCHEMA_VERSION,
             "settings": self.config.to_dict(),
+            "machine": self.machine.to_dict(),
             "inputs": {name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in self.inputs.items()},
             "models": [m.to_dict() for m in self.models],
             "comparisons": [c.to_dict() for c in self.comparisons],

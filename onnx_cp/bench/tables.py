@@ -31,6 +31,11 @@ def settings_line(report: BenchReport) -> str:
             f"models alternating; inputs {inputs or '(none)'}")
 
 
+def machine_line(report: BenchReport) -> str:
+    """Where the times were taken: CPU, ISA, cores, onnxruntime version."""
+    return f"machine: {report.machine.label}"
+
+
 def latency_table(report: BenchReport) -> Table:
     first = report.models[0].latency.median
     table = Table("Whole-model latency (ms)",

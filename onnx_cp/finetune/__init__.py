@@ -16,16 +16,9 @@ from onnx_cp.finetune.convert import ExportNotes, op_counts, structure_changes, 
 from onnx_cp.finetune.converters import missing_converters
 from onnx_cp.finetune.data import load_image_folder, load_images
 from onnx_cp.finetune.normalize import normalize
-from onnx_cp.finetune.train import (
-    DistilledOutput,
-    EpochStats,
-    FinetuneConfig,
-    FinetuneReport,
-    FinetuneResult,
-    Step,
-    finetune,
-    finetune_with_report,
-)
+from onnx_cp.finetune.config import FinetuneConfig
+from onnx_cp.finetune.report import DistilledOutput, EpochStats, FinetuneReport, FinetuneResult, Step
+from onnx_cp.finetune.train import finetune, finetune_with_report
 
 __all__ = [
     "DistilledOutput", "EpochStats", "ExportNotes", "FinetuneConfig", "FinetuneReport", "FinetuneResult", "Step",

@@ -4,11 +4,12 @@
     ...                                     # train it
     tuned = to_onnx(module, like="fast.onnx", example=x[:8])
 
-onnx2torch names each submodule after the ONNX node it came from (dots become slashes), and
-the TorchScript exporter names each exported node ``/<submodule>/<op>``. ``to_onnx`` uses that
-to give every node that maps one-to-one back its original name, output names and weight names,
-so the exported graph reads like the input and the rewriter's ``onnx_cp`` metadata (which
-lists node names) stays true.
+onnx2torch names each submodule after the ONNX node it came from (``names.module_names``: a
+plain name instead where torch cannot use the node's), and the TorchScript exporter names each
+exported node ``/<submodule>/<op>``. ``to_onnx`` uses that to give every node that maps
+one-to-one back its original name, output names and weight names, and gives the interface its
+names whatever they are, so the exported graph reads like the input and the rewriter's
+``onnx_cp`` metadata (which lists node names) stays true.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import onnx
 from onnx_cp.errors import OnnxCpError, spelled
 from onnx_cp.finetune._deps import onnx2torch_version, require_torch
 from onnx_cp.finetune.converters import IMPORT_FREE_HINT, require_converters
+from onnx_cp.finetune.names import module_names, placeholders, restore_interface, restore_names, use_module_names
 from onnx_cp.finetune.normalize import normalize
 from onnx_cp.graph import runtime_inputs
 from onnx_cp.model_io import load_model
@@ -70,7 +72,7 @@ def to_torch(model: ModelLike, *, what: str = "the model", example=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            module = onnx2torch.convert(graph)
+            module = onnx2torch.convert(use_module_names(graph))
     except NotImplementedError as exc:
         raise OnnxCpError(f"onnx2torch {onnx2torch_version()} cannot convert {what} ({exc}); re-export it at "
                           f"another opset (it is at {opset}) or without that operator, or {IMPORT_FREE_HINT}"
@@ -136,7 +138,11 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
     device = _device_of(module)
     x = example_input(like) if example is None else fit_batch(like, example)
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device)
-    dynamic = {v.name: _dynamic_dims(v) for v in [*inputs, *reference.graph.output]}
+    values = [inputs[0], *reference.graph.output]
+    interface = [v.name for v in values]
+    dim_names = [d.dim_param for v in values for d in v.type.tensor_type.shape.dim]
+    stand_ins = placeholders(interface, dim_names)  # the exporter refuses names such as '387'
+    dynamic = {stand_in: _dynamic_dims(v) for stand_in, v in zip(stand_ins, values)}
     dynamic = {name: dims for name, dims in dynamic.items() if dims}
     was_training = module.training
     module.eval()
@@ -147,14 +153,17 @@ def to_onnx(module, like: ModelLike, *, example=None, opset: int | None = None,
             # its deprecation and tracer warnings say nothing about this model.
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=opset,
-                              input_names=[inputs[0].name],
-                              output_names=[o.name for o in reference.graph.output],
+                              input_names=stand_ins[:1], output_names=stand_ins[1:],
                               dynamic_axes=dynamic or None, do_constant_folding=True)
     finally:
         module.train(was_training)
     exported = onnx.load_from_string(buffer.getvalue())
+    restore_interface(exported.graph, dict(zip(stand_ins, interface)))
     notes = notes if notes is not None else ExportNotes()
-    _restore_names(exported, reference, notes)
+    renamed, unmatched, nodes_of = restore_names(exported, reference, module_names(reference.graph))
+    notes.renamed += renamed
+    notes.unmatched.extend(unmatched)
+    notes.nodes_of.update(nodes_of)
     notes.metadata.extend(carry(like, exported, notes.nodes_of))
     return exported
 
@@ -244,86 +253,6 @@ def first_output(out):
     while isinstance(out, (tuple, list)):
         out = out[0]
     return out
-
-
-def _restore_names(exported: onnx.ModelProto, reference: onnx.ModelProto, notes: ExportNotes) -> None:
-    """Rename nodes, their outputs and their weights back to ``reference``'s where they map 1:1."""
-    from onnx2torch.onnx_graph import OnnxGraph
-
-    by_module = {unique: node.proto for unique, node in OnnxGraph(reference.graph).nodes.items()}
-    groups: dict[str, list[onnx.NodeProto]] = {}
-    for node in exported.graph.node:
-        module = _owning_module(node.name, by_module)
-        if module is not None:
-            groups.setdefault(module, []).append(node)
-    ref_inits = {t.name for t in reference.graph.initializer}
-    exp_inits = {t.name for t in exported.graph.initializer}
-    graph = exported.graph
-    index = {id(n): k for k, n in enumerate(graph.node)}
-    node_names: dict[int, str] = {}
-    tensors: dict[str, str] = {}
-    for module, original in by_module.items():
-        got = groups.get(module, [])
-        if len(got) != 1 or got[0].op_type != original.op_type or len(got[0].output) != len(original.output):
-            notes.unmatched.append(original.name or module)
-            continue
-        node = got[0]
-        if original.name:
-            node_names[index[id(node)]] = original.name
-        for new, old in zip(original.output, node.output):
-            if new and old:
-                tensors[old] = new
-        for new, old in zip(original.input, node.input):
-            if old in exp_inits and new in ref_inits:
-                tensors.setdefault(old, new)
-    tensors = _collision_free(tensors, {n: n for n in _tensor_names(graph)})
-    node_names = _collision_free(node_names, {k: n.name for k, n in enumerate(graph.node)})
-    for k, node in enumerate(graph.node):
-        if k in node_names:
-            node.name = node_names[k]
-            notes.renamed += 1
-        for field_name in ("input", "output"):
-            values = [tensors.get(v, v) for v in getattr(node, field_name)]
-            container = getattr(node, field_name)
-            del container[:]
-            container.extend(values)
-    for item in [*graph.initializer, *graph.value_info, *graph.input, *graph.output]:
-        item.name = tensors.get(item.name, item.name)
-    for module, original in by_module.items():
-        if original.name:
-            notes.nodes_of[original.name] = [n.name for n in groups.get(module, [])]
-
-
-def _owning_module(node_name: str, modules: dict) -> str | None:
-    """The onnx2torch submodule whose scope ``/<module>/...`` produced this exported node."""
-    parts = node_name.lstrip("/").split("/")
-    for end in range(len(parts) - 1, 0, -1):  # longest prefix first
-        candidate = "/".join(parts[:end])
-        if candidate in modules:
-            return candidate
-    return None
-
-
-def _collision_free(renames: dict, current: dict) -> dict:
-    """Drop renames until the final names are unique (``current``: key -> name in use now)."""
-    accepted = dict(renames)
-    while True:
-        final = Counter(accepted.get(key, name) for key, name in current.items())
-        bad = [key for key, new in accepted.items() if final[new] > 1]
-        if not bad:
-            return accepted
-        for key in bad:
-            del accepted[key]
-
-
-def _tensor_names(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer} | {v.name for v in [*graph.input, *graph.output,
-                                                                      *graph.value_info]}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    names.discard("")
-    return names
 
 
 def _dynamic_dims(value: onnx.ValueInfoProto) -> dict[int, str]:

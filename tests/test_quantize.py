@@ -1,0 +1,356 @@
+"""onnx_cp.quantize: static INT8 that passes full_check and runs at every optimization level, keeps
+metadata, names and external data, refuses quantized models in one line, honours exclusions, and
+keeps each node (and the whole model) float where int8 does not pay, judged by injected timings.
+No timing assertions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnx_cp import provenance
+from onnx_cp.bench import profile_nodes
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.evaluate import load_dataset
+from onnx_cp.forms import Timing
+from onnx_cp.quantize import (FLOAT, INT8, QUANTIZABLE, calibration_feeds, int8_error, per_node_view,
+                              quantize_fastest, quantize_int8, refusal, split_held_back)
+from onnx_cp.runtime import OPT_LEVELS, open_session, session_options
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+C, HW, CLASSES = 4, 10, 5
+CHAIN = ["conv3/cp/reduce", "conv3/cp/spatial", "conv3/cp/expand"]
+# Relative L2 error of INT8 outputs against float on this random-weight model's held-back inputs:
+# measured 0.051 (0.022 on the calibration inputs themselves), the same at every level; seven
+# layers each rounding to uint8 over MinMax ranges of 16 inputs.
+TOL = 0.1
+
+
+def tiny_model(opset: int = 17) -> onnx.ModelProto:
+    """x -> conv1 3x3 -> Relu -> conv2 1x1 -> Relu -> conv3 as a CP chain (1x1, depthwise 3x3, 1x1)
+    -> Flatten -> matmul -> fc (Gemm) -> y; with an onnx_cp provenance entry and another metadata key."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array((scale * rng.standard_normal(shape)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "wr"], ["t1"], name=CHAIN[0], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["t1", "ws"], ["t2"], name=CHAIN[1], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         group=2),
+        helper.make_node("Conv", ["t2", "we", "be"], ["c3"], name=CHAIN[2], kernel_shape=[1, 1]),
+        helper.make_node("Flatten", ["c3"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wm"], ["m"], name="matmul"),
+        helper.make_node("Gemm", ["m", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    inits = [init("w1", 8, C, 3, 3), init("b1", 8), init("w2", 8, 8, 1, 1), init("wr", 2, 8, 1, 1),
+             init("ws", 2, 1, 3, 3), init("we", 8, 2, 1, 1), init("be", 8), init("wm", 8 * HW * HW, 16, scale=0.05),
+             init("wf", CLASSES, 16), init("bf", CLASSES)]
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", C, HW, HW])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", CLASSES])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    provenance.record(model, {"method": "nls", "layers": [{"node": "conv3", "nodes": CHAIN}]})
+    model.metadata_props.add(key="author", value="tests")
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def inputs(count: int = 24, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, C, HW, HW)).astype(np.float32)
+
+
+def outputs(model: onnx.ModelProto, x: np.ndarray, opt_level: str = "all") -> np.ndarray:
+    session = open_session(model, session_options(threads=1, opt_level=opt_level, quiet=True))
+    return np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def reads_int8(model: onnx.ModelProto) -> dict[str, bool]:
+    """Per Conv/Gemm/MatMul: whether both its operands are dequantized (quantize_static put it in int8)."""
+    dequantized = {t for n in model.graph.node if n.op_type == "DequantizeLinear" for t in n.output}
+    return {n.name: all(t in dequantized for t in n.input[:2]) for n in model.graph.node if n.op_type in QUANTIZABLE}
+
+
+def test_int8_passes_full_check_and_runs_at_every_level_close_to_float():
+    model, x = tiny_model(), inputs()
+    int8 = quantize_int8(model, x[:16])
+    onnx.checker.check_model(int8, full_check=True)
+    assert all(reads_int8(int8).values())
+    assert [i.name for i in int8.graph.input] == ["x"] and [o.name for o in int8.graph.output] == ["y"]
+    reference = outputs(model, x[16:])
+    for level in OPT_LEVELS:
+        assert relative(outputs(int8, x[16:], level), reference) < TOL, level
+    assert int8_error(model, int8, x[16:]) == pytest.approx(relative(outputs(int8, x[16:]), reference), rel=1e-6)
+
+
+def test_int8_keeps_metadata_and_node_names():
+    model = tiny_model()
+    int8 = quantize_int8(model, inputs())
+    assert [(p.key, p.value) for p in int8.metadata_props] == [(p.key, p.value) for p in model.metadata_props]
+    assert provenance.read_cp_layers(int8)[0]["conv3"].nodes == tuple(CHAIN)
+    assert {n.name for n in model.graph.node if n.op_type in QUANTIZABLE} <= {n.name for n in int8.graph.node}
+
+
+def test_unnamed_nodes_get_onnxruntime_names_and_can_be_excluded():
+    model = tiny_model()
+    model.graph.node[2].name = ""  # conv2, the third node: onnxruntime calls it Conv_2
+    int8 = quantize_int8(model, inputs(), nodes_to_exclude=["Conv_2"])
+    assert reads_int8(int8)["Conv_2"] is False and reads_int8(int8)["conv1"] is True
+
+
+def test_model_with_external_data_quantizes_as_in_memory(tmp_path):
+    model, x = tiny_model(), inputs()
+    path = tmp_path / "tiny.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)  # saving with external data rewrites the tensors it is given
+    onnx.save_model(saved, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="tiny.weights", size_threshold=0)
+    assert (tmp_path / "tiny.weights").exists()
+    from_file, in_memory = quantize_int8(path, x), quantize_int8(model, x)
+    onnx.checker.check_model(from_file, full_check=True)
+    np.testing.assert_array_equal(outputs(from_file, x), outputs(in_memory, x))
+
+
+def test_old_opset_is_upgraded_to_13():
+    model, x = tiny_model(opset=11), inputs()
+    int8 = quantize_int8(model, x[:16])
+    assert next(o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    onnx.checker.check_model(int8, full_check=True)
+    assert relative(outputs(int8, x[16:]), outputs(model, x[16:])) < TOL
+
+
+def test_opset_the_converter_cannot_upgrade_is_refused_in_one_line(monkeypatch):
+    import onnx.version_converter
+
+    def fail(model, version):
+        raise RuntimeError("No adapter for op Foo\nmore detail")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
+    with pytest.raises(OnnxCpError) as exc:
+        quantize_int8(tiny_model(opset=11), inputs())
+    assert "opset 11" in str(exc.value) and "No adapter for op Foo" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_quantized_models_are_refused_in_one_line():
+    model, x = tiny_model(), inputs()
+    assert refusal(model) is None
+    int8 = quantize_int8(model, x)
+    reason = refusal(int8)
+    assert "QuantizeLinear" in reason and "DequantizeLinear" in reason and "float model" in reason
+    assert "\n" not in reason
+    with pytest.raises(OnnxCpError, match="quantized already") as exc:
+        quantize_int8(int8, x)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("op, inputs_", [("ConvInteger", ["x", "w"]), ("MatMulInteger", ["x", "w"]),
+                                         ("QLinearConv", ["x", "s", "z", "w", "s", "z", "s", "z"])])
+def test_integer_ops_mark_a_model_quantized(op, inputs_):
+    graph = helper.make_graph([helper.make_node(op, inputs_, ["y"], name="q")], "g", [], [])
+    assert op in refusal(helper.make_model(graph))
+
+
+def test_quantized_subgraph_marks_a_model_quantized():
+    body = helper.make_graph([helper.make_node("DequantizeLinear", ["a", "s"], ["b"])], "body", [],
+                             [helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, None)])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)], "g", [], [])
+    assert "DequantizeLinear x2" in refusal(helper.make_model(graph))
+
+
+def test_excluded_nodes_stay_float():
+    int8 = quantize_int8(tiny_model(), inputs(), nodes_to_exclude=["conv2", "fc"])
+    assert reads_int8(int8) == {"conv1": True, "conv2": False, CHAIN[0]: True, CHAIN[1]: True, CHAIN[2]: True,
+                                "matmul": True, "fc": False}
+    with pytest.raises(OnnxCpError, match="'conv9'") as exc:
+        quantize_int8(tiny_model(), inputs(), nodes_to_exclude=["conv9"])
+    assert "\n" not in str(exc.value)
+
+
+def test_arithmetic_ops_stay_float():
+    """x -> matmul -> Add -> Relu -> Mul -> Add -> y (a dense layer, its bias, a BatchNormalization
+    as Mul and Add): the matmul is quantized; no Add or Mul output is (OP_TYPES)."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Mul", ["r", "scale"], ["s"]),
+             helper.make_node("Add", ["s", "shift"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w", (16, 16)), ("b", (16,)), ("scale", (16,)), ("shift", (16,)))]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    int8 = quantize_int8(model, rng.standard_normal((16, 16)).astype(np.float32))
+    producer = {t: n.op_type for n in int8.graph.node for t in n.output}
+    quantized = [producer.get(n.input[0]) for n in int8.graph.node if n.op_type == "QuantizeLinear"]
+    assert reads_int8(int8) == {"matmul": True}
+    assert not {"Add", "Mul"} & set(quantized)
+
+
+def test_feed_dicts_calibrate_as_the_array_does():
+    model, x = tiny_model(), inputs()
+    from_array = quantize_int8(model, x[:16])
+    from_feeds = quantize_int8(model, [{"x": x[i:i + 1]} for i in range(16)])
+    np.testing.assert_array_equal(outputs(from_array, x[16:]), outputs(from_feeds, x[16:]))
+
+
+@pytest.mark.parametrize("bad, says", [
+    (np.zeros((4, 3, HW, HW), np.float32), "shape 1x3x10x10"),
+    (np.zeros((4, C, HW), np.float32), "shape 1x4x10"),
+    (np.full((4, C, HW, HW), np.nan, np.float32), "finite"),
+    ([{"image": np.zeros((1, C, HW, HW), np.float32)}], "['image']"),
+    ([], "non-empty"),
+])
+def test_calibration_inputs_that_do_not_fit_are_refused_in_one_line(bad, says):
+    with pytest.raises(OnnxCpError) as exc:
+        calibration_feeds(tiny_model(), bad)
+    assert says in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_array_of_inputs_needs_a_model_of_one_input():
+    model = tiny_model()
+    model.graph.input.append(helper.make_tensor_value_info("x2", onnx.TensorProto.FLOAT, [1]))
+    with pytest.raises(OnnxCpError, match="list of feed dicts"):
+        calibration_feeds(model, inputs())
+
+
+def test_held_back_inputs_are_the_last_share():
+    x = inputs(8)
+    calib, held = split_held_back(x, 0.25)
+    assert len(calib) == 6 and np.array_equal(held, x[6:])
+    with pytest.raises(OnnxCpError, match="at least 2"):
+        split_held_back(x[:1])
+
+
+# -- each node in its fastest form, by injected timings -------------------------------------------------------
+
+class FakeTiming:
+    """Timing from tables: a node's ms is ``int8[name]`` where it is in int8, else ``float_[name]``;
+    a whole model's ms is the sum, unless ``whole_ms`` gives the figures of each call in turn."""
+
+    def __init__(self, float_: dict[str, float], int8: dict[str, float], whole_ms=None):
+        self.float_, self.int8, self.whole_ms, self.whole_calls = float_, int8, whole_ms, []
+
+    def timing(self) -> Timing:
+        return Timing(self.layers, self.whole)
+
+    def layers(self, models):
+        per_model = []
+        for model in models:
+            names = [n.name for n in model.graph.node]
+            assert not any("/cp/" in name for name in names), "profiled without the per-node view"
+            int8 = reads_int8(model)
+            per_model.append({n.output[0]: (self.int8 if int8[n.name] else self.float_)[n.name.replace("|", "/")]
+                              for n in model.graph.node if n.op_type in QUANTIZABLE})
+        return per_model
+
+    def whole(self, models):
+        self.whole_calls.append(len(models))
+        if self.whole_ms is not None:
+            return list(self.whole_ms[len(self.whole_calls) - 1])
+        return [sum((self.int8 if q else self.float_)[name] for name, q in reads_int8(m).items()) for m in models]
+
+
+NAMES = ["conv1", "conv2", *CHAIN, "matmul", "fc"]
+
+
+def times(**given) -> dict[str, float]:
+    table = dict.fromkeys(NAMES, 1.0)
+    table.update({k.replace("__", "/cp/"): v for k, v in given.items()})
+    return table
+
+
+def test_nodes_slower_in_int8_stay_float():
+    model, x = tiny_model(), inputs()
+    fake = FakeTiming(times(), times(conv1=0.3, conv2=0.4, conv3__reduce=0.5, conv3__spatial=1.6,
+                                     conv3__expand=0.5, matmul=0.5, fc=0.5))
+    result = quantize_fastest(model, x[:16], fake.timing(), held_back=x[16:])
+    forms = {n.node: n.form for n in result.nodes}
+    assert forms == {**dict.fromkeys(NAMES, INT8), CHAIN[1]: FLOAT}
+    assert result.quantized and reads_int8(result.model) == {**dict.fromkeys(NAMES, True), CHAIN[1]: False}
+    assert fake.whole_calls == [3, 2]  # float, all int8, the slow node float; then float and the pick again
+    spatial = next(n for n in result.nodes if n.node == CHAIN[1])
+    assert (spatial.float_ms, spatial.int8_ms) == (1.0, 1.6) and "slower" in spatial.reason
+    assert result.error == pytest.approx(int8_error(model, result.model, x[16:])) and 0 < result.error < TOL
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_a_gain_under_min_gain_does_not_pay():
+    fake = FakeTiming(times(), times(conv1=0.3, conv2=0.97, conv3__reduce=0.5, conv3__spatial=0.5,
+                                     conv3__expand=0.5, matmul=0.5, fc=0.5), whole_ms=[[7.0, 3.9, 3.8], [7.0, 3.8]])
+    result = quantize_fastest(tiny_model(), inputs(), fake.timing(), min_gain=0.05)
+    conv2 = next(n for n in result.nodes if n.node == "conv2")
+    assert conv2.form == FLOAT and "under 5%" in conv2.reason
+    assert reads_int8(result.model)["conv2"] is False
+
+
+def test_float_model_comes_back_when_the_whole_int8_model_is_not_faster():
+    model, x = tiny_model(), inputs()
+    fake = FakeTiming(times(), times(**{n.replace("/cp/", "__"): 0.5 for n in NAMES}), whole_ms=[[1.0, 1.2]])
+    result = quantize_fastest(model, x[:16], fake.timing(), held_back=x[16:])
+    assert result.model is model and not result.quantized
+    assert all(n.form == FLOAT for n in result.nodes) and result.speedup == 1.0 and result.error == 0.0
+    assert any("float model is returned" in note for note in result.notes)
+
+
+def test_int8_that_pays_in_one_run_only_is_not_kept():
+    model = tiny_model()
+    fake = FakeTiming(times(), times(**{n.replace("/cp/", "__"): 0.5 for n in NAMES}), whole_ms=[[1.0, 0.5], [1.0, 0.97]])
+    result = quantize_fastest(model, inputs(), fake.timing())
+    assert result.model is model and fake.whole_calls == [2, 2]
+    assert (result.float_ms, result.int8_ms) == (1.0, 0.97)
+
+
+def test_every_node_in_int8_is_kept_when_it_beats_the_mix():
+    fake = FakeTiming(times(), times(conv1=0.3, conv2=1.2, conv3__reduce=0.5, conv3__spatial=0.5,
+                                     conv3__expand=0.5, matmul=0.5, fc=0.5), whole_ms=[[2.0, 1.0, 1.5], [2.0, 1.0]])
+    result = quantize_fastest(tiny_model(), inputs(), fake.timing())
+    conv2 = next(n for n in result.nodes if n.node == "conv2")
+    assert conv2.form == INT8 and "faster with it in int8" in conv2.reason
+    assert all(reads_int8(result.model).values()) and result.speedup == 2.0
+
+
+def test_excluded_nodes_stay_float_whatever_they_measure():
+    fake = FakeTiming(times(), times(**{n.replace("/cp/", "__"): 0.1 for n in NAMES}))
+    result = quantize_fastest(tiny_model(), inputs(), fake.timing(), nodes_to_exclude=["fc"])
+    fc = next(n for n in result.nodes if n.node == "fc")
+    assert fc.form == FLOAT and fc.int8_ms is None and reads_int8(result.model)["fc"] is False
+
+
+# -- per-node attribution on quantized graphs, real profiles -----------------------------------------------------
+
+@pytest.mark.parametrize("level", list(OPT_LEVELS))
+def test_quantized_nodes_are_attributed_to_their_nodes_at_every_level(level):
+    model = tiny_model()
+    int8 = quantize_int8(model, inputs())
+    for view in (per_node_view(model), per_node_view(int8)):
+        profile, = profile_nodes([view], warmup=1, runs=2, opt_level=level, input_shapes={"x": (1, C, HW, HW)})
+        assert all(layer.mapped for layer in profile.layers), [l.layer for l in profile.layers if not l.mapped]
+        assert not any(layer.op in ("QuantizeLinear", "DequantizeLinear") for layer in profile.layers)
+        timed = {out for layer in profile.layers for out in layer.outputs}
+        assert {n.output[0] for n in view.graph.node if n.op_type in QUANTIZABLE} <= timed
+
+
+# -- the repository's trained models ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, data, agree", [("mnist_cnn", "mnist_test", 0.98), ("charcnn36", "charcnn36_test", 0.95)])
+def test_trained_models_in_int8_agree_with_float(name, data, agree):
+    model = onnx.load(str(MODELS / f"{name}.onnx"))
+    x, _ = load_dataset(MODELS / f"{data}.npz")
+    calib, held = x[:64], x[64:564].astype(np.float32)
+    int8 = quantize_int8(model, calib)
+    onnx.checker.check_model(int8, full_check=True)
+    session_f, session_q = (open_session(m, session_options(threads=1, quiet=True)) for m in (model, int8))
+    name_in = model.graph.input[0].name
+    same = np.mean(session_f.run(None, {name_in: held})[0].argmax(1) == session_q.run(None, {name_in: held})[0].argmax(1))
+    assert same >= agree
