@@ -100,3 +100,50 @@ def test_no_module_imports_itself_through_others():
     cycles = _cycles(graph)
     described = ["; ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in cycles]
     assert not cycles, "import circles:\n" + "\n".join(described)
+
+
+# The package's import layers, lowest first (docs/architecture.md draws them): a module imports
+# only from its own layer or those below it. A module is placed by its longest listed prefix.
+LAYERS = (
+    ("base", ("onnx_cp.errors", "onnx_cp.progress", "onnx_cp.table", "onnx_cp.decision")),
+    ("onnx", ("onnx_cp.machine", "onnx_cp.graph", "onnx_cp.conv", "onnx_cp.shapes", "onnx_cp.runtime", "onnx_cp.model_io",
+              "onnx_cp.model_files", "onnx_cp.output_paths", "onnx_cp.protobuf_stream", "onnx_cp.provenance",
+              "onnx_cp.report")),
+    ("numerics", ("onnx_cp.solver",)),
+    ("decompositions", ("onnx_cp.decompositions",)),
+    ("sites", ("onnx_cp.sites", "onnx_cp.splice", "onnx_cp.parallel_fit")),
+    ("measurement", ("onnx_cp.bench", "onnx_cp.measure")),
+    ("data", ("onnx_cp.calibrate", "onnx_cp.accuracy", "onnx_cp.quantize")),
+    ("selection", ("onnx_cp.ranks",)),
+    ("rewrite", ("onnx_cp.config", "onnx_cp.stages", "onnx_cp.rewrite", "onnx_cp.report_tables",
+                 "onnx_cp.report_html", "onnx_cp.report_markdown")),
+    ("tools", ("onnx_cp.inspect", "onnx_cp.evaluate", "onnx_cp.finetune", "onnx_cp.testing")),
+    ("interface", ("onnx_cp.commands", "onnx_cp.cli", "onnx_cp.__main__", "onnx_cp")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The index of the layer whose longest prefix names ``module`` (None: not placed)."""
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (i, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_the_layer_check_sees_an_import_that_runs_back_up():
+    assert layer_of("onnx_cp.ranks.budget") > layer_of("onnx_cp.decompositions.cp")
+    assert layer_of("onnx_cp") == len(LAYERS) - 1 and layer_of("onnx_cp.report_html") > layer_of("onnx_cp.report")
+
+
+def test_every_module_is_placed_and_no_import_runs_back_up():
+    modules = _modules()
+    unplaced = sorted(m for m in modules if layer_of(m) is None)
+    assert not unplaced, f"modules in no layer (add them to LAYERS and docs/architecture.md): {unplaced}"
+    upward = []
+    for name, (path, is_package) in modules.items():
+        for target in _imports(name, path, is_package, modules):
+            if target != name and layer_of(target) > layer_of(name):
+                upward.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not upward, "imports that run back up:\n" + "\n".join(sorted(upward))

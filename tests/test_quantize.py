@@ -15,7 +15,7 @@ from onnx_cp import provenance
 from onnx_cp.bench import profile_nodes
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.evaluate import load_dataset
-from onnx_cp.forms import Timing
+from onnx_cp.measure import Measurement
 from onnx_cp.quantize import (FLOAT, INT8, QUANTIZABLE, calibration_feeds, int8_error, per_node_view,
                               quantize_fastest, quantize_int8, refusal, split_held_back)
 from onnx_cp.runtime import OPT_LEVELS, open_session, session_options
@@ -241,8 +241,8 @@ class FakeTiming:
     def __init__(self, float_: dict[str, float], int8: dict[str, float], whole_ms=None):
         self.float_, self.int8, self.whole_ms, self.whole_calls = float_, int8, whole_ms, []
 
-    def timing(self) -> Timing:
-        return Timing(self.layers, self.whole)
+    def timing(self) -> Measurement:
+        return Measurement.injected(self)
 
     def layers(self, models):
         per_model = []

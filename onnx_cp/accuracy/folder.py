@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.ranks.calibration import IMAGE_SUFFIXES
+from onnx_cp.calibrate.data import IMAGE_SUFFIXES
 
 
 def read_image_folder(folder: Path, dims: tuple[int | None, ...], where: str) -> dict[str, np.ndarray]:

@@ -96,3 +96,10 @@ def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Se
             num += float(np.sum(np.square(a64 - b64)))
             den += float(np.sum(np.square(b64)))
     return float(np.sqrt(num / den)) if den else 0.0
+
+
+def run_feeds(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], threads: int = 1,
+              ) -> list[list[np.ndarray]]:
+    """Every output of ``model`` for each feed, in one quiet session."""
+    sess = open_session(model, session_options(threads=threads, quiet=True))
+    return [sess.run(None, feed) for feed in feeds]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx
 
 from onnx_cp.quantize.feeds import CalibrationInputs, calibration_feeds
-from onnx_cp.ranks.proxy import output_error, run
+from onnx_cp.calibrate.activations import output_error, run_feeds as run
 
 
 def int8_error(float_model: onnx.ModelProto, quantized: onnx.ModelProto, inputs: CalibrationInputs, *,

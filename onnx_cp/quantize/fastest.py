@@ -44,14 +44,14 @@ def quantize_fastest(model: onnx.ModelProto | str | os.PathLike, calibration: Ca
     with int8_quantizer(model, calibration) as quantizer:
         source = quantizer.source
         nodes, slow, candidates = _by_node(quantizer, timing, nodes_to_exclude, min_gain)
-    whole = timing.whole([source, *candidates])
+    whole = [t.median for t in timing.whole([source, *candidates])]
     best = min(range(1, len(whole)), key=whole.__getitem__)
     notes = [_timing_note(whole, len(candidates) > 1)]
     float_ms, int8_ms = whole[0], whole[best]
     if _pays(float_ms, int8_ms, min_gain):
         # One alternated run's medians drift by several percent on a busy machine: a second run
         # of the two alone must agree before int8 is kept.
-        float_ms, int8_ms = timing.whole([source, candidates[best - 1]])
+        float_ms, int8_ms = (t.median for t in timing.whole([source, candidates[best - 1]]))
         notes.append(f"confirmed in a second alternated run: float {float_ms:.3f} ms, INT8 {int8_ms:.3f} ms")
     if _pays(float_ms, int8_ms, min_gain):
         if best == 1 and slow:  # every node in int8 beat the mix: the slow nodes' neighbours gained more

@@ -1,4 +1,4 @@
-"""Timing for the INT8 decisions: the rewrite's Timing interface, node by node.
+"""Timing for the INT8 decisions: the rewrite's measurement service (measure.Measurement), node by node.
 
 ``Timing.layers`` keys each profile by the tensors a layer outputs, and a layer is a node of the
 model, except that the profiler counts a low-rank rewrite's chain (``<conv>/cp/*``, listed in the
@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import onnx
 
-# The timing service: imported here alone, so that moving it changes one line.
-from onnx_cp.forms import Timing, onnxruntime_timing
+from onnx_cp.measure import Measurement as Timing
 from onnx_cp.provenance import MARKS, METADATA_KEY
+
+
+def onnxruntime_timing(model: onnx.ModelProto, threads: int, opt_level: str, input_shapes) -> Timing:
+    """The measurement service in onnxruntime's CPU EP (``Timing.injected`` takes computed times)."""
+    return Timing.onnxruntime(model, threads, opt_level, input_shapes)
+
 
 __all__ = ["Timing", "onnxruntime_timing", "per_node_view"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_cp.calibrate.activations import output_error  # noqa: F401 (the proxy measures by it)
+from onnx_cp.calibrate.activations import output_error, run_feeds as run  # noqa: F401 (the proxy's measures)
 from onnx_cp.conv import attributes
 from onnx_cp.runtime import open_session, session_options
 
@@ -28,13 +28,6 @@ _TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.float16): on
 
 def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     return open_session(model, session_options(threads=threads, quiet=True))
-
-
-def run(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], threads: int = 1,
-        ) -> list[list[np.ndarray]]:
-    """Every output of ``model`` for each feed."""
-    sess = session(model, threads)
-    return [sess.run(None, feed) for feed in feeds]
 
 
 def capture(model: onnx.ModelProto, tensors: Sequence[str], feeds, dtype=np.float32,
