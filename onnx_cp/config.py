@@ -1,6 +1,7 @@
 """The one configuration object shared by the CLI and the Python API."""
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass, field
@@ -93,11 +94,12 @@ class RewriteConfig:
         between two rules with patterns that match a layer, the later wins (as between two
         without). Strings are parsed by ``parse_rank``.
     layers / exclude: glob patterns matched against the Conv node's name and its weight's name.
-    cap_rank: lower any rank whose CP form would cost more multiply-adds than the original.
+    cap_rank: a layer whose rank would make its decomposed form cost no fewer multiply-adds than
+        the original keeps its Conv (and is not fitted); False keeps such ranks.
     align_ranks: round ranks that onnx-cp computes (fractions, caps) down to a multiple of 16
         (8 below 16), which onnxruntime's NCHWc layout needs; integer ranks are used as given.
-    realize: cp4, cp3, or auto (time each form and the original alone in onnxruntime, keep the
-        fastest; the original Conv stays when no CP form beats it).
+    realize: a form of the decomposition (cp4, cp3, tucker2, ...), or auto (time each form and the
+        original alone in onnxruntime, keep the fastest; the original stays when no form beats it).
     threads / opt_level: the onnxruntime session that ``auto`` times layers in.
     selection: choose ranks automatically (a RankSelection: max_error, target_speedup or
         budget_macs); rank rules with a pattern then fix the ranks of the layers they match.
@@ -264,3 +266,12 @@ class RewriteConfig:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # not on Linux
             return max(1, os.cpu_count() or 1)
+
+
+def defaults() -> dict[str, object]:
+    """Every option's default as the dataclasses hold it (``selection.*`` for RankSelection's): the
+    one table the CLI takes its defaults from, so the two doors cannot drift apart."""
+    table = {f.name: f.default for f in dataclasses.fields(RewriteConfig) if f.default is not dataclasses.MISSING}
+    table.update({f"selection.{f.name}": f.default for f in dataclasses.fields(RankSelection)
+                  if f.default is not dataclasses.MISSING})
+    return table

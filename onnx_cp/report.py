@@ -55,6 +55,7 @@ class RewriteReport:
     rank_selection: dict | None = None  # how ranks were chosen, budgets, predicted and measured speed-up
     speed: dict | None = None  # the written model against the input in onnxruntime (measure.SpeedCheck)
     calibration: dict | None = None  # calib: samples, held back, whole-model output errors (calibrate.session)
+    machine: dict | None = None  # where the times were taken (machine.Machine: CPU, ISA, cores, onnxruntime)
 
     def __post_init__(self):
         # Notes may name parameters (onnx_cp.errors.param): they read as the API's, with .cli for the CLI.
@@ -90,7 +91,7 @@ class RewriteReport:
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
                 "rank_selection": self.rank_selection, "speed": self.speed, "calibration": self.calibration,
-                "layers": [asdict(layer) for layer in self.layers]}
+                "machine": self.machine, "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -128,6 +129,8 @@ def render_rewrite(report: RewriteReport, console) -> None:
         console.print(Text(describe_selection(report.rank_selection)))
     if report.calibration:
         console.print(Text(describe_calibration(report.calibration)))
+    if report.speed and report.machine:
+        console.print(Text(f"timed on {report.machine['label']}"))
     for note in report.notes:
         console.print(Text.assemble(("note:", "yellow"), " ", note))
 

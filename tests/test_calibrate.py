@@ -342,5 +342,5 @@ def test_rank_selection_with_calib_fits_data_aware_once(tmp_path):
     onnx.checker.check_model(result.model, full_check=True)
     assert result.report.rewritten and seen
     assert not weights & set(seen)  # every fit saw a weighted kernel, none the raw weight
-    assert not [l for l in labels if l.startswith("fitting ")]  # no second round of fits
+    assert not [l for l in labels if l.startswith("fitting: ")]  # no second round of fits
     assert 0 < result.report.calibration["output_error"] < 1

@@ -95,7 +95,7 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
         for rep in layer_reps:
             options = replace(base, lr=rank_scaled_lr(base.lr, rep.rank))
             if progress:
-                progress(f"recovering {rep.site.name}", len(done), len(replacements))
+                progress(rep.site.name, len(done), len(replacements))
             left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
             share = None if left is None else left / (len(replacements) - len(done))
             block = next_block(index, rep.site.spec, following(index, rep.site.node), options.block) \

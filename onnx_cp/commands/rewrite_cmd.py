@@ -1,19 +1,35 @@
-"""``onnx-cp rewrite``: replace Convs with their CP form and write the faster model."""
+"""``onnx-cp rewrite``: replace layers with low-rank decompositions and write the faster model.
+
+Every option's default comes from the configuration's own table (``config.defaults``), and an
+option the chosen mode does not use is refused in one line (``MODE_OPTIONS``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from click.core import ParameterSource
 
 from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
-from onnx_cp.config import RewriteConfig
+from onnx_cp.commands.progress_view import progress_view
+from onnx_cp.config import RewriteConfig, defaults
+from onnx_cp.errors import OnnxCpError
 from onnx_cp.decompositions.cp_solver import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
 from onnx_cp.ranks.options import RankSelection
 from onnx_cp.model_io import check_output_path, save_model, save_text
 from onnx_cp.report import render_rewrite
 from onnx_cp.rewrite import rewrite_with_report
+
+DEFAULTS = defaults()
+BUDGETS = ("--target-speedup", "--budget-macs")
+# Options that only some modes use -> the flags that turn those modes on.
+MODE_OPTIONS = {
+    "calib_count": BUDGETS, "search": BUDGETS, "search_storage": BUDGETS, "study_name": BUDGETS,
+    "cost": ("--target-speedup",),
+    "calib_samples": ("--calib",), "no_recover": ("--calib",), "recover_steps": ("--calib",),
+    "recover_time": ("--calib",),
+}
 
 
 @click.command("rewrite", cls=ProjectCommand)
@@ -34,28 +50,29 @@ from onnx_cp.rewrite import rewrite_with_report
 @click.option("--calib", type=click.Path(path_type=str), default=None,
               help="Unlabeled calibration inputs: .npz (array x), .npy, or a folder of images. Turns on data-aware "
                    "fits and layer-wise recovery, and feeds the rank proxy.")
-@click.option("--calib-count", default=8, show_default=True, help="Calibration inputs the rank proxy uses at most.")
-@click.option("--calib-samples", default=512, show_default=True, metavar="N",
+@click.option("--calib-count", default=DEFAULTS["selection.calib_count"], show_default=True, help="Calibration inputs the rank proxy uses at most.")
+@click.option("--calib-samples", default=DEFAULTS["calib_samples"], show_default=True, metavar="N",
               help="Calibration inputs the fits and recovery use at most; a fifth is held back for the report.")
 @click.option("--no-recover", is_flag=True,
               help="With --calib: keep the data-aware fits as they are, without layer-wise recovery.")
-@click.option("--recover-steps", default=300, show_default=True, metavar="N",
+@click.option("--recover-steps", default=DEFAULTS["recover_steps"], show_default=True, metavar="N",
               help="Adam steps per layer in recovery (torch; without it, least squares alone).")
-@click.option("--recover-time", type=float, default=300.0, show_default=True, metavar="S",
+@click.option("--recover-time", type=float, default=DEFAULTS["recover_time"], show_default=True, metavar="S",
               help="Seconds of recovery training for all layers together.")
-@click.option("--search", default=0, show_default=True, metavar="N",
+@click.option("--search", default=DEFAULTS["selection.search"], show_default=True, metavar="N",
               help="Refine the allocation with N Bayesian-optimization trials (optuna) on the proxy.")
 @click.option("--search-storage", default=None, metavar="URL",
               help="Keep the --search trials in this optuna database (sqlite:///study.db, postgresql://...): "
                    "processes on one study share trials, and a later run resumes it.")
 @click.option("--study-name", default=None, metavar="NAME",
               help="The study in --search-storage [default: named after the layers and candidate ranks].")
-@click.option("--cost", type=click.Choice(["macs", "latency"]), default="macs", show_default=True,
+@click.option("--cost", type=click.Choice(["macs", "latency"]), default=DEFAULTS["selection.cost"], show_default=True,
               help="What --target-speedup counts: multiply-adds, or per-layer times measured in onnxruntime.")
 @click.option("--layers", multiple=True, metavar="GLOB",
               help="Rewrite only Convs whose node or weight name matches (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching Convs alone (repeatable).")
-@click.option("--decomposition", type=click.Choice([*NAMES, "auto"]), default="cp", show_default=True,
+@click.option("--decomposition", type=click.Choice([*NAMES, "auto"]), default=DEFAULTS["decomposition"],
+              show_default=True,
               help="How each layer is factored: cp; tucker2 (--rank R or R1xR2); svd (also 1x1 Convs, and Gemm/MatMul "
                    "with a constant weight); gkpd (--rank TERMS or TERMS:F1xC1xh1xw1); lrcp (CP with low-rank factors, "
                    "--factor-rank L); auto: per layer the lowest-error candidate faster than the Conv at the CP form's cost "
@@ -63,30 +80,30 @@ from onnx_cp.rewrite import rewrite_with_report
                    "--target-speedup or --budget-macs: the budget's choice among CP, Tucker-2 and SVD).")
 @click.option("--factor-rank", type=int, default=None, metavar="L",
               help="lrcp's factor rank: the channel factors have rank L (with auto, lrcp joins the candidates).")
-@click.option("--method", type=click.Choice(METHODS), default="nls", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULTS["method"], show_default=True,
               help="CP solver: nls (Gauss-Newton) or als (tensorly ALS baseline).")
-@click.option("--max-iter", default=500, show_default=True, help="Solver iterations per layer, at most.")
-@click.option("--fit-tol", default=1e-3, show_default=True, metavar="F",
+@click.option("--max-iter", default=DEFAULTS["max_iter"], show_default=True, help="Solver iterations per layer, at most.")
+@click.option("--fit-tol", default=DEFAULTS["fit_tol"], show_default=True, metavar="F",
               help="Stop a layer's fit once 10 iterations lower its kernel error by less than this fraction "
                    "(0: run to --max-iter).")
 @click.option("--max-time", type=float, default=None,
               help="Seconds per layer for its fit and degeneracy correction together.")
 @click.option("--jobs", type=int, default=None, metavar="N",
               help="Layers fitted in parallel processes [default: one per core]; any N gives the same result.")
-@click.option("--stabilize", type=click.Choice(["auto", "always", "never"]), default="auto",
+@click.option("--stabilize", type=click.Choice(["auto", "always", "never"]), default=DEFAULTS["stabilize"],
               show_default=True, help="Degeneracy correction: auto applies it when terms cancel.")
-@click.option("--seed", default=0, show_default=True, help="Random seed of the solver.")
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True, help="Random seed of the solver.")
 @click.option("--no-rank-cap", is_flag=True,
               help="Keep ranks whose CP form costs more multiply-adds than the original Conv.")
 @click.option("--no-rank-align", is_flag=True,
               help="Keep computed ranks (fractions, caps) as they are instead of rounding them down to a "
                    "multiple of 16 (8 below 16) for onnxruntime's NCHWc layout.")
-@click.option("--realize", type=click.Choice(["auto", *FORMS]), default="auto", show_default=True,
+@click.option("--realize", type=click.Choice(["auto", *FORMS]), default=DEFAULTS["realize"], show_default=True,
               help="CP form: cp4 (1x1, kh x 1, 1 x kw, 1x1), cp3 (1x1, kh x kw depthwise, 1x1), or auto: "
                    "time the decomposition's forms and the original layer in onnxruntime and keep the fastest. "
                    "Another decomposition's form (tucker2, svd, gkpd, lrcp4, lrcp3) forces it, untimed.")
-@click.option("--threads", default=1, show_default=True, help="onnxruntime threads that auto times with.")
-@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+@click.option("--threads", default=DEFAULTS["threads"], show_default=True, help="onnxruntime threads that auto times with.")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default=DEFAULTS["opt_level"],
               show_default=True, help="onnxruntime graph optimization level that auto times with.")
 @input_shape_option
 @click.option("--report", "report_path", type=click.Path(path_type=str), default=None,
@@ -99,12 +116,14 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                     search_storage, study_name,
                     cost, layers, exclude, decomposition, factor_rank, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
-    """Rewrite the Convs of MODEL as rank-R CP decompositions and write the result to -o."""
+    """Rewrite the Conv, Gemm and MatMul layers of MODEL as low-rank decompositions (CP by default;
+    Tucker-2, SVD, GKPD, low-rank-factor CP, or auto: per layer) and write the faster model to -o."""
+    _refuse_unused_options(click.get_current_context(), max_error, target_speedup, budget_macs, calib)
     selection = None
     if max_error is not None or target_speedup is not None or budget_macs is not None:
         selection = RankSelection(max_error=max_error, target_speedup=target_speedup,
-                                  budget_macs=None if budget_macs is None else int(budget_macs), calib=calib,
-                                  calib_count=calib_count, search=search, cost=cost, seed=seed,
+                                  budget_macs=None if budget_macs is None else int(budget_macs),
+                                  calib_count=calib_count, search=search, cost=cost,
                                   storage=search_storage, study_name=study_name)
     config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
                            max_iter=max_iter, fit_tol=fit_tol, jobs=jobs, max_time=max_time, stabilize=stabilize, seed=seed,
@@ -120,16 +139,7 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
         from onnx_cp.ranks.refine import open_storage
 
         open_storage(selection.storage)  # a malformed or unreachable database fails before the fits
-    console = make_console(stderr=True, quiet=quiet)
-    # Only on a terminal: to a pipe, rich's progress ends with a blank line, ahead of any error.
-    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=console,
-                  transient=True, disable=quiet or not console.is_terminal) as bar:
-        task = bar.add_task("fitting", total=None)
-
-        def progress(layer: str, done: int, total: int) -> None:
-            bar.update(task, description=layer or "done", completed=done, total=total)
-
+    with progress_view(make_console(stderr=True), quiet) as progress:
         result = rewrite_with_report(model, config, progress=progress)
     save_model(result.model, output, overwrite=overwrite, protect=model)
     report = for_cli(result.report)
@@ -140,6 +150,18 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
         render_rewrite(report, out)
         out.print(f"wrote {output}" + _speed_summary(report, threads, _batch(config.input_shapes)),
                   markup=False, highlight=False)
+
+
+def _refuse_unused_options(ctx: click.Context, max_error, target_speedup, budget_macs, calib) -> None:
+    """One line naming the mode an option given on the command line needs, when it is off."""
+    on = {flag for flag, value in (("--max-error", max_error), ("--target-speedup", target_speedup),
+                                   ("--budget-macs", budget_macs), ("--calib", calib)) if value is not None}
+    for name, needs in MODE_OPTIONS.items():
+        if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE or on & set(needs):
+            continue
+        flag = next(p.opts[0] for p in ctx.command.params if p.name == name)
+        raise OnnxCpError(f"{flag} is used by {' or '.join(needs)}, which this command does not give; add "
+                          f"{'one of them' if len(needs) > 1 else 'it'}, or leave {flag} out", usage=True)
 
 
 def _report_text(report, path: str) -> str:

@@ -63,7 +63,7 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
     count = problem.selection.rounds + 1
     for attempt in range(count):
         if progress:
-            progress(f"measuring the whole model (round {attempt + 1})", attempt, count)
+            progress(f"measured rounds: round {attempt + 1}", attempt, count)
         check = problem.measurement.compare(problem.model, problem.variant(picks))
         spent = problem.spent(picks)
         rounds.append(MeasuredRound(problem.total / spent, check.speedup, check.original_ms, check.rewritten_ms,

@@ -36,7 +36,7 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
     if fitter is not None or jobs <= 1 or len(order) <= 1:
         for done, i in enumerate(order):
             if progress:
-                progress(f"{auto[i].site.name} (rank search)", done, len(order))
+                progress(f"rank search: {auto[i].site.name}", done, len(order))
             searches[i] = _search(auto[i], max_error, seed, options, align, fitter)
     else:
         with worker_pool(min(jobs, len(order))) as pool:
@@ -46,7 +46,7 @@ def by_error(plan: RankPlan, auto: list[BudgetLayer], max_error: float, seed: in
             while pending:
                 if progress:
                     names = [auto[i].site.name for i in pending.values()]
-                    progress(f"{names[0]} (rank search)" + (f" (+{len(names) - 1})" if len(names) > 1 else ""),
+                    progress(f"rank search: {names[0]}" + (f" (+{len(names) - 1})" if len(names) > 1 else ""),
                              len(searches), len(order))
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

@@ -49,7 +49,7 @@ def fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | None
     tasks = [task(l, i, k, config.seed, init=l.fits[k], iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
              for i, (l, k) in enumerate(zip(problem.auto, picks))
              if k < len(l.ranks) and decompositions.get(l.kind(k)).iterative]
-    fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "fitting"), problem.fitter)
+    fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "final fits"), problem.fitter)
     for i, fit in fits.items():
         problem.auto[i].fits[picks[i]] = fit
     if any(k < len(l.ranks) for l, k in zip(problem.auto, picks)):

@@ -23,7 +23,7 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None) -> None:
                         problem.feeds, dtype, threads)
     for k, layer in enumerate(auto):
         if progress:
-            progress(f"{layer.site.name} feature-map error", k, 2 * len(auto))
+            progress(f"damages: {layer.site.name} feature-map error", k, 2 * len(auto))
         node = layer.site.node
         weight = np.concatenate([np.asarray(g, dtype=np.float64) for g in layer.groups], axis=0)
         kernels = [_kernel(layer, j) for j in range(len(layer.ranks))]
@@ -31,7 +31,7 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None) -> None:
                                           opset, threads)
     for k, layer in enumerate(auto):
         if progress:
-            progress(f"{layer.site.name} sensitivity", len(auto) + k, 2 * len(auto))
+            progress(f"damages: {layer.site.name} sensitivity", len(auto) + k, 2 * len(auto))
         mid = len(layer.ranks) // 2
         if layer.errors[mid] <= 0:
             continue

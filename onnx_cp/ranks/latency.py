@@ -68,7 +68,7 @@ def latency_model(problem: BudgetProblem, probes: dict, progress: Progress | Non
     may give it; the ruled layers at their ranks."""
     config, plan = problem.config, problem.plan
     if progress:
-        progress("timing layers in onnxruntime", 0, 1)
+        progress("latency probe: timing the layers' forms in onnxruntime", 0, 1)
     slots = []
     for l in problem.auto:
         forms = []
@@ -99,7 +99,7 @@ def scale_to_measured(problem: BudgetProblem, progress: Progress | None) -> None
     if all(k == len(l.ranks) for l, k in zip(problem.auto, picks)):
         return
     if progress:
-        progress("measuring the cheapest candidates", 0, 1)
+        progress("latency probe: timing the cheapest candidates together", 0, 1)
     placed = [(l.site, problem.form(l.site, l.ranks[k], l.kind(k)), l.ranks[k])
               for l, k in zip(problem.auto, picks) if k < len(l.ranks)]
     measurement = problem.measurement

@@ -14,7 +14,7 @@ from onnx_cp import decompositions
 from onnx_cp.decision import Decision
 from onnx_cp.decompositions.cp_solver import Fitter
 from onnx_cp.parallel_fit import FitTask, fit_all
-from onnx_cp.progress import Progress
+from onnx_cp.progress import Progress, staged
 from onnx_cp.ranks.budget import by_budget
 from onnx_cp.ranks.by_error import by_error
 from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem
@@ -68,7 +68,8 @@ def plan_ranks(model: onnx.ModelProto, sites: list[Site], chosen: set[str], shap
             auto.append(layer)
     tasks = [FitTask(s.key, s.name, s.groups(), plan.choices[s.key].rank, config.seed, moments(s),
                      decomposition=rule_decomposition(s, config)) for s in ruled]
-    for key, fit in fit_all(tasks, config.fit_options(), config.worker_count(), progress, fitter).items():
+    for key, fit in fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "fitting"),
+                            fitter).items():
         plan.choices[key].fit = fit
     if selection.mode == "max-error":
         warm = None if fitter is None else (lambda kernel, rank, seed, init: fitter(kernel, rank, seed))

@@ -92,7 +92,7 @@ def refine(options, budget: float, starts: dict[tuple[int, ...], float], evaluat
     def objective(trial) -> float:
         nonlocal done
         if progress:
-            progress(f"search trial {done + 1}", done, total)
+            progress(f"search: trial {done + 1}", done, total)
         done += 1
         picks = repair([trial.suggest_int(n, 0, len(o[0]) - 1) for n, o in zip(names, options)], options, budget)
         key = tuple(picks)

@@ -20,7 +20,7 @@ def assemble(rw: Rewrite) -> None:
     if rw.config.realize != "auto" or rw.measurement is None or not winners:
         return
     if rw.progress:
-        rw.progress("timing the chosen forms together", 0, 1)
+        rw.progress("forms: timing the chosen forms together", 0, 1)
     slower = slower_layers(rw, [r.site for r in winners])
     for r in winners:
         if r.site.key in slower:

@@ -21,7 +21,7 @@ def fit_layers(rw: Rewrite) -> None:
     config, calib = rw.config, rw.calibration
     winners = [r for r in rw.records if r.candidates]
     if calib is not None:
-        calib.observe(rw.model, [r.site for r in winners], staged(rw.progress, "calibration:"), rw.notes)
+        calib.observe(rw.model, [r.site for r in winners], staged(rw.progress, "calibration"), rw.notes)
     per_site = calib is not None
     tasks = {}
     for r in winners:

@@ -29,7 +29,7 @@ def choose_forms(rw: Rewrite) -> None:
     timed = {}
     if config.realize == "auto" and ranked and rw.measurement is not None:
         if rw.progress:
-            rw.progress("timing the forms in onnxruntime", 0, len(ranked))
+            rw.progress("forms: timing the candidates in onnxruntime", 0, len(ranked))
         timed = time_candidates(rw, [(r.site, offered[r.site.key]) for r in ranked])
     for r in ranked:
         timings = timed.get(r.site.key, {})

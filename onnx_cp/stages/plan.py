@@ -18,10 +18,10 @@ def plan(rw: Rewrite) -> None:
         decisions = {s.key: rule_decision(s, config) for s in selected}
     else:
         if rw.calibration is not None:  # every candidate is fitted to the layer's statistics
-            rw.calibration.observe(rw.model, selected, staged(rw.progress, "calibration:"), rw.notes)
+            rw.calibration.observe(rw.model, selected, staged(rw.progress, "calibration"), rw.notes)
         ranked = plan_ranks(rw.model, rw.sites, rw.chosen, rw.shapes, config, measurement=rw.measurement,
                             data=rw.data, calibration=rw.calibration, fitter=rw.fitter,
-                            progress=staged(rw.progress, "choosing ranks"))
+                            progress=rw.progress)
         rw.notes.extend(ranked.notes)
         rw.selection = ranked.summary
         decisions = ranked.choices

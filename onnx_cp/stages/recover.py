@@ -13,7 +13,7 @@ def recover(rw: Rewrite) -> None:
     if calib is None or not winners:
         return
     final, recovered = calib.recover(rw.model, rw.final, [r.replacement() for r in winners],
-                                     staged(rw.progress, "calibration:"))
+                                     staged(rw.progress, "recovery"))
     for r in winners:
         r.recovery = recovered.get(r.site.key)
         if r.recovery is not None and r.recovery.result is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 
 from onnx_cp import decompositions, provenance
+from onnx_cp.machine import describe_machine
 from onnx_cp.model_io import checkable_copy
 from onnx_cp.report import LayerReport, RewriteReport, RewriteResult
 from onnx_cp.sites import Site
@@ -19,6 +20,7 @@ def finish(rw: Rewrite) -> RewriteResult:
     report.speed = rw.speed.to_dict() if rw.speed else None
     report.calibration = rw.calibration.summary().to_dict() if rw.calibration is not None else None
     report.rank_selection = rw.selection.to_dict() if rw.selection is not None else None
+    report.machine = describe_machine().to_dict() if rw.measurement is not None else None
     provenance.record(rw.final, provenance.entry(report.method, report.rewritten))
     try:
         # Weights stubbed out: checking the model itself would serialize it (and fail past 2 GiB).

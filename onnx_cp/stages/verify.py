@@ -17,7 +17,7 @@ def verify(rw: Rewrite) -> None:
     speed = _measured_by_selection(rw)
     if speed is None and measurement is not None and config.measure and rw.rewritten():
         if rw.progress:
-            rw.progress("measuring the rewritten model against the input", 0, 1)
+            rw.progress("verify: timing the rewritten model against the input", 0, 1)
         speed = measurement.compare(rw.model, rw.final)
         if speed.speedup < 1.0 and config.realize == "auto":
             rw.notes.append(f"the rewritten model measured {speed.speedup:.2f}x the input's speed "
