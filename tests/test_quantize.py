@@ -15,8 +15,7 @@ from onnx_cp import provenance
 from onnx_cp.bench import profile_nodes
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.evaluate import load_dataset
-from onnx_cp.forms import Timing
-from onnx_cp.quantize import (FLOAT, INT8, QUANTIZABLE, calibration_feeds, int8_error, per_node_view,
+from onnx_cp.quantize import (FLOAT, INT8, QUANTIZABLE, Timing, calibration_feeds, int8_error, per_node_view,
                               quantize_fastest, quantize_int8, refusal, split_held_back)
 from onnx_cp.runtime import OPT_LEVELS, open_session, session_options
 
