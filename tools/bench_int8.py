@@ -20,7 +20,7 @@ against the original (relative L2 over every float output) and, with labels, top
 ``--smooth-images N`` draws N smooth grayscale images in [0, 1] (low-frequency random fields,
 three equal channels) for models that ship without data. Prints a Markdown table with the CPU,
 its ISA, onnxruntime's version, the load average and the date; ``--out`` also writes the
-figures as JSON.
+figures as JSON, ``--keep DIR`` the three derived models.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ import onnx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report  # noqa: E402
+from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report, save_model  # noqa: E402
+from onnx_cp import runtime  # noqa: E402
 from onnx_cp.bench import measure_latency  # noqa: E402
 from onnx_cp.evaluate import load_dataset  # noqa: E402
 from onnx_cp.quantize import int8_error, onnxruntime_timing, quantize_fastest, quantize_int8  # noqa: E402
@@ -91,9 +92,7 @@ def rewrite_config(args, calib_path: str | None) -> RewriteConfig:
 
 
 def top1(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    from onnx_cp.runtime import open_session, session_options
-
-    session = open_session(model, session_options(threads=1, quiet=True))
+    session = runtime.open_session(model, runtime.session_options(threads=1, quiet=True))
     name = session.get_inputs()[0].name
     logits = np.concatenate([session.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
     return float(np.mean(logits.reshape(len(x), -1).argmax(1) == y))
@@ -116,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--keep", type=Path, help="write the three derived models into this folder")
     args = parser.parse_args(argv)
     if bool(args.rank) == bool(args.target_speedup):
         parser.error("give exactly one of --rank and --target-speedup")
@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     decide_s = time.perf_counter() - start
 
     models = {"original": model, "INT8 alone": int8, "low-rank alone": lowrank, "low-rank + INT8": both.model}
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        for file, derived in (("int8.onnx", int8), ("lowrank.onnx", lowrank), ("lowrank_int8.onnx", both.model)):
+            save_model(derived, args.keep / file, overwrite=True)
     print("timing the four in one alternated run ...", flush=True)
     stats = measure_latency(list(models.values()), threads=args.threads, runs=args.runs, warmup=max(5, args.runs // 10),
                             input_shapes=args.shapes, opt_level=args.opt_level)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     facts = {
         "command": "python tools/bench_int8.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "cpu": cpu(), "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads,
+        "cpu": cpu(), "onnxruntime": runtime.version(), "threads": args.threads,
         "opt_level": args.opt_level, "runs": args.runs, "input_shape": list(args.shapes[name]),
         "calibration_inputs": len(calib), "held_back": len(held),
         "date": datetime.date.today().isoformat(), "load_before": [round(v, 2) for v in load_before],
