@@ -15,6 +15,9 @@ from onnx_cp.runtime import OPT_LEVELS
 from onnx_cp.ranks.options import RankSelection
 
 
+QUANTIZE = ("int8",)  # what quantize= may ask for
+
+
 @dataclass(frozen=True)
 class RankRule:
     """``value`` applies to layers matching ``pattern`` (None: every layer).
@@ -115,6 +118,10 @@ class RewriteConfig:
     measure: time the rewritten model against the input in onnxruntime before returning it
         (needs static input shapes); with realize="auto" a slower result gives the layers
         their Convs back.
+    quantize: "int8" to quantize the rewritten model too (onnxruntime's static QDQ, per-channel
+        weights, calibrated on ``calib``), each Conv, Gemm and MatMul in int8 only where that
+        measured faster; rank selection then counts the quantized model's speed. Without rank
+        rules or a selection it is INT8 alone, to compare through one tool.
     """
 
     ranks: tuple[RankRule | str | int | float, ...] = ()
@@ -144,6 +151,7 @@ class RewriteConfig:
     recover_time: float | None = 300.0
     decomposition: str = decompositions.DEFAULT
     factor_rank: int | None = None
+    quantize: str | None = None
 
     def __post_init__(self):
         self._check_decomposition()
@@ -158,7 +166,7 @@ class RewriteConfig:
                 raise OnnxCpError(f"{param('ranks', repr(rank), cli=str(rank))} sets every layer's rank, and "
                                   f"{self.selection.describe()} chooses them; give one of the two "
                                   "(per-layer rules such as 'conv1=16' may stay)", usage=True)
-        elif not rules:
+        elif not rules and self.quantize is None:
             raise OnnxCpError(f"no rank given; pass {param('ranks')} (e.g. {param('ranks', '(64,)', cli='64')} or "
                               f"{param('ranks', '(0.25,)', cli='0.25')}), {param('selection.max_error')}, "
                               f"{param('selection.target_speedup')} or {param('selection.budget_macs')}", usage=True)
@@ -200,8 +208,19 @@ class RewriteConfig:
                                   f"({self.calib!r}, {self.selection.calib!r}); give {param('calib')} alone",
                                   usage=True)
             object.__setattr__(self, "calib", self.selection.calib)
+        self._check_quantize()
         if self.selection is not None and self.selection.seed and not self.seed:
             object.__setattr__(self, "seed", self.selection.seed)  # RankSelection.seed's alias, likewise
+
+    def _check_quantize(self) -> None:
+        if self.quantize is None:
+            return
+        if self.quantize not in QUANTIZE:
+            raise OnnxCpError(f"{param('quantize', repr(self.quantize))}: choose {', '.join(QUANTIZE)}", usage=True)
+        if self.calib is None:
+            raise OnnxCpError(f"{param('quantize', repr(self.quantize), cli=self.quantize)} is static quantization, "
+                              f"calibrated on real inputs: give them with {param('calib', repr('data.npy'), cli='data.npy')} "
+                              "(an .npz with x, an .npy, or a folder of images)", usage=True)
 
     def _check_decomposition(self) -> None:
         if self.decomposition not in (*decompositions.NAMES, "auto"):

@@ -56,6 +56,7 @@ class RewriteReport:
     speed: dict | None = None  # the written model against the input in onnxruntime (measure.SpeedCheck)
     calibration: dict | None = None  # calib: samples, held back, whole-model output errors (calibrate.session)
     machine: dict | None = None  # where the times were taken (machine.Machine: CPU, ISA, cores, onnxruntime)
+    quantization: dict | None = None  # quantize: the four whole-model figures, each node's form (stages.quantize)
 
     def __post_init__(self):
         # Notes may name parameters (onnx_cp.errors.param): they read as the API's, with .cli for the CLI.
@@ -91,7 +92,8 @@ class RewriteReport:
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
                 "rank_selection": self.rank_selection, "speed": self.speed, "calibration": self.calibration,
-                "machine": self.machine, "layers": [asdict(layer) for layer in self.layers]}
+                "machine": self.machine, "quantization": self.quantization,
+                "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -129,6 +131,8 @@ def render_rewrite(report: RewriteReport, console) -> None:
         console.print(Text(describe_selection(report.rank_selection)))
     if report.calibration:
         console.print(Text(describe_calibration(report.calibration)))
+    if report.quantization:
+        console.print(Text(describe_quantization(report.quantization)))
     if report.speed and report.machine:
         console.print(Text(f"timed on {report.machine['label']}"))
     for note in report.notes:
@@ -196,6 +200,16 @@ def _before_after(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "-"
     return f"{before:.3f}>{after:.3f}"
+
+
+def describe_quantization(q: dict) -> str:
+    """One line on --quantize: the four whole-model figures of one alternated run, and the errors."""
+    s = q["speedups"]
+    kept = sum(1 for layer in q["layers"] if layer["form"] == "int8")
+    return (f"int8: input {q['original_ms']:.3f} ms; INT8 alone {s.get('int8', 0):.2f}x (error {q['int8_error']:.4f}); "
+            f"low-rank {s.get('lowrank', 0):.2f}x (error {q['lowrank_error']:.4f}); low-rank + INT8 "
+            f"{s.get('lowrank_int8', 0):.2f}x (error {q['lowrank_int8_error']:.4f}), {kept} of {len(q['layers'])} "
+            "nodes in int8" + ("" if q["quantized"] else "; int8 did not pay, the float model is written"))
 
 
 def describe_calibration(c: dict) -> str:

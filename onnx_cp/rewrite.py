@@ -19,6 +19,7 @@ from onnx_cp.stages.discover import start
 from onnx_cp.stages.fit import fit_layers
 from onnx_cp.stages.forms import choose_forms
 from onnx_cp.stages.plan import plan
+from onnx_cp.stages.quantize import quantize
 from onnx_cp.stages.recover import recover
 from onnx_cp.stages.report import finish
 from onnx_cp.stages.verify import verify
@@ -46,5 +47,6 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     fit_layers(rw)  # fits of the candidates that beat their Conv
     assemble(rw)  # spliced, the chosen mix timed together
     recover(rw)  # --calib: layer-wise recovery
+    quantize(rw)  # --quantize int8: each node in int8 where that is faster
     verify(rw)  # the written model against the input
     return finish(rw)  # report rows, provenance, checker

@@ -50,6 +50,10 @@ MODE_OPTIONS = {
 @click.option("--calib", type=click.Path(path_type=str), default=None,
               help="Unlabeled calibration inputs: .npz (array x), .npy, or a folder of images. Turns on data-aware "
                    "fits and layer-wise recovery, and feeds the rank proxy.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=DEFAULTS["quantize"],
+              help="Also quantize the rewritten model: onnxruntime's static INT8 (QDQ, per-channel weights) "
+                   "calibrated on --calib, each Conv/Gemm/MatMul in int8 only where that measured faster; "
+                   "--target-speedup then counts the quantized model. Without --rank or a target: INT8 alone.")
 @click.option("--calib-count", default=DEFAULTS["selection.calib_count"], show_default=True, help="Calibration inputs the rank proxy uses at most.")
 @click.option("--calib-samples", default=DEFAULTS["calib_samples"], show_default=True, metavar="N",
               help="Calibration inputs the fits and recovery use at most; a fifth is held back for the report.")
@@ -111,7 +115,7 @@ MODE_OPTIONS = {
                    "any other name JSON.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
-def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, calib_count, calib_samples,
+def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, quantize, calib_count, calib_samples,
                     no_recover, recover_steps, recover_time, search,
                     search_storage, study_name,
                     cost, layers, exclude, decomposition, factor_rank, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
@@ -130,7 +134,7 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes), calib=calib, calib_samples=calib_samples,
                            recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time,
-                           decomposition=decomposition, factor_rank=factor_rank)
+                           decomposition=decomposition, factor_rank=factor_rank, quantize=quantize)
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
     if report_path:

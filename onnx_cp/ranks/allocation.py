@@ -54,8 +54,8 @@ def _starts(auto: list[BudgetLayer], options, budget: float) -> dict[str, list[i
 
 
 def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress | None) -> list[int]:
-    """Time the rewritten model against the original (measure.Measurement.compare: blocks of
-    alternated runs until they agree); when the measured speed-up misses the target by more than
+    """Time the rewritten model as it will be written (quantized with --quantize) against the
+    original (measure.Measurement.compare: blocks of alternated runs until they agree); when the measured speed-up misses the target by more than
     ``CLOSE_ENOUGH``, scale the budget by how far the cost model was off and allocate again.
     Keeps the round closest to the target from above (the closest from below when none reached it)."""
     summary, speedup = problem.plan.summary, problem.selection.target_speedup
@@ -64,7 +64,7 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
     for attempt in range(count):
         if progress:
             progress(f"measured rounds: round {attempt + 1}", attempt, count)
-        check = problem.measurement.compare(problem.model, problem.variant(picks))
+        check = problem.measurement.compare(problem.model, problem.finished(problem.variant(picks)))
         spent = problem.spent(picks)
         rounds.append(MeasuredRound(problem.total / spent, check.speedup, check.original_ms, check.rewritten_ms,
                                     check.spread, summary.output_error))

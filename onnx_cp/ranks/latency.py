@@ -32,7 +32,7 @@ def latency_share(problem: BudgetProblem, share: float, progress: Progress | Non
                 low = rank_at(l.site, kind, share * SHARE_RANGE[0], align) or d.concrete(1, l.site.spec)
                 probes[l.site.key, kind] = (low, rank_at(l.site, kind, share, align) or low)
     timing = latency_model(problem, probes, progress)
-    target = timing.total_ms / problem.selection.target_speedup
+    target = timing.total_ms / problem.float_speedup
     auto_before = sum(timing.cost(l.site) for l in problem.auto)
     lines = [_share_line(timing, l, share, probes) for l in problem.auto]
     offsets = sum(a for a, _ in lines)

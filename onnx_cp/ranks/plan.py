@@ -76,9 +76,27 @@ def plan_ranks(model: onnx.ModelProto, sites: list[Site], chosen: set[str], shap
         by_error(plan, auto, selection.max_error, config.seed, config.fit_options(), config.worker_count(),
                  config.align_rank, progress, warm)
     else:
-        by_budget(BudgetProblem(model, sites, shapes, auto, ruled, plan, config, mixed=config.decomposition == "auto",
-                                measurement=measurement, data=data, fitter=fitter), progress)
+        problem = BudgetProblem(model, sites, shapes, auto, ruled, plan, config, mixed=config.decomposition == "auto",
+                                measurement=measurement, data=data, fitter=fitter)
+        if config.quantize is not None and selection.target_speedup and measurement is not None:
+            _end_form(problem, progress)
+        by_budget(problem, progress)
     return plan
+
+
+def _end_form(problem: BudgetProblem, progress: Progress | None) -> None:
+    """With quantize='int8' the target is the quantized model's: the measured rounds time each
+    variant quantized, and the float plan starts from the target over what int8 gains on the input."""
+    from onnx_cp.quantize import quantize_int8
+
+    data = problem.data
+    calibration = data.x[:data.train] if data.train else data.fitting
+    if progress:
+        progress("latency probe: timing the input in INT8", 0, 1)
+    problem.finished = lambda model: quantize_int8(model, calibration)
+    base, int8 = problem.measurement.whole([problem.model, problem.finished(problem.model)])
+    problem.end_gain = max(1.0, base.median / int8.median)
+    problem.plan.summary.end_gain = problem.end_gain
 
 
 def _budget_layer(site: Site, config, moments) -> BudgetLayer | None:

@@ -81,6 +81,16 @@ class BudgetProblem:
     feeds: list = field(default_factory=list)
     reference: list = field(default_factory=list)
     latency: costs.LatencyModel | None = None  # per-layer latency, once measured
+    # the end form of a variant (quantize='int8': quantized), what the measured rounds time
+    finished: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
+    # how much faster that end form made the input (quantize='int8'): the float model needs
+    # --target-speedup / this, and the measured rounds correct what the factor misses
+    end_gain: float = 1.0
+
+    @property
+    def float_speedup(self) -> float:
+        """The speed-up the float model is planned for."""
+        return max(1.0 + 1e-6, self.selection.target_speedup / self.end_gain)
 
     @functools.cached_property
     def model_macs(self) -> float:

@@ -45,6 +45,8 @@ class SelectionSummary:
     # --decomposition auto: the factor on every option's latency that put the latency model's
     # prediction for the cheapest candidates on their measured time
     latency_scale: float | None = None
+    # quantize='int8': how much faster INT8 alone made the input, which the float plan started from
+    end_gain: float | None = None
 
     @property
     def measured(self) -> MeasuredRound | None:

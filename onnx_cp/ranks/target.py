@@ -38,7 +38,7 @@ def assign_costs(problem: BudgetProblem, progress: Progress | None) -> None:
     problem.unit_cost, problem.total = unit_cost, total
     plan.summary.cost = "latency" if by_latency else "macs"
     problem.fixed = total - sum(l.before for l in auto) + ruled_delta
-    problem.target = total / selection.target_speedup if selection.target_speedup else float(selection.budget_macs)
+    problem.target = total / problem.float_speedup if selection.target_speedup else float(selection.budget_macs)
     summary = plan.summary
     summary.total_before, summary.fixed, summary.target_total = total, problem.fixed, problem.target
     if by_latency and problem.mixed and selection.target_speedup and selection.measure:

@@ -74,6 +74,7 @@ class Rewrite:
     final: onnx.ModelProto | None = None  # the model to write
     new_names: dict = field(default_factory=dict)  # site key -> names of the nodes that replaced it
     speed: Any = None  # measure.SpeedCheck of the written model against the input
+    quantization: Any = None  # stages.quantize.QuantizationSummary, with quantize='int8'
 
     def rewritten(self) -> list[LayerRecord]:
         return [r for r in self.records if r.rewritten]

@@ -25,6 +25,12 @@ def start(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *, 
           fitter=None, timer=None) -> Rewrite:
     """The rewrite's state after discovery: sites found, layers selected, services built."""
     model = load_model(model)
+    if config.quantize is not None:
+        from onnx_cp.quantize import refusal
+
+        problem = refusal(model)
+        if problem:
+            raise OnnxCpError(problem, usage=True)
     shapes, notes = infer_shapes(model, config.input_shapes)
     sites = find_sites(model, shapes, config.decomposition)
     chosen = select(sites, config)
@@ -55,7 +61,7 @@ def _measurement(model: onnx.ModelProto, config: RewriteConfig, timer, notes: li
     selection = config.selection
     selection_times = selection is not None and (
         selection.cost == "latency" or (selection.target_speedup is not None and selection.measure))
-    needed = config.realize == "auto" or selection_times
+    needed = config.realize == "auto" or selection_times or config.quantize is not None
     dynamic = dynamic_dims(model, config.input_shapes)
     spatial = {name: [(a, n) for a, n in axes if a > 0] for name, axes in dynamic.items()}
     spatial = {name: axes for name, axes in spatial.items() if axes}
@@ -78,7 +84,7 @@ def _measurement(model: onnx.ModelProto, config: RewriteConfig, timer, notes: li
     try:
         return Measurement.onnxruntime(model, config.threads, config.opt_level, shapes)
     except OnnxCpError as exc:
-        if selection_times:
+        if selection_times or config.quantize is not None:
             raise
         # Measuring is a courtesy for a forced form; auto falls back to the decomposition's first
         # form, and says so first.

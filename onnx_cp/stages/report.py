@@ -21,6 +21,7 @@ def finish(rw: Rewrite) -> RewriteResult:
     report.calibration = rw.calibration.summary().to_dict() if rw.calibration is not None else None
     report.rank_selection = rw.selection.to_dict() if rw.selection is not None else None
     report.machine = describe_machine().to_dict() if rw.measurement is not None else None
+    report.quantization = rw.quantization.to_dict() if rw.quantization is not None else None
     provenance.record(rw.final, provenance.entry(report.method, report.rewritten))
     try:
         # Weights stubbed out: checking the model itself would serialize it (and fail past 2 GiB).
