@@ -122,6 +122,11 @@ class RewriteConfig:
         weights, calibrated on ``calib``), each Conv, Gemm and MatMul in int8 only where that
         measured faster; rank selection then counts the quantized model's speed. Without rank
         rules or a selection it is INT8 alone, to compare through one tool.
+    data: the samples ``selection.max_drop``'s metric is measured on: an .npz (``x`` and any arrays
+        the metric reads, ``y`` for labels), an .npy, a folder of images (in class subfolders for
+        labels), or a dict of arrays. Without ``calib`` its chosen part also calibrates the fits.
+    time_budget: seconds for the whole ``max_drop`` search: when they run out, the fastest model
+        found within the drop is written, or none is found and the rewrite fails naming the best.
     """
 
     ranks: tuple[RankRule | str | int | float, ...] = ()
@@ -152,6 +157,8 @@ class RewriteConfig:
     decomposition: str = decompositions.DEFAULT
     factor_rank: int | None = None
     quantize: str | None = None
+    data: object = None  # a path (.npz, .npy, folder of images) or a dict of arrays, for selection.max_drop
+    time_budget: float | None = None
 
     def __post_init__(self):
         self._check_decomposition()
@@ -209,8 +216,22 @@ class RewriteConfig:
                                   usage=True)
             object.__setattr__(self, "calib", self.selection.calib)
         self._check_quantize()
+        self._check_drop()
         if self.selection is not None and self.selection.seed and not self.seed:
             object.__setattr__(self, "seed", self.selection.seed)  # RankSelection.seed's alias, likewise
+
+    def _check_drop(self) -> None:
+        drop = self.selection is not None and self.selection.max_drop is not None
+        if drop and self.data is None:
+            raise OnnxCpError(f"{self.selection.describe()} is measured on your data: give it with "
+                              f"{param('data', repr('val.npz'), cli='val.npz')} (x, with y for labels)", usage=True)
+        for name in ("data", "time_budget"):
+            if getattr(self, name) is not None and not drop:
+                raise OnnxCpError(f"{param(name)} serves {param('selection.max_drop')}; give that too, or leave "
+                                  f"{param(name)} out", usage=True)
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise OnnxCpError(f"{param('time_budget')} must be a positive number of seconds, got {self.time_budget}",
+                              usage=True)
 
     def _check_quantize(self) -> None:
         if self.quantize is None:

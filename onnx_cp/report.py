@@ -57,6 +57,8 @@ class RewriteReport:
     calibration: dict | None = None  # calib: samples, held back, whole-model output errors (calibrate.session)
     machine: dict | None = None  # where the times were taken (machine.Machine: CPU, ISA, cores, onnxruntime)
     quantization: dict | None = None  # quantize: the four whole-model figures, each node's form (stages.quantize)
+    accuracy: dict | None = None  # max_drop: the metric on the held-back and choosing parts (stages.hold)
+    sensitivity: list | None = None  # max_drop: each layer alone, its milliseconds saved and drop (ranks.drop)
 
     def __post_init__(self):
         # Notes may name parameters (onnx_cp.errors.param): they read as the API's, with .cli for the CLI.
@@ -92,7 +94,8 @@ class RewriteReport:
     def to_dict(self) -> dict:
         return {"method": self.method, "totals": self.totals(), "notes": self.notes,
                 "rank_selection": self.rank_selection, "speed": self.speed, "calibration": self.calibration,
-                "machine": self.machine, "quantization": self.quantization,
+                "machine": self.machine, "quantization": self.quantization, "accuracy": self.accuracy,
+                "sensitivity": self.sensitivity,
                 "layers": [asdict(layer) for layer in self.layers]}
 
     def to_json(self) -> str:
@@ -131,6 +134,10 @@ def render_rewrite(report: RewriteReport, console) -> None:
         console.print(Text(describe_selection(report.rank_selection)))
     if report.calibration:
         console.print(Text(describe_calibration(report.calibration)))
+    if report.sensitivity:
+        draw(sensitivity_table(report.sensitivity), console)
+    if report.accuracy:
+        console.print(Text(describe_accuracy(report.accuracy)))
     if report.quantization:
         console.print(Text(describe_quantization(report.quantization)))
     if report.speed and report.machine:
@@ -202,6 +209,31 @@ def _before_after(before: float | None, after: float | None) -> str:
     return f"{before:.3f}>{after:.3f}"
 
 
+def sensitivity_table(rows: list[dict]):
+    """Where the accuracy went: each layer alone at its middle candidate."""
+    from onnx_cp.table import Table
+
+    table = Table("sensitivity: each layer alone", ["layer", "decomposition", "rank", "ms saved", "drop alone",
+                                                   "decision"], [False, False, True, True, True, False])
+    for row in rows:
+        table.rows.append([row["layer"], row["decomposition"], str(row["rank"]), f"{row['ms_saved']:.4f}",
+                           f"{row['drop']:.4g}", row["decision"]])
+        table.emphasis.append(row["decision"].startswith("rewritten"))
+    return table
+
+
+def describe_accuracy(a: dict) -> str:
+    """One line on --max-drop: the metric and its drop on the held-back part, which chose nothing."""
+    c = a["choosing"]
+    text = (f"accuracy: {a['metric']} on the {a['samples']['held_back']} held-back samples {a['original']:.4f} -> "
+            f"{a['written']:.4f}, drop {a['drop']:.4g} ({a['drop_kind']}; allowed {a['max_drop']:g}"
+            f"{'' if a['within'] else ', EXCEEDED'}); on the {a['samples']['choosing']} choosing samples "
+            f"{c['original']:.4f} -> {c['written']:.4f}")
+    if a["given_back"]:
+        text += f"; given back: {', '.join(a['given_back'])}"
+    return text
+
+
 def describe_quantization(q: dict) -> str:
     """One line on --quantize: the four whole-model figures of one alternated run, and the errors."""
     s = q["speedups"]
@@ -227,6 +259,11 @@ def describe_selection(s: dict) -> str:
     """One line on how the ranks were chosen: budget, predicted and measured speed-up, output error."""
     if s.get("mode") == "max-error":
         return f"ranks: smallest with kernel error <= {s['max_error']}"
+    if s.get("mode") == "max-drop":
+        unit = "ms" if s.get("cost") == "latency" else "MACs"
+        return (f"ranks: max-drop by {unit}; {len(s.get('trials') or [])} allocations scored on the choosing data; "
+                f"model cost {human(s['total_before'])} -> {human(s['total_after'])}, predicted "
+                f"{s['predicted_speedup']:.2f}x")
     unit = "ms" if s.get("cost") == "latency" else "MACs"
     text = (f"ranks: {s['mode']} by {unit}; model cost {human(s['total_before'])} -> {human(s['total_after'])} "
             f"(target {human(s['target_total'])}), predicted {s['predicted_speedup']:.2f}x")

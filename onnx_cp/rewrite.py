@@ -18,6 +18,7 @@ from onnx_cp.stages.assemble import assemble
 from onnx_cp.stages.discover import start
 from onnx_cp.stages.fit import fit_layers
 from onnx_cp.stages.forms import choose_forms
+from onnx_cp.stages.hold import hold
 from onnx_cp.stages.plan import plan
 from onnx_cp.stages.quantize import quantize
 from onnx_cp.stages.recover import recover
@@ -48,5 +49,6 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     assemble(rw)  # spliced, the chosen mix timed together
     recover(rw)  # --calib: layer-wise recovery
     quantize(rw)  # --quantize int8: each node in int8 where that is faster
+    hold(rw)  # --max-drop: layers given back while the drop is exceeded; the held-back drop
     verify(rw)  # the written model against the input
     return finish(rw)  # report rows, provenance, checker

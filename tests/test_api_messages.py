@@ -168,7 +168,6 @@ def test_every_parameter_a_message_names_has_its_flag_on_the_command_line():
              for opt in p.opts}
     names = _named_parameters() | {"threads", "warmup", "runs", "batch", "mean", "std"}  # named by variables
     api_only = {"selection.candidates"}  # no flag: RankSelection(candidates=...) alone
-    api_only |= {"max_drop", "drop", "holdout", "metric"}  # onnx_cp.accuracy's, until rewrite takes them
     assert len(names) > 30
     missing = {name: flag(name) for name in names - api_only if flag(name) not in flags}
     assert not missing, f"parameters whose flag no command has: {missing}"

@@ -15,10 +15,11 @@ from onnx_cp.accuracy.metric import BUILTIN_METRICS, Metric, resolve_metric
 from onnx_cp.accuracy.outputs import class_axis, output_batches
 from onnx_cp.accuracy.scorer import Scorer, build_scorer
 from onnx_cp.accuracy.split import MIN_PART, DataSplit, split_data, subset
+from onnx_cp.accuracy.target import AccuracyTarget
 from onnx_cp.accuracy.user_metric import MetricFunction, call_metric, import_metric
 
 __all__ = [
-    "BUILTIN_METRICS", "DROP_KINDS", "DataSource", "DataSplit", "Drop", "MIN_PART", "Metric", "MetricFunction",
+    "AccuracyTarget", "BUILTIN_METRICS", "DROP_KINDS", "DataSource", "DataSplit", "Drop", "MIN_PART", "Metric", "MetricFunction",
     "Scorer", "build_scorer", "call_metric", "class_axis", "data_param", "drop_from_percent", "import_metric",
     "load_data", "max_drop_param", "model_input", "output_batches", "resolve_metric", "sample_count", "split_data",
     "subset",

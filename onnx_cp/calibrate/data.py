@@ -44,10 +44,16 @@ class CalibrationData:
             note = Message(f"no {param('calib')} given: the proxy used {proxy_count} random inputs, which say little "
                            f"about real data; pass {calib_param('images/')} or {calib_param('calib.npz')}")
             return cls(None, name, x, 0, 0, proxy_count, note)
-        x = read_calibration(model, path, max(samples, proxy_count), shapes)
+        return cls.of(read_calibration(model, path, max(samples, proxy_count), shapes), path, name, samples,
+                      proxy_count)
+
+    @classmethod
+    def of(cls, x: np.ndarray, source: str, input_name: str, samples: int, proxy_count: int) -> "CalibrationData":
+        """Samples already read (checked by their reader), split as ``read`` splits a file's."""
+        x = np.asarray(x, np.float32)[:max(samples, proxy_count)]
         used = min(samples, len(x))
         held = max(int(round(used * HELD_BACK)), 1) if used > 1 else 0
-        return cls(path, name, x, used, used - held, min(proxy_count, len(x)))
+        return cls(source, input_name, x, used, used - held, min(proxy_count, len(x)))
 
     @property
     def fitting(self) -> np.ndarray:

@@ -79,9 +79,10 @@ def rank_scaled_lr(lr: float, rank) -> float:
 
 def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], observed: dict[str, Observation],
                    x: np.ndarray, options: RecoveryOptions, max_time: float | None, threads: int = 1,
-                   progress: Progress | None = None) -> list[LayerRecovery]:
+                   progress: Progress | None = None, fixed: Sequence[Replacement] = ()) -> list[LayerRecovery]:
     """Every replacement recovered on its layer's prefix-fed patches (``x``: the calibration
-    inputs that ``observed`` was measured on)."""
+    inputs that ``observed`` was measured on); ``fixed``: rewritten layers that are not trained,
+    in the prefix as they are."""
     index = GraphIndex(model.graph)
     order = waves(model, [r.site.key for r in replacements])
     done: list[LayerRecovery] = []
@@ -90,7 +91,7 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
     base = options
     for w in sorted(set(order.values())):
         layer_reps = [r for r in todo if order[r.site.key] == w]
-        prefix = apply(model, done)
+        prefix = apply(model, done, fixed)
         inputs = _prefix_patches(prefix, layer_reps, observed, x, threads)
         for rep in layer_reps:
             options = replace(base, lr=rank_scaled_lr(base.lr, rep.rank))
@@ -176,9 +177,11 @@ def _prefix_patches(prefix: onnx.ModelProto, reps: Sequence[Replacement], observ
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def apply(model: onnx.ModelProto, layers: Sequence[LayerRecovery]) -> onnx.ModelProto:
-    """A copy of ``model`` with the recovered layers spliced in, biases included."""
-    out, _ = splice(model, [l.replacement for l in layers])
+def apply(model: onnx.ModelProto, layers: Sequence[LayerRecovery], fixed: Sequence[Replacement] = ()
+          ) -> onnx.ModelProto:
+    """A copy of ``model`` with the recovered layers spliced in, biases included, and the ``fixed``
+    replacements as they are."""
+    out, _ = splice(model, [l.replacement for l in layers] + list(fixed))
     set_biases(out, {l.replacement.site.key: l.bias for l in layers if l.result is not None})
     return out
 

@@ -20,7 +20,7 @@ import onnx
 
 from onnx_cp.calibrate.activations import batched_outputs, output_error
 from onnx_cp.calibrate.data import CalibrationData, calib_param
-from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers
+from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers, set_biases
 from onnx_cp.calibrate.observe import Observation, observe
 from onnx_cp.calibrate.recovery import RecoveryOptions
 from onnx_cp.calibrate.statistics import samples_needed
@@ -29,10 +29,12 @@ from onnx_cp.decompositions.moments import ModeMoments
 from onnx_cp.errors import Message, param
 from onnx_cp.progress import Progress
 from onnx_cp.sites import Site
-from onnx_cp.splice import Replacement
+from onnx_cp.splice import Replacement, splice
 
 # Output positions sampled per layer for its statistics and recovery (fewer for wide layers).
 PATCHES = 16384
+# Adam steps per layer of the short recovery a search scores its candidates after.
+QUICK_STEPS = 60
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,40 @@ class Calibration:
             self.model_error = self.model_error_fitted
             return fitted, {}
         options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
-        replacements = [r for r in replacements if r.site.key in self.observed and for_form(r.form).recoverable]
-        layers = recover_layers(model, replacements, self.observed, self.data.fitting, options, config.recover_time,
-                                config.threads, progress)
-        final = apply(model, layers)
+        trained, fixed = self._trainable(replacements)
+        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, config.recover_time,
+                                config.threads, progress, fixed)
+        final = apply(model, layers, fixed)
         self.model_error = self._error(final, reference)
         self.recovered = {l.replacement.site.key: l for l in layers}
         self.seconds += time.perf_counter() - begin
         return final, self.recovered
+
+    def quick_recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
+                      steps: int = QUICK_STEPS) -> onnx.ModelProto:
+        """``fitted`` after a short recovery (``steps`` Adam steps per layer, no block step), as a
+        search compares candidates by; the rewrite's own recovery is left untouched."""
+        trained, fixed = self._trainable(replacements)
+        if not self.config.recover or not trained:
+            return fitted
+        options = RecoveryOptions(steps=steps, seed=self.config.seed, block=0)
+        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, None,
+                                self.config.threads, None, fixed)
+        return apply(model, layers, fixed)
+
+    def _trainable(self, replacements: Sequence[Replacement]) -> tuple[list[Replacement], list[Replacement]]:
+        """(the layers recovery trains: observed, of a decomposition it can train; the rest)."""
+        ok = [r.site.key in self.observed and for_form(r.form).recoverable for r in replacements]
+        return [r for r, t in zip(replacements, ok) if t], [r for r, t in zip(replacements, ok) if not t]
+
+    def written(self, model: onnx.ModelProto, replacements: Sequence[Replacement]
+                ) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
+        """``model`` with ``replacements`` spliced in, each recovered layer with its recovered
+        factors and bias (a subset of the layers recovery ran on, when some were given back)."""
+        model, names = splice(model, list(replacements))
+        set_biases(model, {r.site.key: self.recovered[r.site.key].bias for r in replacements
+                           if r.site.key in self.recovered and self.recovered[r.site.key].result is not None})
+        return model, names
 
     def measure(self, model: onnx.ModelProto, written: onnx.ModelProto) -> None:
         """The written model's output error, where no recovery ran (or it was given back)."""

@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.commands.progress_view import progress_view
 from onnx_cp.config import RewriteConfig, defaults
+from onnx_cp.accuracy import drop_from_percent
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.decompositions.cp_solver import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
@@ -23,12 +24,14 @@ from onnx_cp.rewrite import rewrite_with_report
 
 DEFAULTS = defaults()
 BUDGETS = ("--target-speedup", "--budget-macs")
+CALIBRATED = ("--calib", "--max-drop")  # --max-drop calibrates on --data's choosing part
 # Options that only some modes use -> the flags that turn those modes on.
 MODE_OPTIONS = {
-    "calib_count": BUDGETS, "search": BUDGETS, "search_storage": BUDGETS, "study_name": BUDGETS,
+    "calib_count": BUDGETS + ("--max-drop",), "search": BUDGETS, "search_storage": BUDGETS, "study_name": BUDGETS,
     "cost": ("--target-speedup",),
-    "calib_samples": ("--calib",), "no_recover": ("--calib",), "recover_steps": ("--calib",),
-    "recover_time": ("--calib",),
+    "calib_samples": CALIBRATED, "no_recover": CALIBRATED, "recover_steps": CALIBRATED, "recover_time": CALIBRATED,
+    "data": ("--max-drop",), "metric": ("--max-drop",), "drop_kind": ("--max-drop",), "holdout": ("--max-drop",),
+    "time_budget": ("--max-drop",),
 }
 
 
@@ -50,6 +53,23 @@ MODE_OPTIONS = {
 @click.option("--calib", type=click.Path(path_type=str), default=None,
               help="Unlabeled calibration inputs: .npz (array x), .npy, or a folder of images. Turns on data-aware "
                    "fits and layer-wise recovery, and feeds the rank proxy.")
+@click.option("--max-drop", type=float, default=None, metavar="D",
+              help="Choose the fastest model whose metric on --data drops by at most D: percentage points of a "
+                   "metric in [0, 1] (--drop absolute), or percent of the original's score (--drop relative).")
+@click.option("--data", type=click.Path(path_type=str), default=None,
+              help="With --max-drop: the samples the metric is measured on: .npz (x, with y for labels, and any "
+                   "arrays your metric reads), .npy, or a folder of images (class subfolders for labels).")
+@click.option("--metric", default=None, metavar="top1|top5|agreement|MODULE:FUNCTION",
+              help="With --max-drop: what the drop is measured in [default: top1 with labels, agreement without]; "
+                   "MODULE:FUNCTION is your f(model_path, data) -> float, higher is better.")
+@click.option("--drop", "drop_kind", type=click.Choice(["absolute", "relative"]),
+              default=DEFAULTS["selection.drop"], show_default=True,
+              help="With --max-drop: points of the metric, or percent of the original's score.")
+@click.option("--holdout", type=float, default=DEFAULTS["selection.holdout"], show_default=True, metavar="F",
+              help="With --max-drop: the share of --data held back; the drop reported is measured there.")
+@click.option("--time-budget", type=float, default=None, metavar="S",
+              help="With --max-drop: seconds for the whole search; the fastest model found within the drop is "
+                   "written when they run out (--max-time stays the seconds of one layer's fit).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=DEFAULTS["quantize"],
               help="Also quantize the rewritten model: onnxruntime's static INT8 (QDQ, per-channel weights) "
                    "calibrated on --calib, each Conv/Gemm/MatMul in int8 only where that measured faster; "
@@ -115,18 +135,21 @@ MODE_OPTIONS = {
                    "any other name JSON.")
 @click.option("--overwrite", is_flag=True, help="Allow -o to be the input model itself.")
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
-def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, calib, quantize, calib_count, calib_samples,
+def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, max_drop, data, metric, drop_kind,
+                    holdout, time_budget, calib, quantize, calib_count, calib_samples,
                     no_recover, recover_steps, recover_time, search,
                     search_storage, study_name,
                     cost, layers, exclude, decomposition, factor_rank, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
     """Rewrite the Conv, Gemm and MatMul layers of MODEL as low-rank decompositions (CP by default;
     Tucker-2, SVD, GKPD, low-rank-factor CP, or auto: per layer) and write the faster model to -o."""
-    _refuse_unused_options(click.get_current_context(), max_error, target_speedup, budget_macs, calib)
+    _refuse_unused_options(click.get_current_context(), max_error, target_speedup, budget_macs, calib, max_drop)
     selection = None
-    if max_error is not None or target_speedup is not None or budget_macs is not None:
+    if max_error is not None or target_speedup is not None or budget_macs is not None or max_drop is not None:
         selection = RankSelection(max_error=max_error, target_speedup=target_speedup,
                                   budget_macs=None if budget_macs is None else int(budget_macs),
+                                  max_drop=None if max_drop is None else drop_from_percent(max_drop, drop_kind).max_drop,
+                                  drop=drop_kind, metric=metric, holdout=holdout,
                                   calib_count=calib_count, search=search, cost=cost,
                                   storage=search_storage, study_name=study_name)
     config = RewriteConfig(ranks=tuple(ranks), selection=selection, layers=layers, exclude=exclude, method=method,
@@ -134,7 +157,8 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes), calib=calib, calib_samples=calib_samples,
                            recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time,
-                           decomposition=decomposition, factor_rank=factor_rank, quantize=quantize)
+                           decomposition=decomposition, factor_rank=factor_rank, quantize=quantize, data=data,
+                           time_budget=time_budget)
     # Refuse a bad output before spending minutes on fits.
     check_output_path(Path(output), protect=model, overwrite=overwrite)
     if report_path:
@@ -156,10 +180,11 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                   markup=False, highlight=False)
 
 
-def _refuse_unused_options(ctx: click.Context, max_error, target_speedup, budget_macs, calib) -> None:
+def _refuse_unused_options(ctx: click.Context, max_error, target_speedup, budget_macs, calib, max_drop) -> None:
     """One line naming the mode an option given on the command line needs, when it is off."""
     on = {flag for flag, value in (("--max-error", max_error), ("--target-speedup", target_speedup),
-                                   ("--budget-macs", budget_macs), ("--calib", calib)) if value is not None}
+                                   ("--budget-macs", budget_macs), ("--calib", calib), ("--max-drop", max_drop))
+          if value is not None}
     for name, needs in MODE_OPTIONS.items():
         if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE or on & set(needs):
             continue

@@ -45,7 +45,7 @@ def by_budget(problem: BudgetProblem, progress: Progress | None) -> None:
         seconds[step] = round(now - clock, 3)
         clock = now
 
-    _check_shapes(problem)
+    check_shapes(problem)
     share = macs = macs_share(problem)
     if selection.target_speedup and (selection.measure or selection.cost == "latency"):
         # CP forms run well below their multiply-add count's speed (on VGG-16, a third of the
@@ -70,10 +70,10 @@ def by_budget(problem: BudgetProblem, progress: Progress | None) -> None:
     lap("allocation")
     fit_kept(problem, picks, progress)
     lap("final fits")
-    _record(problem, picks)
+    record(problem, picks)
 
 
-def _check_shapes(problem: BudgetProblem) -> None:
+def check_shapes(problem: BudgetProblem) -> None:
     selection = problem.selection
     if not problem.auto:
         raise OnnxCpError(f"{selection.describe()}: no selected layer is left for automatic ranks")
@@ -84,7 +84,7 @@ def _check_shapes(problem: BudgetProblem) -> None:
                           f"fix the input's dynamic dimensions with {shape_param('NAME', '1x3x224x224')}")
 
 
-def _record(problem: BudgetProblem, picks: list[int]) -> None:
+def record(problem: BudgetProblem, picks: list[int]) -> None:
     plan, summary = problem.plan, problem.plan.summary
     spent = problem.spent(picks)
     summary.budget, summary.total_after = problem.target - problem.fixed, spent

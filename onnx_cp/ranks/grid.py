@@ -87,7 +87,7 @@ def macs_share(problem: BudgetProblem) -> float:
     before = sum(l.before for l in problem.auto)
     others = total - before - sum(s.cost.macs or 0 for s in problem.ruled) + sum(
         option_macs(s, problem.ruled_kind(s), plan.choices[s.key].rank) for s in problem.ruled)
-    target = total / problem.float_speedup if selection.target_speedup else float(selection.budget_macs)
+    target = float(selection.budget_macs) if selection.budget_macs else total / problem.float_speedup
     return float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
 
 

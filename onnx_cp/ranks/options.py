@@ -11,12 +11,19 @@ COSTS = ("macs", "latency")
 
 @dataclass(frozen=True)
 class RankSelection:
-    """Exactly one of ``max_error``, ``target_speedup`` and ``budget_macs``.
+    """Exactly one of ``max_error``, ``target_speedup``, ``budget_macs`` and ``max_drop``.
 
     max_error: per layer, the smallest rank whose relative kernel error is at most this.
     target_speedup: the whole model must get this much faster (by ``cost``: multiply-adds,
         or measured per-layer latency); the layers that are not rewritten count at full cost.
     budget_macs: the whole model's multiply-adds (Conv, Gemm, MatMul) after the rewrite.
+    max_drop: the fastest model whose ``metric`` on ``RewriteConfig.data`` drops by at most this:
+        metric units when ``drop`` is "absolute" (0.01: one point of a metric in [0, 1]), a share
+        of the original's score when "relative". ``metric``: top1 (the default with labels), top5,
+        agreement (the default without: the share of inputs or positions whose argmax matches the
+        original's), "MODULE:FUNCTION" or a callable ``f(model_path, data) -> float``, higher is
+        better. ``holdout``: the share of the data held back: ranks are chosen on the rest, and the
+        drop reported and promised is measured on it.
     calib: an alias of ``RewriteConfig.calib``, kept for older callers (the rewrite reads the
         calibration data once, for the proxy, the fits and recovery); give ``RewriteConfig.calib``.
     calib_count: how many calibration inputs the proxy uses at most (random inputs without
@@ -35,6 +42,10 @@ class RankSelection:
     max_error: float | None = None
     target_speedup: float | None = None
     budget_macs: int | None = None
+    max_drop: float | None = None
+    drop: str = "absolute"
+    metric: object = None  # None, "top1", "top5", "agreement", "MODULE:FUNCTION" or a callable
+    holdout: float = 0.3
     calib: str | None = None
     calib_count: int = 8
     search: int = 0
@@ -47,10 +58,22 @@ class RankSelection:
     seed: int = 0
 
     def __post_init__(self):
-        modes = [param(f"selection.{n}") for n in ("max_error", "target_speedup", "budget_macs")]
-        given = [m for m, v in zip(modes, (self.max_error, self.target_speedup, self.budget_macs)) if v is not None]
+        names = ("max_error", "target_speedup", "budget_macs", "max_drop")
+        modes = [param(f"selection.{n}") for n in names]
+        given = [m for m, n in zip(modes, names) if getattr(self, n) is not None]
+        if self.max_drop is not None and len(given) > 1:
+            others = [m for m, n in zip(modes, names) if n != "max_drop" and getattr(self, n) is not None]
+            raise OnnxCpError(f"{param('selection.max_drop')} and {' and '.join(others)} conflict: the allowed drop "
+                              "chooses the fastest model itself; give one of them", usage=True)
         if len(given) != 1:
             raise OnnxCpError(f"give exactly one of {', '.join(modes)}, got {', '.join(given) or 'none'}", usage=True)
+        if self.max_drop is not None:
+            from onnx_cp.accuracy import Drop
+
+            Drop(self.max_drop, self.drop)  # refuses a bad value or kind in one line
+            if not 0.0 < self.holdout < 1.0:
+                raise OnnxCpError(f"{param('holdout', repr(self.holdout))} must lie in (0, 1): the share of the "
+                                  "data held back to measure the drop", usage=True)
         if self.max_error is not None and not 0.0 < self.max_error < 1.0:
             raise OnnxCpError(f"{param('selection.max_error')} must lie in (0, 1) (a relative kernel error), "
                               f"got {self.max_error}", usage=True)
@@ -88,10 +111,13 @@ class RankSelection:
     def mode(self) -> str:
         if self.max_error is not None:
             return "max-error"
+        if self.max_drop is not None:
+            return "max-drop"
         return "target-speedup" if self.target_speedup is not None else "budget-macs"
 
     def describe(self) -> str:
         """The mode and its value in a message: ``selection.target_speedup=3.0`` (``--target-speedup 3.0``)."""
         name = self.mode.replace("-", "_")
         value = getattr(self, name)
-        return param(f"selection.{name}", repr(value), cli=str(value))
+        cli = f"{value * 100:g}" if name == "max_drop" else str(value)  # the CLI takes the drop in percent
+        return param(f"selection.{name}", repr(value), cli=cli)

@@ -17,6 +17,7 @@ from onnx_cp.parallel_fit import FitTask, fit_all
 from onnx_cp.progress import Progress, staged
 from onnx_cp.ranks.budget import by_budget
 from onnx_cp.ranks.by_error import by_error
+from onnx_cp.ranks.drop import by_drop
 from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem
 from onnx_cp.ranks.selection import RankPlan, SelectionSummary
 from onnx_cp.sites import Site
@@ -41,12 +42,13 @@ def rule_decision(site: Site, config) -> Decision:
 
 def plan_ranks(model: onnx.ModelProto, sites: list[Site], chosen: set[str], shapes, config, *,
                measurement=None, data=None, calibration=None, fitter: Fitter | None = None,
-               progress: Progress | None = None) -> RankPlan:
+               progress: Progress | None = None, accuracy=None, deadline: float | None = None) -> RankPlan:
     """A rank, or the Conv kept, for every site whose key is in ``chosen``, as ``config.selection``
     asks; ``--rank`` rules with a pattern fix the layers they match. ``measurement`` times
     (measure.Measurement), ``data`` feeds the proxy (calibrate.CalibrationData), ``calibration``
     gives the observed layers' statistics, so every candidate is fitted data-aware (calibrate.
-    Calibration, or None); ``fitter`` (tests) replaces the CP solver."""
+    Calibration, or None); ``fitter`` (tests) replaces the CP solver; ``accuracy``: what
+    ``max_drop`` is measured by (accuracy.AccuracyTarget), its search ending by ``deadline``."""
     selection = config.selection
     plan = RankPlan({}, SelectionSummary(selection.mode))
     moments = calibration.moments if calibration is not None else (lambda site: None)
@@ -78,9 +80,12 @@ def plan_ranks(model: onnx.ModelProto, sites: list[Site], chosen: set[str], shap
     else:
         problem = BudgetProblem(model, sites, shapes, auto, ruled, plan, config, mixed=config.decomposition == "auto",
                                 measurement=measurement, data=data, fitter=fitter)
-        if config.quantize is not None and selection.target_speedup and measurement is not None:
+        if config.quantize is not None and selection.mode != "budget-macs" and measurement is not None:
             _end_form(problem, progress)
-        by_budget(problem, progress)
+        if selection.mode == "max-drop":
+            by_drop(problem, accuracy, calibration, deadline, progress)
+        else:
+            by_budget(problem, progress)
     return plan
 
 

@@ -86,11 +86,13 @@ class BudgetProblem:
     # how much faster that end form made the input (quantize='int8'): the float model needs
     # --target-speedup / this, and the measured rounds correct what the factor misses
     end_gain: float = 1.0
+    # the speed-up the candidates are centred for when no target gives one (max_drop's search)
+    goal: float | None = None
 
     @property
     def float_speedup(self) -> float:
         """The speed-up the float model is planned for."""
-        return max(1.0 + 1e-6, self.selection.target_speedup / self.end_gain)
+        return max(1.0 + 1e-6, (self.goal or self.selection.target_speedup) / self.end_gain)
 
     @functools.cached_property
     def model_macs(self) -> float:

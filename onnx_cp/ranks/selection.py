@@ -47,6 +47,9 @@ class SelectionSummary:
     latency_scale: float | None = None
     # quantize='int8': how much faster INT8 alone made the input, which the float plan started from
     end_gain: float | None = None
+    # max_drop: the original's score on the choosing part, and every allocation the search scored
+    baseline: float | None = None
+    trials: list[dict] | None = None
 
     @property
     def measured(self) -> MeasuredRound | None:
@@ -68,3 +71,4 @@ class RankPlan:
     notes: list[str] = field(default_factory=list)
     layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves
     picks: list[int] = field(default_factory=list)  # the chosen option of each (len(ranks): keep the Conv)
+    sensitivity: list = field(default_factory=list)  # max_drop: ranks.drop.Sensitivity per automatic layer

@@ -11,14 +11,17 @@ from onnx_cp.ranks.latency import latency_model, scale_to_measured
 from onnx_cp.ranks.problem import BudgetProblem
 
 
-def assign_costs(problem: BudgetProblem, progress: Progress | None) -> None:
-    """Every candidate's cost, the fixed rest and the target; refuses an unreachable target."""
+def assign_costs(problem: BudgetProblem, progress: Progress | None, refuse: bool = True) -> None:
+    """Every candidate's cost, the fixed rest and the target; refuses an unreachable target
+    (unless ``refuse`` is off: a search that sets its own budgets)."""
     selection, plan = problem.selection, problem.plan
     auto, ruled = problem.auto, problem.ruled
     # --decomposition auto costs its options by the latency model wherever the selection measured
     # one: multiply-adds say little about how CP's depthwise stages compare with Tucker-2's or an
     # SVD's dense ones in onnxruntime
-    by_latency = selection.cost == "latency" or (problem.latency is not None and problem.mixed)
+    # --max-drop allocates by measured latency, where it has one
+    by_latency = selection.cost == "latency" or (problem.latency is not None
+                                                 and (problem.mixed or selection.mode == "max-drop"))
     if not by_latency:
         total = problem.model_macs
 
@@ -38,13 +41,13 @@ def assign_costs(problem: BudgetProblem, progress: Progress | None) -> None:
     problem.unit_cost, problem.total = unit_cost, total
     plan.summary.cost = "latency" if by_latency else "macs"
     problem.fixed = total - sum(l.before for l in auto) + ruled_delta
-    problem.target = total / problem.float_speedup if selection.target_speedup else float(selection.budget_macs)
+    problem.target = float(selection.budget_macs) if selection.budget_macs else total / problem.float_speedup
     summary = plan.summary
     summary.total_before, summary.fixed, summary.target_total = total, problem.fixed, problem.target
     if by_latency and problem.mixed and selection.target_speedup and selection.measure:
         scale_to_measured(problem, progress)
     cheapest = problem.fixed + sum(min(*l.costs, l.before) for l in auto)  # a layer may keep its Conv
-    if problem.target < cheapest:
+    if refuse and problem.target < cheapest:
         raise OnnxCpError(
             f"{selection.describe()} is out of reach: the layers not rewritten cost {problem.fixed / total:.0%} of "
             f"the model, so the smallest candidate ranks reach at most {total / cheapest:.2f}x "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 
 import onnx
 
@@ -16,6 +17,7 @@ from onnx_cp.errors import OnnxCpError, marked, param, shape_param, spelled
 from onnx_cp.measure import Measurement
 from onnx_cp.model_io import load_model
 from onnx_cp.progress import Progress
+from onnx_cp.graph import runtime_inputs
 from onnx_cp.shapes import dynamic_dims, infer_shapes
 from onnx_cp.sites import LIST_LAYERS, Site, find_sites
 from onnx_cp.stages.context import Rewrite
@@ -24,6 +26,7 @@ from onnx_cp.stages.context import Rewrite
 def start(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *, progress: Progress | None = None,
           fitter=None, timer=None) -> Rewrite:
     """The rewrite's state after discovery: sites found, layers selected, services built."""
+    started = time.perf_counter()
     model = load_model(model)
     if config.quantize is not None:
         from onnx_cp.quantize import refusal
@@ -36,20 +39,43 @@ def start(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *, 
     chosen = select(sites, config)
     notes.extend(rule_warnings(sites, chosen, config))
     measurement = _measurement(model, config, timer, notes)
-    data = _data(model, config)
+    target = _accuracy(model, config)
+    data = _data(model, config, target, notes)
+    deadline = None if config.time_budget is None else started + config.time_budget
     return Rewrite(model, config, shapes, sites, chosen, notes, progress, fitter, measurement, data,
-                   Calibration.start(data, config))
+                   Calibration.start(data, config), accuracy=target, deadline=deadline)
 
 
-def _data(model: onnx.ModelProto, config: RewriteConfig) -> CalibrationData | None:
+def _accuracy(model: onnx.ModelProto, config: RewriteConfig):
+    """With ``selection.max_drop``: the data read and split once, the metric, the original scored."""
+    selection = config.selection
+    if selection is None or selection.max_drop is None:
+        return None
+    from onnx_cp.accuracy import AccuracyTarget
+
+    return AccuracyTarget.build(model, config.data, selection, config.input_shapes, config.seed, config.threads)
+
+
+def _data(model: onnx.ModelProto, config: RewriteConfig, target, notes: list[str]) -> CalibrationData | None:
     """The calibration samples, read once: for data-aware fits and recovery (--calib), and for rank
-    selection's proxy (random inputs without --calib)."""
+    selection's proxy (random inputs without --calib); with an accuracy target and no --calib, the
+    target data's choosing part (never its held-back part: the drop promised is measured there)."""
     selection = config.selection
     proxy = selection is not None and selection.mode != "max-error"
+    count = selection.calib_count if proxy else 0
+    if config.calib is None and target is not None:
+        x = target.split.selection["x"]
+        notes.append(f"{param('calib')} not given: the {len(x)} samples of {param('data')} that choose the ranks "
+                     "calibrate the fits too (the held-back ones stay for the drop)")
+        name = runtime_inputs(model.graph)[0].name
+        return CalibrationData.of(x, f"{_shown(config.data)} (choosing part)", name, config.calib_samples, count)
     if config.calib is None and not proxy:
         return None
-    count = selection.calib_count if proxy else 0
     return CalibrationData.read(model, config.calib, config.calib_samples, count, config.seed, config.input_shapes)
+
+
+def _shown(data) -> str:
+    return str(data) if isinstance(data, (str, os.PathLike)) else "the data given"
 
 
 def _measurement(model: onnx.ModelProto, config: RewriteConfig, timer, notes: list[str]) -> Measurement | None:

@@ -21,7 +21,8 @@ def plan(rw: Rewrite) -> None:
             rw.calibration.observe(rw.model, selected, staged(rw.progress, "calibration"), rw.notes)
         ranked = plan_ranks(rw.model, rw.sites, rw.chosen, rw.shapes, config, measurement=rw.measurement,
                             data=rw.data, calibration=rw.calibration, fitter=rw.fitter,
-                            progress=rw.progress)
+                            progress=rw.progress, accuracy=rw.accuracy, deadline=rw.deadline)
+        rw.sensitivity = ranked.sensitivity
         rw.notes.extend(ranked.notes)
         rw.selection = ranked.summary
         decisions = ranked.choices

@@ -22,6 +22,8 @@ def finish(rw: Rewrite) -> RewriteResult:
     report.rank_selection = rw.selection.to_dict() if rw.selection is not None else None
     report.machine = describe_machine().to_dict() if rw.measurement is not None else None
     report.quantization = rw.quantization.to_dict() if rw.quantization is not None else None
+    report.accuracy = rw.held.to_dict() if rw.held is not None else None
+    report.sensitivity = [_decided(row, rw) for row in rw.sensitivity] or None
     provenance.record(rw.final, provenance.entry(report.method, report.rewritten))
     try:
         # Weights stubbed out: checking the model itself would serialize it (and fail past 2 GiB).
@@ -29,6 +31,18 @@ def finish(rw: Rewrite) -> RewriteResult:
     except onnx.checker.ValidationError as exc:  # a bug in the rewriter, never the user's fault
         raise RuntimeError(f"rewritten model fails the ONNX checker: {exc}") from exc
     return RewriteResult(rw.final, report)
+
+
+def _decided(row, rw: Rewrite) -> dict:
+    """A sensitivity row with what became of its layer."""
+    record = next((r for r in rw.records if r.site.name == row.layer), None)
+    if record is not None and record.rewritten:
+        decision = f"rewritten ({record.form}, rank {decompositions.for_form(record.form).label(record.decision.rank)})"
+    elif record is not None and record.kept_because and record.kept_because.startswith("given back"):
+        decision = "given back"
+    else:
+        decision = "kept"
+    return {**row.to_dict(), "decision": decision}
 
 
 def _row(site: Site, record: LayerRecord | None, rw: Rewrite) -> LayerReport:

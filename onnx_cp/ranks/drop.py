@@ -1,0 +1,180 @@
+"""--max-drop: the fastest model whose metric on the user's data drops by at most the allowed drop.
+
+A new objective for the budget's machinery, not a second selector; the steps share one
+BudgetProblem:
+
+1. candidates over a wide range of each layer's cost, costed by the latency probe (grid,
+   latency, target), fitted briefly and damaged by the proxy (curves, damages);
+2. each layer's cost in the user's metric: the layer alone at its middle candidate, scored on the
+   choosing part of the data (with --calib after a short recovery, as the rewrite will recover
+   it); its proxy curve is scaled to that drop, and the layer alone and its milliseconds saved
+   make the sensitivity table;
+3. the fastest budget whose knapsack allocation keeps the whole model within the drop, by
+   bisection on the measured drop of each allocation (scored like the layers alone);
+4. the kept candidates fitted in full.
+
+The rewrite's hold stage then scores the written model and gives layers back, worst accuracy per
+millisecond first, while the drop is exceeded; the drop it reports is measured on the held-back part.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from onnx_cp.progress import Progress
+from onnx_cp.ranks.allocate import allocate
+from onnx_cp.ranks.budget import check_shapes, record
+from onnx_cp.ranks.curves import fit_curves, fit_kept
+from onnx_cp.ranks.damages import measure_damages
+from onnx_cp.ranks.grid import choose_candidates, macs_share
+from onnx_cp.ranks.latency import latency_share
+from onnx_cp.ranks.problem import BudgetProblem
+from onnx_cp.ranks.target import assign_costs
+
+# The speed-up the candidates are centred for: they span from well below it up to the Conv's cost.
+GOAL = 4.0
+# Bisection steps on the budget, at most.
+STEPS = 7
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """One layer alone at its middle candidate: what it saves and what it costs in the metric."""
+
+    layer: str
+    decomposition: str
+    rank: object
+    ms_saved: float
+    drop: float  # the metric's drop with this layer alone rewritten (choosing part; max_drop's units)
+    decision: str = ""  # filled in by the report: rewritten, kept, given back
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One allocation the search scored."""
+
+    budget: float  # the automatic layers' cost (ms or multiply-adds)
+    predicted_speedup: float
+    score: float
+    drop: float
+    within: bool
+
+
+def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None, progress: Progress | None) -> None:
+    """Fill the problem's plan for ``target`` (accuracy.AccuracyTarget); ``calibration``
+    (calibrate.Calibration or None) recovers briefly what is scored."""
+    selection = problem.selection
+    check_shapes(problem)
+    problem.goal = GOAL
+    share = macs_share(problem)
+    if selection.measure or selection.cost == "latency":
+        share = latency_share(problem, share, progress)
+    choose_candidates(problem, share, 1.0)
+    assign_costs(problem, progress, refuse=False)
+    problem.feeds = problem.data.proxy_feeds()
+    fit_curves(problem, progress)
+    measure_damages(problem, progress)
+    scorer = _Scorer(problem, target, calibration)
+    problem.plan.sensitivity = _sensitivity(problem, scorer, progress)
+    picks = _search(problem, scorer, deadline, progress)
+    fit_kept(problem, picks, progress)
+    record(problem, picks)
+    summary = problem.plan.summary
+    summary.trials = [asdict(t) for t in scorer.trials]
+    summary.baseline = target.baseline
+
+
+class _Scorer:
+    """Scores allocations of the problem on the choosing part, each once."""
+
+    def __init__(self, problem: BudgetProblem, target, calibration):
+        self.problem, self.target, self.calibration = problem, target, calibration
+        self.seen: dict[tuple, tuple[float, float]] = {}
+        self.trials: list[Trial] = []
+
+    def __call__(self, picks: list[int]) -> tuple[float, float]:
+        """(score, drop) of the model with ``picks`` (quick fits, a short recovery with --calib)."""
+        key = tuple(picks)
+        if key not in self.seen:
+            problem = self.problem
+            variant = problem.variant(picks)
+            if self.calibration is not None:
+                chosen = [(l, k) for l, k in zip(problem.auto, picks) if k < len(l.ranks)]
+                replacements = _replacements(problem, chosen)
+                variant = self.calibration.quick_recover(problem.model, variant, replacements)
+            score = self.target.score(problem.finished(variant))
+            self.seen[key] = (score, self.target.drop_of(score))
+        return self.seen[key]
+
+
+def _replacements(problem: BudgetProblem, chosen) -> list:
+    from onnx_cp.splice import Replacement
+
+    return [Replacement(l.site, problem.form(l.site, l.ranks[k], l.kind(k)), l.ranks[k], l.factors(k))
+            for l, k in chosen] + [Replacement(s, problem.form(s, r, kind), r, f)
+                                   for kind, s, r, f in problem.ruled_layers()]
+
+
+def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | None) -> list[Sensitivity]:
+    """Each layer alone at its middle candidate, scored; its proxy curve scaled to that drop (a
+    layer whose drop is within the metric's noise counts a quarter of one sample's worth)."""
+    rows = []
+    floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
+    keep = [len(l.ranks) for l in problem.auto]
+    for i, layer in enumerate(problem.auto):
+        if progress:
+            progress(f"sensitivity: {layer.site.name}", i, len(problem.auto))
+        mid = len(layer.ranks) // 2
+        picks = list(keep)
+        picks[i] = mid
+        _, drop = scorer(picks)
+        error = layer.errors[mid]
+        layer.weight = max(drop, floor) / error ** 2 if error > 0 else layer.weight
+        rows.append(Sensitivity(layer.site.name, layer.kind(mid), layer.label(mid), layer.before - layer.costs[mid],
+                                drop))
+    return rows
+
+
+def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, progress: Progress | None) -> list[int]:
+    """The fastest allocation found within the drop: the cheapest budget first, then bisection
+    (on a log scale) between the fastest budget that failed and the slowest that held."""
+    options = problem.options()
+    costs, damages = [o[0] for o in options], [o[1] for o in options]
+    keep = [len(l.ranks) for l in problem.auto]
+    lo = sum(min(c) for c in costs)  # every layer at its cheapest option
+    hi = sum(l.before for l in problem.auto)  # every layer kept
+    best = keep
+    best_budget = hi
+
+    def trial(budget: float) -> bool:
+        nonlocal best, best_budget
+        picks = allocate(costs, damages, budget)
+        score, drop = scorer(picks)
+        spent = problem.fixed + sum(c[k] for c, k in zip(costs, picks))
+        within = scorer.target.allows(score)
+        scorer.trials.append(Trial(budget, problem.total / spent, score, drop, within))
+        if within and budget < best_budget:
+            best, best_budget = picks, budget
+        if progress:
+            shown = problem.total / (problem.fixed + sum(c[k] for c, k in zip(costs, best)))
+            progress(f"drop search: best {shown:.2f}x within the drop, tried {problem.total / spent:.2f}x "
+                     f"at drop {drop:.4g}", len(scorer.trials), STEPS + 1)
+        return within
+
+    if lo >= hi or trial(lo):
+        return best
+    failing = lo
+    for _ in range(STEPS):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        middle = math.sqrt(failing * best_budget)
+        if best_budget / failing < 1.02:
+            break
+        if not trial(middle):
+            failing = middle
+    return best
+

@@ -1,0 +1,126 @@
+"""--max-drop: the fastest model within a drop of the user's metric, measured on data that chose
+nothing; the sensitivity table; refusals in one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from golden_timing import FakeTiming
+from onnx_cp import OnnxCpError, RankSelection, RewriteConfig, rewrite_with_report
+from onnx_cp.cli import cli
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SHAPES = {"input": (1, 1, 28, 28)}
+# Deterministic and quick: iterations bound the fits, no recovery, few candidates.
+QUICK = dict(max_iter=10, stabilize="never", recover=False, jobs=1, input_shapes=SHAPES, calib_samples=24)
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory) -> str:
+    data = np.load(MODELS / "mnist_test.npz")
+    path = tmp_path_factory.mktemp("drop") / "val.npz"
+    np.savez(path, x=data["x"][:100], y=data["y"][:100])
+    return str(path)
+
+
+def rewrite(val, max_drop=0.02, **selection):
+    model = onnx.load(MODELS / "mnist_cnn.onnx")
+    config = RewriteConfig(selection=RankSelection(max_drop=max_drop, candidates=3, calib_count=4, **selection),
+                           data=val, **QUICK)
+    return rewrite_with_report(model, config, timer=FakeTiming(model, SHAPES))
+
+
+@pytest.fixture(scope="module")
+def result(val):
+    return rewrite(val)
+
+
+def test_the_fastest_allocation_within_the_drop_is_written_and_its_drop_measured_held_back(result):
+    onnx.checker.check_model(result.model, full_check=True)
+    report = result.report
+    a = report.accuracy
+    assert a["metric"] == "top1" and a["samples"] == {"choosing": 70, "held_back": 30}
+    assert a["choosing"]["drop"] <= 0.02 + 1e-9  # what the search and the hold stage guarantee
+    assert a["drop"] == pytest.approx(a["original"] - a["written"]) and a["within"] == (a["drop"] <= 0.02 + 1e-9)
+    assert report.rewritten and report.speed["speedup"] > 1
+    # every automatic layer has a sensitivity row saying what became of it
+    rows = {r["layer"]: r for r in report.sensitivity}
+    assert set(rows) == {"/0/Conv", "/3/Conv", "/6/Conv"}
+    rewritten = {l.node for l in report.rewritten}
+    assert all(rows[name]["decision"].startswith("rewritten") == (name in rewritten) for name in rows)
+    assert all(r["ms_saved"] > 0 for r in rows.values())
+    trials = report.rank_selection["trials"]
+    assert trials and trials[0]["predicted_speedup"] == max(t["predicted_speedup"] for t in trials)
+
+
+def test_no_rewrite_within_the_drop_fails_naming_the_best_reached(val):
+    # a metric only the input itself meets: any rewritten layer scores zero
+    def untouched(path, data):
+        return 0.0 if any("/cp/" in n.name for n in onnx.load(path).graph.node) else 1.0
+
+    with pytest.raises(OnnxCpError, match="no layer could be rewritten within") as info:
+        rewrite(val, 0.0, metric=untouched)
+    assert not info.value.usage
+
+
+def test_the_metric_is_a_users_function(val, tmp_path, monkeypatch):
+    (tmp_path / "mine.py").write_text(
+        "import numpy as np, onnxruntime as ort\n"
+        "def exact(model_path, data):\n"
+        "    s = ort.InferenceSession(model_path, providers=['CPUExecutionProvider'])\n"
+        "    out = np.concatenate([s.run(None, {'input': data['x'][i:i + 1]})[0] for i in range(len(data['x']))])\n"
+        "    return float((out.argmax(1) == data['y']).mean())\n")
+    monkeypatch.chdir(tmp_path)
+    result = rewrite(val, 0.05, metric="mine:exact")
+    assert result.report.accuracy["metric"] == "mine:exact" and result.report.rewritten
+
+
+def test_conflicts_and_missing_pieces_are_refused_in_one_line(val):
+    with pytest.raises(OnnxCpError, match="conflict") as info:
+        RankSelection(max_drop=0.01, target_speedup=2.0)
+    assert "--max-drop" in info.value.cli and "--target-speedup" in info.value.cli
+    with pytest.raises(OnnxCpError, match="conflict"):
+        RankSelection(max_drop=0.01, max_error=0.3)
+    with pytest.raises(OnnxCpError, match="data='val.npz'") as info:
+        RewriteConfig(selection=RankSelection(max_drop=0.01))
+    assert "--data val.npz" in info.value.cli
+    with pytest.raises(OnnxCpError, match="max_drop"):
+        RewriteConfig(ranks=(8,), data=val)
+
+
+def cli_rewrite(tmp_path, *flags):
+    return CliRunner().invoke(cli, ["rewrite", str(MODELS / "mnist_cnn.onnx"), "-o", str(tmp_path / "out.onnx"),
+                                    *map(str, flags)])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--rank", "8", "--holdout", "0.2"), "--holdout is used by --max-drop"),
+    (("--max-drop", "1", "--target-speedup", "2", "--data", "D"), "conflict"),
+    (("--max-drop", "1"), "give it with --data val.npz"),
+    (("--max-drop", "1", "--data", "SMALL"), "each part needs at least 20"),
+    (("--max-drop", "1", "--data", "VAL", "--metric", "no_such_module:f"), "no_such_module"),
+    (("--max-drop", "1", "--data", "VAL", "--metric", "top1", "--drop", "sideways"), "sideways"),
+])
+def test_the_command_refuses_bad_accuracy_options_in_one_line(tmp_path, val, flags, message):
+    small = tmp_path / "small.npz"
+    np.savez(small, x=np.load(val)["x"][:30], y=np.load(val)["y"][:30])
+    flags = [{"SMALL": small, "VAL": val}.get(f, f) for f in flags]
+    result = cli_rewrite(tmp_path, *flags)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_the_command_writes_the_accuracy_and_sensitivity_to_the_report(tmp_path, val):
+    report = tmp_path / "r.json"
+    result = cli_rewrite(tmp_path, "--max-drop", "5", "--data", val, "--max-iter", "10", "--stabilize", "never",
+                         "--no-recover", "--calib-samples", "24", "--input-shape", "input=1x1x28x28", "--report", report,
+                         "--time-budget", "300")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["accuracy"]["max_drop"] == pytest.approx(0.05) and data["sensitivity"]
+    assert "sensitivity: each layer alone" in result.output and "held-back samples" in result.output
