@@ -315,3 +315,26 @@ def defaults() -> dict[str, object]:
     table.update({f"selection.{f.name}": f.default for f in dataclasses.fields(RankSelection)
                   if f.default is not dataclasses.MISSING})
     return table
+
+
+# RankSelection's fields that the keyword form of the API takes directly (its aliases of the
+# config's own ``calib`` and ``seed`` stay out: they are the config's)
+_SELECTION_OPTIONS = ("max_error", "target_speedup", "budget_macs", "max_drop", "drop", "metric", "holdout",
+                      "calib_count", "search", "storage", "study_name", "cost", "candidates", "measure", "rounds")
+
+
+def config_from(**options) -> RewriteConfig:
+    """A RewriteConfig from keywords, rank selection's among them:
+    ``config_from(max_drop=0.01, data="val.npz", metric="top1")``."""
+    chosen = {k: options.pop(k) for k in list(options) if k in _SELECTION_OPTIONS}
+    known = {f.name for f in dataclasses.fields(RewriteConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OnnxCpError(f"unknown option(s) {', '.join(unknown)}; the options are RewriteConfig's fields and "
+                          f"rank selection's ({', '.join(_SELECTION_OPTIONS)})", usage=True)
+    if any(chosen.get(mode) is not None for mode in _SELECTION_OPTIONS[:4]):
+        options["selection"] = RankSelection(**chosen)
+    elif chosen:
+        raise OnnxCpError(f"{', '.join(param(k) for k in chosen)} serve rank selection: give one of "
+                          f"{', '.join(param(m) for m in _SELECTION_OPTIONS[:4])} too", usage=True)
+    return RewriteConfig(**options)

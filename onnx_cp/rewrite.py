@@ -9,7 +9,8 @@ import os
 
 import onnx
 
-from onnx_cp.config import RewriteConfig
+from onnx_cp.config import RewriteConfig, config_from
+from onnx_cp.errors import OnnxCpError
 from onnx_cp.decompositions.cp_solver import Fitter
 from onnx_cp.measure import LayerTimer, Timer
 from onnx_cp.progress import Progress
@@ -28,20 +29,26 @@ from onnx_cp.stages.verify import verify
 __all__ = ["RewriteResult", "rewrite", "rewrite_with_report"]
 
 
-def rewrite(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig) -> onnx.ModelProto:
-    """Return a copy of ``model`` with the layers chosen by ``config`` rewritten."""
-    return rewrite_with_report(model, config).model
+def rewrite(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig | None = None,
+            **options) -> onnx.ModelProto:
+    """Return a copy of ``model`` with the layers chosen by ``config`` rewritten; or, instead of a
+    config, its options as keywords: ``rewrite("m.onnx", max_drop=0.01, data="val.npz")``."""
+    return rewrite_with_report(model, config, **options).model
 
 
-def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig, *,
+def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: RewriteConfig | None = None, *,
                         progress: Progress | None = None, fitter: Fitter | None = None,
-                        timer: Timer | LayerTimer | None = None) -> RewriteResult:
+                        timer: Timer | LayerTimer | None = None, **options) -> RewriteResult:
     """Like ``rewrite``, and also say what happened to every layer.
 
     ``fitter`` replaces the CP solver and ``timer`` onnxruntime's timing (an object with
     ``layers(models)`` and ``whole(models)``, or a per-layer timer alone): tests inject them to
     check one part alone.
     """
+    if config is not None and options:
+        raise OnnxCpError(f"give a RewriteConfig or its options as keywords, not both (got {', '.join(options)})",
+                          usage=True)
+    config = config if config is not None else config_from(**options)
     rw = start(model, config, progress=progress, fitter=fitter, timer=timer)
     plan(rw)  # ranks: rules or rank selection
     choose_forms(rw)  # candidate forms, timed with placeholder factors

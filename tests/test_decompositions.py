@@ -330,12 +330,6 @@ def test_fits_are_deterministic():
         assert all(np.array_equal(a, b) for fa, fb in zip(first.groups, second.groups) for a, b in zip(fa, fb))
 
 
-def test_cp_module_is_what_realize_re_exports():
-    from onnx_cp import realize
-
-    assert realize.realize is decompositions.get("cp").realize.__globals__["realize"]
-
-
 def test_gkpd_search_costs_splits_at_the_layers_shapes():
     """Stage 1 runs over the padded input: on a 4x4 map the per-pixel count let the search pick
     splits dearer than the Conv (9 terms of 4x1x3x1: 1.31x), which the rank cap then refused."""

@@ -29,10 +29,10 @@ def val(tmp_path_factory) -> str:
 
 
 def rewrite(val, max_drop=0.02, **selection):
+    """The API's keyword form: rank selection's options beside the config's."""
     model = onnx.load(MODELS / "mnist_cnn.onnx")
-    config = RewriteConfig(selection=RankSelection(max_drop=max_drop, candidates=3, calib_count=4, **selection),
-                           data=val, **QUICK)
-    return rewrite_with_report(model, config, timer=FakeTiming(model, SHAPES))
+    return rewrite_with_report(model, max_drop=max_drop, data=val, candidates=3, calib_count=4, **selection,
+                               **QUICK, timer=FakeTiming(model, SHAPES))
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,8 @@ def test_conflicts_and_missing_pieces_are_refused_in_one_line(val):
     assert "--data val.npz" in info.value.cli
     with pytest.raises(OnnxCpError, match="max_drop"):
         RewriteConfig(ranks=(8,), data=val)
+    with pytest.raises(OnnxCpError, match="not both"):
+        rewrite_with_report(str(MODELS / "mnist_cnn.onnx"), RewriteConfig(ranks=(8,)), max_drop=0.01)
 
 
 def cli_rewrite(tmp_path, *flags):

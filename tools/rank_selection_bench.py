@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from onnx_cp import RankSelection, RewriteConfig, rewrite_with_report
 from onnx_cp.bench import measure_latency
@@ -31,12 +30,12 @@ from onnx_cp.sites import find_convs
 from onnx_cp.model_io import load_model
 from onnx_cp.ranks import proxy
 from onnx_cp.ranks.allocate import uniform_error
-from onnx_cp.calibrate.data import input_shape
-from onnx_cp.ranks.cost import model_macs, rank_cost_macs
-from onnx_cp.ranks.budget import uniform_rank
+from onnx_cp.calibrate.data import CalibrationData, input_shape
+from onnx_cp.ranks.cost import model_macs, option_macs
+from onnx_cp.ranks.grid import uniform_rank
 from onnx_cp.ranks.plan import plan_ranks
 from onnx_cp.stages.discover import select
-from onnx_cp.splice import build_ranked
+from onnx_cp.splice import Replacement, splice
 from onnx_cp.shapes import infer_shapes, parse_input_shapes
 from onnx_cp.testing import ZOO_NAMES, materialize_zoo
 
@@ -134,21 +133,22 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
     selection = RankSelection(budget_macs=budget, calib=str(calib), calib_count=args.calib_count,
                               search=args.search, measure=False)
     config = RewriteConfig(selection=selection, **fit)
-    plan = plan_ranks(model, sites, select(sites, config), shapes, config, progress=progress)
+    data = CalibrationData.read(model, str(calib), config.calib_samples, args.calib_count, config.seed, shapes_in)
+    plan = plan_ranks(model, sites, select(sites, config), shapes, config, progress=progress, data=data)
     layers, fixed = plan.layers, plan.summary.fixed
     reference = proxy.run(model, held_out)
 
     def evaluate(chosen: list[tuple]) -> dict:
-        variant = build_ranked(model, chosen)
+        variant = splice(model, [Replacement(s, "cp4", r, f) for s, r, f in chosen])[0]
         rewritten = {s.key for s, _, _ in chosen}
-        macs = fixed + sum(rank_cost_macs(s, r) for s, r, _ in chosen) + sum(
+        macs = fixed + sum(option_macs(s, "cp", r) for s, r, _ in chosen) + sum(
             l.site.cost.macs for l in layers if l.site.key not in rewritten)
         return {"macs": int(macs), "speedup_macs": total / macs,
                 "output_error_held_out": proxy.output_error(proxy.run(variant, held_out), reference),
                 "ranks": {s.name: r for s, r, _ in chosen}}
 
     def from_picks(picks):
-        return [(l.site, l.ranks[k], [f.factors for f in l.fits[k].fits]) for l, k in zip(layers, picks)
+        return [(l.site, l.ranks[k], list(l.fits[k].groups)) for l, k in zip(layers, picks)
                 if k < len(l.ranks)]
 
     rows = {"proxy (best start + search)": evaluate(from_picks(plan.picks))}
@@ -156,7 +156,7 @@ def compare_allocations(model, shapes_in, calib, held_out, args, fit, progress) 
     errors = [[f.rel_error for f in l.fits] + [0.0] for l in layers]
     costs = [l.costs + [l.before] for l in layers]
     rows["--max-error alone"] = evaluate(from_picks(uniform_error(errors, costs, plan.summary.budget)))
-    rank = uniform_rank(layers, budget - fixed)
+    rank = uniform_rank(layers, "cp", budget - fixed)
     rows[f"uniform rank {rank}"] = evaluate(from_picks([l.ranks.index(min(rank, l.cap)) for l in layers]))
     return {"budget_macs": budget, "total_macs": total, "budget_share": share, "rows": rows,
             "calib_errors": {**plan.summary.starts, "after search": plan.summary.output_error}}
