@@ -2,11 +2,12 @@
 every step that needs a time (the forms, rank selection's latency probe and measured rounds, the
 final check of the written model).
 
-It owns the run policy (docs/latency.md, "Measurement protocol"): every model of a call gets
-its own session and the same inputs, and the models run in alternation, warm-up included, so
-drift hits all alike; the number of runs adapts to the model's speed (``RunPolicy``); the
-whole-model comparison of the input and the rewritten model repeats blocks of alternated runs
-until the speed-up's spread across blocks is narrower than ``RunPolicy.agreement``. It also
+It owns the run policy: every model of a call gets its own session and the same inputs, and the
+models run in alternation, warm-up included, so drift hits all alike; the number of runs adapts
+to the model's speed (``RunPolicy``); whole models are timed by the protocol ``onnx-cp bench``
+uses too (bench.latency.measure_sources, docs/latency.md "Measurement protocol"): blocks of
+alternated runs until each model's median settles, so the rewrite's closing line and ``bench``
+on the same two files agree. It also
 owns the variants that time forms before any fit: placeholder factors spliced in at given ranks
 (time does not depend on the values). Tests inject a computed timing (``Measurement.injected``).
 """
@@ -16,7 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
-import numpy as np
 import onnx
 
 from onnx_cp.errors import OnnxCpError
@@ -34,10 +34,8 @@ class RunPolicy:
     # runs that gives (a 300 ms VGG-16 gets 5 runs, a 3 ms MNIST CNN 30)
     budget_ms: float = 1500.0
     run_bounds: tuple[int, int] = (5, 30)
-    # the whole-model comparison: blocks of alternated runs until the block speed-ups agree
-    # within this relative half-range, (at least, at most) so many blocks
-    agreement: float = 0.03
-    block_bounds: tuple[int, int] = (2, 6)
+    # whole models: at most so many blocks of alternated runs (bench.latency.measure_sources)
+    blocks: int = 4
 
     def runs(self, median_ms: float) -> int:
         low, high = self.run_bounds
@@ -62,8 +60,7 @@ class SpeedCheck:
 
     original_ms: float
     rewritten_ms: float
-    spread: float = 0.0  # relative half-range of the speed-up across the blocks of runs
-    blocks: int = 1
+    spread: float = 0.0  # the larger of the two models' (p90 - p10) / median
 
     @property
     def speedup(self) -> float:
@@ -71,7 +68,7 @@ class SpeedCheck:
 
     def to_dict(self) -> dict:
         return {"original_ms": self.original_ms, "rewritten_ms": self.rewritten_ms, "speedup": self.speedup,
-                "spread": self.spread, "blocks": self.blocks}
+                "spread": self.spread}
 
 
 class Timer(Protocol):
@@ -116,7 +113,7 @@ class Measurement:
 
         def whole(models):
             stats = measure_latency(list(models), threads=threads, warmup=warmup, runs=2 * runs,
-                                    input_shapes=shapes, opt_level=opt_level)
+                                    input_shapes=shapes, opt_level=opt_level, blocks=policy.blocks)
             return [Latency(s.median, s.spread) for s in stats]
 
         return cls(layers, whole, policy)
@@ -132,7 +129,7 @@ class Measurement:
         else:
             def whole(models):
                 return [Latency(sum(t.values())) for t in layers(models)]
-        return cls(layers, whole, RunPolicy(block_bounds=(1, 1)))
+        return cls(layers, whole, RunPolicy(blocks=1))
 
     def layers(self, models: Sequence[onnx.ModelProto]) -> list[dict[str, float]]:
         """Per model, each layer's time (keyed by the output name of the node it replaced)."""
@@ -143,18 +140,9 @@ class Measurement:
         return self._whole(models)
 
     def compare(self, model: onnx.ModelProto, rewritten: onnx.ModelProto) -> SpeedCheck:
-        """The two models in alternation, repeated in blocks until the blocks' speed-ups agree
-        (``RunPolicy.agreement``); the figures are the medians over all blocks."""
-        originals, news, ratios = [], [], []
-        least, most = self.policy.block_bounds
-        for _ in range(most):
-            base, new = self.whole([model, rewritten])
-            originals.append(base.median)
-            news.append(new.median)
-            ratios.append(base.median / new.median if new.median > 0 else math.inf)
-            if len(ratios) >= least and _half_range(ratios) <= self.policy.agreement:
-                break
-        return SpeedCheck(float(np.median(originals)), float(np.median(news)), _half_range(ratios), len(ratios))
+        """The two models timed together by the measurement protocol."""
+        base, new = self.whole([model, rewritten])
+        return SpeedCheck(base.median, new.median, max(base.spread, new.spread))
 
     @staticmethod
     def variant(model: onnx.ModelProto, placements: Sequence[Placement], seed: int = 0) -> onnx.ModelProto:
@@ -167,10 +155,3 @@ class Measurement:
         """Per-layer times of ``model`` itself, then of each variant (placeholder factors)."""
         return self.layers([model] + [self.variant(model, v) for v in variants])
 
-
-def _half_range(values: Sequence[float]) -> float:
-    """Half the range of ``values`` relative to their median (0 for one value)."""
-    if len(values) < 2:
-        return 0.0
-    middle = float(np.median(values))
-    return (max(values) - min(values)) / 2 / middle if middle > 0 else 0.0

@@ -27,6 +27,9 @@ class BenchConfig:
     batch: the size of a dynamic first dimension when ``input_shapes`` does not fix it.
     opt_level: onnxruntime graph optimization level, one of ``OPT_LEVELS``.
     seed: seeds the random inputs.
+    blocks / agreement: the timed runs come in blocks of ``runs``, repeated (at most ``blocks``
+        in all) until every model's median agrees across blocks within ``agreement`` (a relative
+        half-range); the statistics pool every block (docs/latency.md, "Measurement protocol").
     """
 
     threads: int = 1
@@ -36,12 +39,15 @@ class BenchConfig:
     batch: int = 1
     opt_level: str = "all"
     seed: int = 0
+    blocks: int = 4
+    agreement: float = 0.03
 
     def __post_init__(self) -> None:
         _at_least("threads", self.threads, 1, "1 (the default) or the number of cores to use")
         _at_least("warmup", self.warmup, 0, "10 (the default) or 0 to skip warm-up")
         _at_least("runs", self.runs, 1, "50 (the default) or more for steadier medians")
         _at_least("batch", self.batch, 1, "1 (the default)")
+        _at_least("blocks", self.blocks, 1, "4 (the default) or 1 for a single block of runs")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise OnnxCpError(f"{param('seed', repr(self.seed))} is not an integer; pass e.g. {param('seed', '0')}",
                               usage=True)
@@ -68,7 +74,8 @@ class BenchConfig:
 
     def to_dict(self) -> dict:
         return {
-            "threads": self.threads, "warmup": self.warmup, "runs": self.runs, "batch": self.batch,
+            "threads": self.threads, "warmup": self.warmup, "runs": self.runs, "blocks": self.blocks,
+            "agreement": self.agreement, "batch": self.batch,
             "opt_level": self.opt_level, "seed": self.seed,
             "input_shapes": {name: list(dims) for name, dims in self.input_shapes.items()},
             "onnxruntime": runtime.version(),

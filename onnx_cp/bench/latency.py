@@ -44,14 +44,15 @@ class LatencyStats:
 def measure_latency(models: Sequence[ModelLike], *, threads: int = 1, warmup: int = 10, runs: int = 50,
                     input_shapes: Mapping[str, tuple[int, ...]] | None = None, batch: int = 1,
                     opt_level: str = "all", seed: int = 0, feeds: Mapping[str, np.ndarray] | None = None,
-                    callback: Callback = None) -> list[LatencyStats]:
+                    callback: Callback = None, blocks: int = 1) -> list[LatencyStats]:
     """Median and spread of each model's latency, one LatencyStats per model, in order.
 
     Each model gets one session; all are fed the same random inputs (or ``feeds``) and run in
-    alternation, warm-up included, so drift affects every model alike.
+    alternation, warm-up included, so drift affects every model alike; ``blocks`` > 1 repeats
+    the runs until the medians settle (``measure_sources``).
     """
     config = BenchConfig(threads=threads, warmup=warmup, runs=runs, input_shapes=input_shapes or {},
-                         batch=batch, opt_level=opt_level, seed=seed)
+                         batch=batch, opt_level=opt_level, seed=seed, blocks=blocks)
     stats, _ = measure_sources(load_models(models), config, feeds=feeds, callback=callback)
     return stats
 
@@ -59,13 +60,34 @@ def measure_latency(models: Sequence[ModelLike], *, threads: int = 1, warmup: in
 def measure_sources(sources: Sequence[ModelSource], config: BenchConfig, *,
                     feeds: Mapping[str, np.ndarray] | None = None,
                     callback: Callback = None) -> tuple[list[LatencyStats], dict[str, np.ndarray]]:
-    """measure_latency on loaded models; also returns the inputs used, for profiling the same."""
+    """measure_latency on loaded models; also returns the inputs used, for profiling the same.
+
+    The measurement protocol (docs/latency.md): one session per model, the same inputs for all,
+    ``warmup`` untimed rounds, then blocks of ``runs`` timed rounds in alternation (the first
+    model of a round rotates), repeated until every model's median agrees across the blocks
+    within ``config.agreement``, at most ``config.blocks`` blocks; the statistics pool all runs."""
     options = config.session_options()
     sessions = [source.session(options) for source in sources]
     labels = [source.label for source in sources]
     if feeds is None:
         feeds = make_feeds(sessions, labels, input_shapes=config.input_shapes, batch=config.batch,
                            seed=config.seed)
-    samples = alternate(sessions, labels, feeds, warmup=config.warmup, runs=config.runs, phase="latency",
-                        callback=callback)
+    samples: list[list[float]] = [[] for _ in sessions]
+    medians: list[list[float]] = [[] for _ in sessions]
+    for block in range(config.blocks):
+        runs = alternate(sessions, labels, feeds, warmup=config.warmup if block == 0 else 0, runs=config.runs,
+                         phase="latency", callback=callback)
+        for pooled, own, new in zip(samples, medians, runs):
+            pooled.extend(new)
+            own.append(float(np.median(new)))
+        if block and all(half_range(m) <= config.agreement for m in medians):
+            break
     return [LatencyStats.from_samples(s) for s in samples], dict(feeds)
+
+
+def half_range(values: Sequence[float]) -> float:
+    """Half the range of ``values`` relative to their median (0 for one value)."""
+    if len(values) < 2:
+        return 0.0
+    middle = float(np.median(values))
+    return (max(values) - min(values)) / 2 / middle if middle > 0 else 0.0

@@ -25,7 +25,7 @@ def verify(rw: Rewrite) -> None:
             for r in rw.rewritten():
                 r.kept_because = "the whole rewritten model was slower than the input"
             rw.final, rw.new_names = splice(rw.model, [])
-            speed = SpeedCheck(speed.original_ms, speed.original_ms, speed.spread, speed.blocks)
+            speed = SpeedCheck(speed.original_ms, speed.original_ms, speed.spread)
             if rw.calibration is not None:  # the report describes the model written: the input
                 rw.calibration.measure(rw.model, rw.final)
     if speed and rw.rewritten() and config.selection is not None and config.selection.target_speedup:
