@@ -55,7 +55,10 @@ def test_the_fastest_allocation_within_the_drop_is_written_and_its_drop_measured
     assert all(rows[name]["decision"].startswith("rewritten") == (name in rewritten) for name in rows)
     assert all(r["ms_saved"] > 0 for r in rows.values())
     trials = report.rank_selection["trials"]
-    assert trials and trials[0]["predicted_speedup"] == max(t["predicted_speedup"] for t in trials)
+    assert trials and all(t["within"] == (t["drop"] <= 0.02 + 1e-9) for t in trials)
+    # no allocation faster than the written one held the drop
+    written = report.rank_selection["predicted_speedup"]
+    assert not [t for t in trials if t["within"] and t["predicted_speedup"] > written + 1e-9]
 
 
 def test_no_rewrite_within_the_drop_fails_naming_the_best_reached(val):

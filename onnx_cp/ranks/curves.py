@@ -39,18 +39,21 @@ def task(layer: BudgetLayer, key, k: int, seed: int, **more) -> FitTask:
                    decomposition=layer.kind(k), **more)
 
 
-def fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | None) -> None:
-    """Fit the kept candidates in full, each going on from its quick curve fit, and measure the
-    allocation's output error again with them. Only decompositions whose fits improve by
-    iterating: an SVD is exact at its rank already, and HOOI's sweeps past the curve's lower a
-    Tucker-2 fit's error by little (a random 512x512x3x3 kernel at ranks 160: 0.8585 after 5
-    sweeps, 0.8572 after 100, which took 50 s on one core)."""
+def fit_kept(problem: BudgetProblem, picks: list[int], progress: Progress | None, measure: bool = True) -> None:
+    """Fit the kept candidates in full, each going on from its quick curve fit (once: a candidate
+    fitted in full already is not fitted again), and measure the allocation's output error again
+    with them. Only decompositions whose fits improve by iterating: an SVD is exact at its rank
+    already, and HOOI's sweeps past the curve's lower a Tucker-2 fit's error by little (a random
+    512x512x3x3 kernel at ranks 160: 0.8585 after 5 sweeps, 0.8572 after 100, which took 50 s on
+    one core)."""
     config = problem.config
-    tasks = [task(l, i, k, config.seed, init=l.fits[k], iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds))
-             for i, (l, k) in enumerate(zip(problem.auto, picks))
-             if k < len(l.ranks) and decompositions.get(l.kind(k)).iterative]
+    todo = [(i, l, k) for i, (l, k) in enumerate(zip(problem.auto, picks))
+            if k < len(l.ranks) and decompositions.get(l.kind(k)).iterative and (i, k) not in problem.full]
+    tasks = [task(l, (i, k), k, config.seed, init=l.fits[k],
+                  iteration_time=max(1.0, FINAL_FIT_FACTOR * l.fits[k].seconds)) for i, l, k in todo]
     fits = fit_all(tasks, config.fit_options(), config.worker_count(), staged(progress, "final fits"), problem.fitter)
-    for i, fit in fits.items():
-        problem.auto[i].fits[picks[i]] = fit
-    if any(k < len(l.ranks) for l, k in zip(problem.auto, picks)):
+    for (i, k), fit in fits.items():
+        problem.auto[i].fits[k] = fit
+        problem.full.add((i, k))
+    if measure and any(k < len(l.ranks) for l, k in zip(problem.auto, picks)):
         problem.plan.summary.final_output_error = problem.output_error(picks)

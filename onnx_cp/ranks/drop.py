@@ -9,9 +9,10 @@ BudgetProblem:
    choosing part of the data (with --calib after a short recovery, as the rewrite will recover
    it); its proxy curve is scaled to that drop, and the layer alone and its milliseconds saved
    make the sensitivity table;
-3. the fastest budget whose knapsack allocation keeps the whole model within the drop, by
-   bisection on the measured drop of each allocation (scored like the layers alone);
-4. the kept candidates fitted in full.
+3. the fastest of the knapsack's allocations (over budgets from every layer at its cheapest to
+   every layer kept) that keeps the whole model within the drop, by bisection on each one's
+   measured drop, scored as the rewrite will write it: its layers fitted in full and recovered;
+4. the kept candidates fitted in full (those the search fitted are not fitted again).
 
 The rewrite's hold stage then scores the written model and gives layers back, worst accuracy per
 millisecond first, while the drop is exceeded; the drop it reports is measured on the held-back part.
@@ -22,6 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
+from onnx_cp.calibrate.session import QUICK_STEPS
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.allocate import allocate
 from onnx_cp.ranks.budget import check_shapes, record
@@ -34,8 +36,12 @@ from onnx_cp.ranks.target import assign_costs
 
 # The speed-up the candidates are centred for: they span from well below it up to the Conv's cost.
 GOAL = 4.0
-# Bisection steps on the budget, at most.
-STEPS = 7
+# Budgets the knapsack allocates for, from every layer at its cheapest option to every layer kept.
+BUDGETS = 48
+# Candidates in all (at least ``RankSelection.candidates`` per layer): the candidates span each
+# layer's whole cost, and a measured drop can only tell apart the allocations they make (charcnn36
+# with 8 per layer had its large layer at rank 48, 4 points lost, or 96, 0.6 points).
+CURVE_FITS = 48
 
 
 @dataclass(frozen=True)
@@ -73,12 +79,12 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
     share = macs_share(problem)
     if selection.measure or selection.cost == "latency":
         share = latency_share(problem, share, progress)
-    choose_candidates(problem, share, 1.0)
+    choose_candidates(problem, share, 1.0, CURVE_FITS)
     assign_costs(problem, progress, refuse=False)
     problem.feeds = problem.data.proxy_feeds()
     fit_curves(problem, progress)
     measure_damages(problem, progress)
-    scorer = _Scorer(problem, target, calibration)
+    scorer = _Scorer(problem, target, calibration, progress)
     problem.plan.sensitivity = _sensitivity(problem, scorer, progress)
     picks = _search(problem, scorer, deadline, progress)
     fit_kept(problem, picks, progress)
@@ -89,23 +95,28 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
 
 
 class _Scorer:
-    """Scores allocations of the problem on the choosing part, each once."""
+    """Scores allocations of the problem on the choosing part, each once. ``full``: the layers'
+    full fits and the rewrite's own recovery, as the written model will have them; else quick fits
+    and a short recovery (each layer alone, for the sensitivity table)."""
 
-    def __init__(self, problem: BudgetProblem, target, calibration):
-        self.problem, self.target, self.calibration = problem, target, calibration
+    def __init__(self, problem: BudgetProblem, target, calibration, progress: Progress | None = None):
+        self.problem, self.target, self.calibration, self.progress = problem, target, calibration, progress
         self.seen: dict[tuple, tuple[float, float]] = {}
         self.trials: list[Trial] = []
 
-    def __call__(self, picks: list[int]) -> tuple[float, float]:
-        """(score, drop) of the model with ``picks`` (quick fits, a short recovery with --calib)."""
-        key = tuple(picks)
+    def __call__(self, picks: list[int], full: bool = False) -> tuple[float, float]:
+        """(score, drop) of the model with ``picks``."""
+        key = (tuple(picks), full)
         if key not in self.seen:
             problem = self.problem
+            if full:
+                fit_kept(problem, picks, self.progress, measure=False)
             variant = problem.variant(picks)
             if self.calibration is not None:
                 chosen = [(l, k) for l, k in zip(problem.auto, picks) if k < len(l.ranks)]
-                replacements = _replacements(problem, chosen)
-                variant = self.calibration.quick_recover(problem.model, variant, replacements)
+                steps = problem.config.recover_steps if full else QUICK_STEPS
+                variant = self.calibration.quick_recover(problem.model, variant, _replacements(problem, chosen),
+                                                         steps=steps)
             score = self.target.score(problem.finished(variant))
             self.seen[key] = (score, self.target.drop_of(score))
         return self.seen[key]
@@ -140,41 +151,45 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
 
 
 def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, progress: Progress | None) -> list[int]:
-    """The fastest allocation found within the drop: the cheapest budget first, then bisection
-    (on a log scale) between the fastest budget that failed and the slowest that held."""
+    """The fastest allocation found within the drop: the knapsack's distinct allocations over
+    budgets from every layer at its cheapest option to every layer kept, fastest first, and a
+    bisection over them by each one's measured drop (full fits, the rewrite's recovery)."""
     options = problem.options()
     costs, damages = [o[0] for o in options], [o[1] for o in options]
+    allocations = _allocations(costs, damages, problem)
     keep = [len(l.ranks) for l in problem.auto]
-    lo = sum(min(c) for c in costs)  # every layer at its cheapest option
-    hi = sum(l.before for l in problem.auto)  # every layer kept
-    best = keep
-    best_budget = hi
+    best, best_index = keep, len(allocations)  # keeping every layer always holds
+    failing = -1
 
-    def trial(budget: float) -> bool:
-        nonlocal best, best_budget
-        picks = allocate(costs, damages, budget)
-        score, drop = scorer(picks)
-        spent = problem.fixed + sum(c[k] for c, k in zip(costs, picks))
-        within = scorer.target.allows(score)
-        scorer.trials.append(Trial(budget, problem.total / spent, score, drop, within))
-        if within and budget < best_budget:
-            best, best_budget = picks, budget
-        if progress:
-            shown = problem.total / (problem.fixed + sum(c[k] for c, k in zip(costs, best)))
-            progress(f"drop search: best {shown:.2f}x within the drop, tried {problem.total / spent:.2f}x "
-                     f"at drop {drop:.4g}", len(scorer.trials), STEPS + 1)
-        return within
+    def spent(picks) -> float:
+        return problem.fixed + sum(c[k] for c, k in zip(costs, picks))
 
-    if lo >= hi or trial(lo):
-        return best
-    failing = lo
-    for _ in range(STEPS):
+    while best_index - failing > 1:
         if deadline is not None and time.perf_counter() > deadline:
             break
-        middle = math.sqrt(failing * best_budget)
-        if best_budget / failing < 1.02:
-            break
-        if not trial(middle):
-            failing = middle
+        index = (failing + best_index) // 2
+        picks = allocations[index]
+        score, drop = scorer(picks, full=True)
+        within = scorer.target.allows(score)
+        scorer.trials.append(Trial(spent(picks) - problem.fixed, problem.total / spent(picks), score, drop, within))
+        if within:
+            best, best_index = picks, index
+        else:
+            failing = index
+        if progress:
+            progress(f"drop search: best {problem.total / spent(best):.2f}x within the drop, tried "
+                     f"{problem.total / spent(picks):.2f}x at drop {drop:.4g}", len(scorer.trials),
+                     len(scorer.trials) + int(math.log2(max(best_index - failing, 1))))
     return best
 
+
+def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
+    """The knapsack's distinct allocations over budgets from the cheapest to all kept, fastest first."""
+    lo = sum(min(c) for c in costs)
+    hi = sum(c[-1] for c in costs)
+    found: dict[tuple, float] = {}
+    for budget in ([lo] if hi <= lo else [lo * (hi / lo) ** (i / (BUDGETS - 1)) for i in range(BUDGETS)]):
+        picks = tuple(allocate(costs, damages, budget))
+        found.setdefault(picks, sum(c[k] for c, k in zip(costs, picks)))
+    return [list(p) for p, _ in sorted(found.items(), key=lambda item: item[1]) if any(
+        k < len(l.ranks) for l, k in zip(problem.auto, p))]

@@ -91,15 +91,16 @@ def macs_share(problem: BudgetProblem) -> float:
     return float(np.clip((target - others) / before, 0.02, 1.0)) if before else 1.0
 
 
-def choose_candidates(problem: BudgetProblem, share: float, macs: float) -> None:
+def choose_candidates(problem: BudgetProblem, share: float, macs: float, fits: int = CURVE_FITS) -> None:
     """Each layer's candidate ranks around ``share`` (reaching up to ``macs``, the multiply-add
-    share, where that is higher), and its rank in the uniform allocation (always a candidate).
+    share, where that is higher), and its rank in the uniform allocation (always a candidate);
+    about ``fits`` candidates in all, at least ``selection.candidates`` per layer.
 
     Few layers make curve fits cheap and coarse grids costly: a measured round can only move
     between candidates (charcnn36 at --target-speedup 5 --calib: 4 candidates kept features.3 at
     rank 48, 90.1% of held-out crops; 8 reached rank 64, 91.6%, measured 4.87x)."""
     selection, config = problem.selection, problem.config
-    count = max(selection.candidates, math.ceil(CURVE_FITS / len(problem.auto)))
+    count = max(selection.candidates, math.ceil(fits / len(problem.auto)))
     uniform = {}
     for kind in {k for l in problem.auto for k in l.decompositions if decompositions.get(k).count_ranked}:
         layers = [l for l in problem.auto if kind in l.decompositions]

@@ -88,6 +88,7 @@ class BudgetProblem:
     end_gain: float = 1.0
     # the speed-up the candidates are centred for when no target gives one (max_drop's search)
     goal: float | None = None
+    full: set = field(default_factory=set)  # (layer index, candidate) fitted in full already
 
     @property
     def float_speedup(self) -> float:
