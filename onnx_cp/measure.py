@@ -112,7 +112,7 @@ class Measurement:
                 list(models), threads=threads, warmup=warmup, runs=runs, input_shapes=shapes, opt_level=opt_level)]
 
         def whole(models):
-            stats = measure_latency(list(models), threads=threads, warmup=warmup, runs=2 * runs,
+            stats = measure_latency(list(models), threads=threads, warmup=warmup, runs=runs,
                                     input_shapes=shapes, opt_level=opt_level, blocks=policy.blocks)
             return [Latency(s.median, s.spread) for s in stats]
 
