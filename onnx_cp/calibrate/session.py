@@ -94,7 +94,8 @@ class Calibration:
         return None if seen is None else seen.moments
 
     def recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
-                progress: Progress | None) -> tuple[onnx.ModelProto, dict[str, LayerRecovery]]:
+                progress: Progress | None, max_time: float | None = None
+                ) -> tuple[onnx.ModelProto, dict[str, LayerRecovery]]:
         """The rewritten model after layer-wise recovery (``fitted`` itself when recovery is
         off), and each layer's recovery by site key; the whole model's errors are kept."""
         begin = time.perf_counter()
@@ -106,7 +107,8 @@ class Calibration:
             return fitted, {}
         options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
         trained, fixed = self._trainable(replacements)
-        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, config.recover_time,
+        budget = config.recover_time if max_time is None else min(max_time, config.recover_time or max_time)
+        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, budget,
                                 config.threads, progress, fixed)
         final = apply(model, layers, fixed)
         self.model_error = self._error(final, reference)
@@ -115,14 +117,14 @@ class Calibration:
         return final, self.recovered
 
     def quick_recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
-                      steps: int = QUICK_STEPS) -> onnx.ModelProto:
+                      steps: int = QUICK_STEPS, max_time: float | None = None) -> onnx.ModelProto:
         """``fitted`` after a short recovery (``steps`` Adam steps per layer, no block step), as a
         search compares candidates by; the rewrite's own recovery is left untouched."""
         trained, fixed = self._trainable(replacements)
         if not self.config.recover or not trained:
             return fitted
         options = RecoveryOptions(steps=steps, seed=self.config.seed, block=0)
-        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, None,
+        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, max_time,
                                 self.config.threads, None, fixed)
         return apply(model, layers, fixed)
 

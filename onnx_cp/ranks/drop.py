@@ -84,8 +84,9 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
     problem.feeds = problem.data.proxy_feeds()
     fit_curves(problem, progress)
     measure_damages(problem, progress)
-    scorer = _Scorer(problem, target, calibration, progress)
-    problem.plan.sensitivity = _sensitivity(problem, scorer, progress)
+    scorer = _Scorer(problem, target, calibration, progress, deadline)
+    if not _late(deadline):  # past the time budget the proxy's own damages order the layers
+        problem.plan.sensitivity = _sensitivity(problem, scorer, progress)
     picks = _search(problem, scorer, deadline, progress)
     fit_kept(problem, picks, progress)
     record(problem, picks)
@@ -99,8 +100,10 @@ class _Scorer:
     full fits and the rewrite's own recovery, as the written model will have them; else quick fits
     and a short recovery (each layer alone, for the sensitivity table)."""
 
-    def __init__(self, problem: BudgetProblem, target, calibration, progress: Progress | None = None):
+    def __init__(self, problem: BudgetProblem, target, calibration, progress: Progress | None = None,
+                 deadline: float | None = None):
         self.problem, self.target, self.calibration, self.progress = problem, target, calibration, progress
+        self.deadline = deadline
         self.seen: dict[tuple, tuple[float, float]] = {}
         self.trials: list[Trial] = []
 
@@ -115,8 +118,9 @@ class _Scorer:
             if self.calibration is not None:
                 chosen = [(l, k) for l, k in zip(problem.auto, picks) if k < len(l.ranks)]
                 steps = problem.config.recover_steps if full else QUICK_STEPS
+                left = None if self.deadline is None else max(1.0, self.deadline - time.perf_counter())
                 variant = self.calibration.quick_recover(problem.model, variant, _replacements(problem, chosen),
-                                                         steps=steps)
+                                                         steps=steps, max_time=left)
             score = self.target.score(problem.finished(variant))
             self.seen[key] = (score, self.target.drop_of(score))
         return self.seen[key]
@@ -165,7 +169,7 @@ def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, pro
         return problem.fixed + sum(c[k] for c, k in zip(costs, picks))
 
     while best_index - failing > 1:
-        if deadline is not None and time.perf_counter() > deadline:
+        if _late(deadline) and scorer.trials:
             break
         index = (failing + best_index) // 2
         picks = allocations[index]
@@ -193,3 +197,7 @@ def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
         found.setdefault(picks, sum(c[k] for c, k in zip(costs, picks)))
     return [list(p) for p, _ in sorted(found.items(), key=lambda item: item[1]) if any(
         k < len(l.ranks) for l, k in zip(problem.auto, p))]
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
