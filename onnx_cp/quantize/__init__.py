@@ -7,10 +7,14 @@
     result.model, result.speedup, result.error, [n.form for n in result.nodes]
 
 Modules, one job each: ``refusal`` (models that are quantized already), ``feeds`` (calibration
-inputs), ``opset`` (opset 13 for per-channel weights), ``static`` (quantize_static in a temporary
-folder), ``timing`` (node-by-node timing), ``fastest`` (each node's form by measurement),
-``error`` (output error on held-back inputs), ``result`` (what the decision returns).
-onnxruntime loads on first use.
+inputs), ``opset`` (opset 13 for per-channel weights), ``ort_static`` (quantize_static on one
+model in a folder), ``static`` (the quantizer: onnxruntime's INT8, or the chains' where it
+measures closer to float), ``chains`` (a low-rank rewrite's links and pointwise stages),
+``chain_stats`` (their ranges and input moments on the calibration inputs), ``equalize``
+(cross-layer equalization of the links), ``rounding`` (GPTQ for the pointwise stages'
+int8 weights), ``chain_quant`` (the three together), ``timing`` (node-by-node timing),
+``fastest`` (each node's form by measurement), ``error`` (output error on held-back inputs),
+``result`` (what the decision returns). onnxruntime loads on first use.
 """
 from onnx_cp.quantize.error import int8_error
 from onnx_cp.quantize.fastest import MIN_GAIN, QUANTIZABLE, quantize_fastest

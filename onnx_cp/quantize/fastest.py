@@ -34,19 +34,20 @@ MIN_GAIN = 0.05
 
 def quantize_fastest(model: onnx.ModelProto | str | os.PathLike, calibration: CalibrationInputs, timing: Timing, *,
                      nodes_to_exclude: Sequence[str] = (), held_back: CalibrationInputs | None = None,
-                     min_gain: float = MIN_GAIN) -> Int8Result:
+                     min_gain: float = MIN_GAIN, chain_aware: bool = True) -> Int8Result:
     """``model`` with each Conv, Gemm and MatMul in int8 where that measured faster, calibrated on
     ``calibration``; never slower than ``model`` as ``timing`` measures it (else ``model`` itself
     comes back). ``nodes_to_exclude`` stay float whatever they measure. With ``held_back`` inputs,
-    the result carries the returned model's output error against ``model`` on them."""
+    the result carries the returned model's output error against ``model`` on them.
+    ``chain_aware``: see quantize_int8."""
     if not 0.0 <= min_gain < 1.0:
         raise OnnxCpError(f"min_gain must lie in [0, 1) (a share of the float time), got {min_gain}")
-    with int8_quantizer(model, calibration) as quantizer:
+    with int8_quantizer(model, calibration, chain_aware=chain_aware) as quantizer:
         source = quantizer.source
         nodes, slow, candidates = _by_node(quantizer, timing, nodes_to_exclude, min_gain)
     whole = [t.median for t in timing.whole([source, *candidates])]
     best = min(range(1, len(whole)), key=whole.__getitem__)
-    notes = [_timing_note(whole, len(candidates) > 1)]
+    notes = [*quantizer.notes, _timing_note(whole, len(candidates) > 1)]
     float_ms, int8_ms = whole[0], whole[best]
     if _pays(float_ms, int8_ms, min_gain):
         # One alternated run's medians drift by several percent on a busy machine: a second run

@@ -7,8 +7,10 @@
 Weights are int8 per output channel, activations uint8 with MinMax ranges from the calibration
 inputs: what onnxruntime recommends for x86 CPUs. Only ``OP_TYPES`` are quantized (see there).
 ``quantize_static`` works on files, so the model goes to a temporary folder (with external data
-when it is over 2 GiB) and comes back loaded. The ranges are computed once and cached there, so
-quantizing again with other nodes left float costs no second calibration.
+when it is over 2 GiB) and comes back loaded (ort_static.py). A low-rank rewrite's chains are
+quantized both ways, by onnxruntime alone and equalized and rounded for their outputs
+(chain_quant.py); the way whose every-node INT8 lands closer to float on the calibration inputs
+is kept, and ``notes`` say which.
 
 What the result keeps: the graph's input and output names, every node's name (unnamed nodes are
 given onnxruntime's own ``<OpType>_<k>`` names first, so they can be left float by name), and
@@ -27,12 +29,14 @@ from typing import Iterator, Sequence
 import onnx
 
 from onnx_cp.bench.attribution import ort_node_names
+from onnx_cp.calibrate.activations import output_error, run_feeds
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.model_io import load_model, needs_external_data, save_model
+from onnx_cp.model_io import load_model
+from onnx_cp.quantize.chain_quant import ChainQuantization
 from onnx_cp.quantize.feeds import CalibrationInputs, calibration_feeds
 from onnx_cp.quantize.opset import with_min_opset
+from onnx_cp.quantize.ort_static import StaticRun
 from onnx_cp.quantize.refusal import refusal
-from onnx_cp.runtime import first_line
 
 # What is quantized: the layers whose int8 kernels save time, and the ops that only move, pick or
 # clamp values (int8 in, the same int8 out), so no quantize/dequantize pair splits a chain of them.
@@ -41,19 +45,24 @@ from onnx_cp.runtime import first_line
 # as Mul and Add after a Dense layer: output error 1.19 with every op quantized, 0.045 with these).
 OP_TYPES = ("Conv", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze",
             "Unsqueeze", "Slice", "Split", "Gather")
+# Calibration feeds on which the chains' INT8 is compared with onnxruntime's plain INT8.
+CHECK_FEEDS = 32
 
 
 def quantize_int8(model: onnx.ModelProto | str | os.PathLike, calibration: CalibrationInputs, *,
-                  nodes_to_exclude: Sequence[str] = (), op_types: Sequence[str] = OP_TYPES) -> onnx.ModelProto:
+                  nodes_to_exclude: Sequence[str] = (), op_types: Sequence[str] = OP_TYPES,
+                  chain_aware: bool = True) -> onnx.ModelProto:
     """``model`` in static INT8 (QDQ, per-channel weights), calibrated on ``calibration``: its
-    nodes of ``op_types``, but those named in ``nodes_to_exclude``, which stay float."""
-    with int8_quantizer(model, calibration, op_types=op_types) as quantizer:
+    nodes of ``op_types``, but those named in ``nodes_to_exclude``, which stay float. With
+    ``chain_aware``, a low-rank rewrite's chains are equalized and rounded for INT8 (chain_quant.py)
+    where that measures closer to float."""
+    with int8_quantizer(model, calibration, op_types=op_types, chain_aware=chain_aware) as quantizer:
         return quantizer.quantize(nodes_to_exclude)
 
 
 @contextmanager
 def int8_quantizer(model: onnx.ModelProto | str | os.PathLike, calibration: CalibrationInputs, *,
-                   op_types: Sequence[str] = OP_TYPES) -> Iterator["Quantizer"]:
+                   op_types: Sequence[str] = OP_TYPES, chain_aware: bool = True) -> Iterator["Quantizer"]:
     """A Quantizer for ``model`` in a temporary folder that lives as long as the ``with`` block.
 
     Refused in one line: a model that is quantized already, calibration inputs that do not fit
@@ -65,68 +74,55 @@ def int8_quantizer(model: onnx.ModelProto | str | os.PathLike, calibration: Cali
         raise OnnxCpError(problem)
     feeds = calibration_feeds(source, calibration)
     with tempfile.TemporaryDirectory(prefix="onnx-cp-int8-") as tmp:
-        yield Quantizer(source, feeds, Path(tmp), tuple(op_types))
+        yield Quantizer(source, feeds, Path(tmp), tuple(op_types), chain_aware)
 
 
 class Quantizer:
     """One float model ready for ``quantize_static``; ``prepared`` is that model as quantized
-    (nodes named, opset 13 or later), the float reference whose node names the results share."""
+    (nodes named, opset 13 or later), the float reference whose node names the results share.
+    ``notes`` say how its low-rank chains were quantized."""
 
-    def __init__(self, source: onnx.ModelProto, feeds: list[dict], folder: Path, op_types: tuple[str, ...]):
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    def __init__(self, source: onnx.ModelProto, feeds: list[dict], folder: Path, op_types: tuple[str, ...],
+                 chain_aware: bool = True):
         self.source = source
         self.op_types = op_types
         self.prepared = with_min_opset(_named(source))
+        self.notes: list[str] = []
         self._feeds = feeds
-        self._folder = folder
-        self._large = needs_external_data(self.prepared)
-        self._ranges = folder / "ranges.json"
-        self._runs = 0
-        saved = save_model(self.prepared, folder / "float.onnx")
-        self._input = folder / "inferred.onnx"
-        try:  # shape inference only: onnxruntime's optimizations would rename nodes
-            quant_pre_process(str(saved), str(self._input), skip_optimization=True, skip_symbolic_shape=True,
-                              save_as_external_data=self._large)
-        except Exception as exc:  # onnx's shape inference raises its own types
-            raise OnnxCpError(f"onnx's shape inference fails on the model ({first_line(exc)}); check it with "
-                              "onnx.checker.check_model(model, full_check=True)") from None
+        self._plain = StaticRun(self.prepared, folder / "plain")
+        self._chains = ChainQuantization.of(self.prepared, feeds, folder / "chains") if chain_aware else None
+        self._use_chains: bool | None = None if self._chains else False
 
     def quantize(self, nodes_to_exclude: Sequence[str] = ()) -> onnx.ModelProto:
         """The model in INT8, the nodes named in ``nodes_to_exclude`` left float."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         names = {node.name for node in self.prepared.graph.node}
         unknown = [name for name in nodes_to_exclude if name not in names]
         if unknown:
             raise OnnxCpError(f"nodes_to_exclude names {', '.join(map(repr, unknown))}, which the model does not "
                               "have; give the names of its nodes")
-        self._runs += 1
-        out = self._folder / f"int8_{self._runs}.onnx"
-        reader = None if self._ranges.exists() else _Reader(self._feeds)
-        try:
-            quantize_static(str(self._input), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude),
-                            op_types_to_quantize=list(self.op_types),
-                            use_external_data_format=self._large, calibration_cache_path=str(self._ranges))
-        except Exception as exc:  # onnxruntime raises its own types, and ValueError, op by op
-            raise OnnxCpError(f"onnxruntime's quantize_static fails on the model ({first_line(exc)}); check that "
-                              "onnxruntime runs the float model") from None
-        quantized = load_model(out, check=False)
+        if self._use_chains is None:
+            self._use_chains = self._chains_pay()
+        if self._use_chains:
+            quantized = self._chains.quantize(self._feeds, nodes_to_exclude, self.op_types)
+        else:
+            quantized = self._plain.quantize(self._feeds, nodes_to_exclude, self.op_types)
         del quantized.metadata_props[:]  # quantize_static adds its own entries
         quantized.metadata_props.extend(self.source.metadata_props)
         return quantized
 
-
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
-
-    def __init__(self, feeds: list[dict]):
-        self._feeds = iter(feeds)
-
-    def get_next(self) -> dict | None:
-        return next(self._feeds, None)
+    def _chains_pay(self) -> bool:
+        """Whether the chains' equalization and rounding bring every node's INT8 closer to float on
+        the calibration inputs than onnxruntime's plain quantization (measured, not assumed)."""
+        feeds = self._feeds[:CHECK_FEEDS]
+        reference = run_feeds(self.prepared, feeds)
+        plain = output_error(run_feeds(self._plain.quantize(self._feeds, (), self.op_types), feeds), reference)
+        tuned = output_error(run_feeds(self._chains.quantize(self._feeds, (), self.op_types), feeds), reference)
+        pays = tuned < plain
+        what = self._chains.describe()
+        self.notes.append(f"low-rank chains: {what}; output error of every node in int8 on {len(feeds)} calibration "
+                          f"input(s): {tuned:.4f} against {plain:.4f} with onnxruntime's own quantization, "
+                          + ("kept" if pays else "so onnxruntime's is kept"))
+        return pays
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
