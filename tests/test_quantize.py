@@ -479,10 +479,10 @@ def test_gptq_beats_nearest_rounding_on_correlated_inputs():
 @pytest.mark.parametrize("group", [1, 2])
 def test_chain_with_badly_scaled_channels_quantizes_far_closer_to_float(group):
     model, x = chain_model(group), chain_inputs()
-    with int8_quantizer(model, x[:32]) as quantizer:
+    with int8_quantizer(model, x[:32], chain_aware=True) as quantizer:
         tuned = quantizer.quantize()
         notes = quantizer.notes
-    plain = quantize_int8(model, x[:32], chain_aware=False)
+    plain = quantize_int8(model, x[:32])
     onnx.checker.check_model(tuned, full_check=True)
     assert all(reads_int8(tuned).values())
     assert [(p.key, p.value) for p in tuned.metadata_props] == [(p.key, p.value) for p in model.metadata_props]
@@ -494,10 +494,10 @@ def test_chain_with_badly_scaled_channels_quantizes_far_closer_to_float(group):
 def test_chains_keep_onnxruntime_rounding_where_theirs_measures_worse(monkeypatch):
     model, x = chain_model(), chain_inputs()
     monkeypatch.setattr(rounding, "gptq_levels", lambda weight, moment, scale: np.zeros(weight.shape, np.int8))
-    with int8_quantizer(model, x[:32]) as quantizer:
+    with int8_quantizer(model, x[:32], chain_aware=True) as quantizer:
         chosen = quantizer.quantize()
         notes = quantizer.notes
-    plain = quantize_int8(model, x[:32], chain_aware=False)
+    plain = quantize_int8(model, x[:32])
     assert notes[0].endswith("so onnxruntime's is kept")
     assert relative(outputs(chosen, x[32:]), outputs(plain, x[32:])) == 0.0
 

@@ -7,10 +7,10 @@
 Weights are int8 per output channel, activations uint8 with MinMax ranges from the calibration
 inputs: what onnxruntime recommends for x86 CPUs. Only ``OP_TYPES`` are quantized (see there).
 ``quantize_static`` works on files, so the model goes to a temporary folder (with external data
-when it is over 2 GiB) and comes back loaded (ort_static.py). A low-rank rewrite's chains are
-quantized both ways, by onnxruntime alone and equalized and rounded for their outputs
-(chain_quant.py); the way whose every-node INT8 lands closer to float on the calibration inputs
-is kept, and ``notes`` say which.
+when it is over 2 GiB) and comes back loaded (ort_static.py). With ``chain_aware``, a low-rank
+rewrite's chains are quantized both ways, by onnxruntime alone and equalized and rounded for
+their outputs (chain_quant.py); the way whose every-node INT8 lands closer to float on the
+calibration inputs is kept, and ``notes`` say which.
 
 What the result keeps: the graph's input and output names, every node's name (unnamed nodes are
 given onnxruntime's own ``<OpType>_<k>`` names first, so they can be left float by name), and
@@ -51,18 +51,20 @@ CHECK_FEEDS = 32
 
 def quantize_int8(model: onnx.ModelProto | str | os.PathLike, calibration: CalibrationInputs, *,
                   nodes_to_exclude: Sequence[str] = (), op_types: Sequence[str] = OP_TYPES,
-                  chain_aware: bool = True) -> onnx.ModelProto:
+                  chain_aware: bool = False) -> onnx.ModelProto:
     """``model`` in static INT8 (QDQ, per-channel weights), calibrated on ``calibration``: its
     nodes of ``op_types``, but those named in ``nodes_to_exclude``, which stay float. With
     ``chain_aware``, a low-rank rewrite's chains are equalized and rounded for INT8 (chain_quant.py)
-    where that measures closer to float."""
+    where that measures closer to float: worth its cost (on a VGG-16's CP rewrite, a pass over the
+    calibration inputs, a second calibration and an error check, about 2 minutes) where the
+    outputs matter, not where only the time does (the graph is the same either way)."""
     with int8_quantizer(model, calibration, op_types=op_types, chain_aware=chain_aware) as quantizer:
         return quantizer.quantize(nodes_to_exclude)
 
 
 @contextmanager
 def int8_quantizer(model: onnx.ModelProto | str | os.PathLike, calibration: CalibrationInputs, *,
-                   op_types: Sequence[str] = OP_TYPES, chain_aware: bool = True) -> Iterator["Quantizer"]:
+                   op_types: Sequence[str] = OP_TYPES, chain_aware: bool = False) -> Iterator["Quantizer"]:
     """A Quantizer for ``model`` in a temporary folder that lives as long as the ``with`` block.
 
     Refused in one line: a model that is quantized already, calibration inputs that do not fit
@@ -83,7 +85,7 @@ class Quantizer:
     ``notes`` say how its low-rank chains were quantized."""
 
     def __init__(self, source: onnx.ModelProto, feeds: list[dict], folder: Path, op_types: tuple[str, ...],
-                 chain_aware: bool = True):
+                 chain_aware: bool = False):
         self.source = source
         self.op_types = op_types
         self.prepared = with_min_opset(_named(source))
