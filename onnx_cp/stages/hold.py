@@ -91,9 +91,16 @@ def _rebuild(rw: Rewrite) -> None:
 
 def _none_found(rw: Rewrite) -> str:
     trials = (rw.selection.trials if rw.selection is not None else None) or []
-    rewriting = [t for t in trials if t["predicted_speedup"] > 1.0]
-    best = min(rewriting, key=lambda t: t["drop"]) if rewriting else None
+    faster = [t for t in trials if t["predicted_speedup"] > 1.0]
+    held = [t for t in faster if t["within"]]
+    allowed = max_drop_param(rw.accuracy.drop.max_drop)
+    if held:  # the search found an allocation within the drop, and timing gave every layer back
+        best = max(held, key=lambda t: t["predicted_speedup"])
+        return (f"the fastest allocation within {allowed} (drop {best['drop']:.4g}, predicted "
+                f"{best['predicted_speedup']:.2f}x) made no layer faster once timed in onnxruntime, so none is "
+                f"rewritten; allow more drop, or give more time or calibration data")
+    best = min(faster, key=lambda t: t["drop"]) if faster else None
     reached = (f"; the least drop a faster model reached was {best['drop']:.4g} at a predicted "
                f"{best['predicted_speedup']:.2f}x" if best else "")
-    return (f"no layer could be rewritten within {max_drop_param(rw.accuracy.drop.max_drop)} of "
-            f"{rw.accuracy.metric.name}{reached}; allow more drop, or give more time or calibration data")
+    return (f"no layer could be rewritten within {allowed} of {rw.accuracy.metric.name}{reached}; allow more "
+            "drop, or give more time or calibration data")
