@@ -8,11 +8,15 @@ import math
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.allocate import allocate, uniform_error
+from onnx_cp.ranks.grid import on_lattice
 from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem
 from onnx_cp.ranks.selection import MeasuredRound
 
 # A measured round this close to the target ends the rounds.
 CLOSE_ENOUGH = 0.1
+# A round's correction of the cost model moves in steps of this ratio (finer than the share's:
+# a round is only taken when the model was off by more than CLOSE_ENOUGH).
+CORRECTION_STEP = 2 ** 0.125
 
 
 def best_allocation(problem: BudgetProblem, budget: float, progress: Progress | None) -> list[int]:
@@ -71,8 +75,10 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
         tried.append((check.speedup < speedup, abs(math.log(check.speedup / speedup)), attempt, picks))
         if abs(check.speedup / speedup - 1) <= CLOSE_ENOUGH or attempt == count - 1:
             break
-        # the cost model was off by (predicted / measured): ask it for that much more (or less)
-        budget_total = problem.total / speedup * check.speedup / (problem.total / spent)
+        # the cost model was off by (predicted / measured): ask it for that much more (or less),
+        # in steps, so that timing noise within one gives the same allocation
+        off = on_lattice(check.speedup / (problem.total / spent), CORRECTION_STEP)
+        budget_total = problem.total / speedup * off
         try:
             picks = best_allocation(problem, budget_total - problem.fixed, progress)
         except OnnxCpError:

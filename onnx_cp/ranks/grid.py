@@ -22,6 +22,15 @@ SHARE_RANGE = (1 / 3, 1.5)
 # Curve fits per model at least: a model with fewer layers gets more candidates per layer
 # than ``RankSelection.candidates``.
 CURVE_FITS = 24
+# Measured figures steer the selection (the latency share, a measured round's correction) in
+# steps of this ratio: run-to-run timing noise within a step then gives the same candidates and
+# the same allocation (VGG-16 --target-speedup 3 gave three different models in three runs).
+SHARE_STEP = 2 ** 0.25
+
+
+def on_lattice(value: float, step: float = SHARE_STEP) -> float:
+    """``value`` rounded to the nearest power of ``step``."""
+    return float(step ** round(math.log(value) / math.log(step)))
 
 
 def candidate_ranks(cap: int, share: float, count: int,

@@ -9,14 +9,14 @@ import numpy as np
 from onnx_cp import decompositions
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.cost import LatencyModel, form_macs, measure_probes
-from onnx_cp.ranks.grid import SHARE_RANGE, rank_at
+from onnx_cp.ranks.grid import SHARE_RANGE, on_lattice, rank_at
 from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem
 
 
 def latency_share(problem: BudgetProblem, share: float, progress: Progress | None) -> float:
     """The share of their cost at which every automatic layer's options, timed with placeholder
-    factors, make the whole model ``target_speedup`` faster (the latency model is kept on the
-    problem for the costs)."""
+    factors, make the whole model ``target_speedup`` faster, on the lattice of ``SHARE_STEP``
+    (the latency model is kept on the problem for the costs)."""
     align = problem.config.align_rank
     probes = {}
     for l in problem.auto:
@@ -42,7 +42,8 @@ def latency_share(problem: BudgetProblem, share: float, progress: Progress | Non
         for s in problem.ruled)
     if slopes <= 0:
         return share
-    return float(np.clip((target - rest - offsets) / slopes, 0.01, 1.0))
+    return float(np.clip(on_lattice((target - rest - offsets) / slopes) if target > rest + offsets else 0.01,
+                         0.01, 1.0))
 
 
 def _share_line(timing: LatencyModel, layer: BudgetLayer, share: float, probes: dict) -> tuple[float, float]:
