@@ -129,3 +129,23 @@ def test_the_command_writes_the_accuracy_and_sensitivity_to_the_report(tmp_path,
     data = json.loads(report.read_text())
     assert data["accuracy"]["max_drop"] == pytest.approx(0.05) and data["sensitivity"]
     assert "sensitivity: each layer alone" in result.output and "held-back samples" in result.output
+
+
+def test_the_path_between_two_allocations_moves_one_layer_one_candidate_at_a_time():
+    from onnx_cp.ranks.drop import _path
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        options = []
+        for _layer in range(int(rng.integers(1, 5))):
+            costs = sorted(rng.uniform(1, 10, int(rng.integers(2, 8))).tolist())
+            options.append((costs + [20.0], [float(d) for d in np.sort(rng.uniform(0, 5, len(costs)))[::-1]] + [0.0]))
+        start = [int(rng.integers(0, len(c))) for c, _ in options]
+        end = [int(rng.integers(0, len(c))) for c, _ in options]
+        path = [start] + _path(start, end, options) + [end]
+        for a, b in zip(path, path[1:]):
+            changed = [i for i in range(len(a)) if a[i] != b[i]]
+            assert len(changed) <= 1 and (a != b or start == end)
+        for i, (costs, _) in enumerate(options):  # each layer's cost moves monotonically toward its end
+            seen = [costs[p[i]] for p in path]
+            assert seen == sorted(seen) or seen == sorted(seen, reverse=True)
