@@ -158,64 +158,46 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
 def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, progress: Progress | None) -> list[int]:
     """The fastest allocation found within the drop: the knapsack's distinct allocations over
     budgets from every layer at its cheapest option to every layer kept, fastest first, and a
-    bisection over them by each one's measured drop (full fits, the rewrite's recovery)."""
+    bisection over them by each one's measured drop (full fits, the rewrite's recovery), then over
+    the single candidate steps between the fastest within and the next faster one."""
     options = problem.options()
     costs, damages = [o[0] for o in options], [o[1] for o in options]
     allocations = _allocations(costs, damages, problem)
-    keep = [len(l.ranks) for l in problem.auto]
-    best, best_index = keep, len(allocations)  # keeping every layer always holds
-    failing = -1
-
-    def spent(picks) -> float:
-        return problem.fixed + sum(c[k] for c, k in zip(costs, picks))
-
-    while best_index - failing > 1:
-        if _late(deadline) and scorer.trials:
-            break
-        index = (failing + best_index) // 2
-        picks = allocations[index]
-        score, drop = scorer(picks, full=True)
-        within = scorer.target.allows(score)
-        scorer.trials.append(Trial(spent(picks) - problem.fixed, problem.total / spent(picks), score, drop, within))
-        if within:
-            best, best_index = picks, index
-        else:
-            failing = index
-        if progress:
-            progress(f"drop search: best {problem.total / spent(best):.2f}x within the drop, tried "
-                     f"{problem.total / spent(picks):.2f}x at drop {drop:.4g}", len(scorer.trials),
-                     len(scorer.trials) + int(math.log2(max(best_index - failing, 1))))
+    best, failing = _bisect(problem, scorer, allocations, [len(l.ranks) for l in problem.auto], deadline, progress)
     if failing >= 0:
-        best = _between(problem, scorer, best, allocations[failing], deadline, progress)
+        # the knapsack's allocations lie far apart where one layer dominates the cost (charcnn36's
+        # features.3 went from rank 96, 0.61 points lost, to the next allocation at 1.96): the single
+        # candidate steps between the fastest within the drop and the next faster one
+        between = _path(best, allocations[failing], options)[::-1]
+        best, _ = _bisect(problem, scorer, between, best, deadline, progress, " (between allocations)")
     return best
 
 
-def _between(problem: BudgetProblem, scorer: _Scorer, best: list[int], failing: list[int], deadline: float | None,
-             progress: Progress | None) -> list[int]:
-    """The knapsack's allocations lie far apart where one layer dominates the cost (charcnn36's
-    features.3 went from rank 96, 0.61 points lost, to the next allocation at 1.96): bisect on the
-    path of single candidate steps from the fastest allocation within the drop to the next faster
-    one, which did not hold it."""
-    path = _path(best, failing, problem.options())
-    lo, hi = -1, len(path)
-    while hi - lo > 1 and not _late(deadline):
-        mid = (lo + hi) // 2
-        picks = path[mid]
+def _bisect(problem: BudgetProblem, scorer: _Scorer, ordered: list[list[int]], best: list[int],
+            deadline: float | None, progress: Progress | None, where: str = "") -> tuple[list[int], int]:
+    """Bisection on the measured drop over allocations ``ordered`` fastest first, the one past the
+    end (``best``) known to hold the drop and the one before the start known not to: the fastest
+    found within, and the index of the slowest found outside (-1: none)."""
+    failing, within_index = -1, len(ordered)
+    while within_index - failing > 1:
+        if _late(deadline) and scorer.trials:
+            break
+        index = (failing + within_index) // 2
+        picks = ordered[index]
         score, drop = scorer(picks, full=True)
         within = scorer.target.allows(score)
         spent = problem.spent(picks)
         scorer.trials.append(Trial(spent - problem.fixed, problem.total / spent, score, drop, within))
         if within:
-            lo = mid
-            if spent < problem.spent(best):
-                best = picks
+            within_index = index
+            best = picks if spent < problem.spent(best) else best
         else:
-            hi = mid
+            failing = index
         if progress:
             progress(f"drop search: best {problem.total / problem.spent(best):.2f}x within the drop, tried "
-                     f"{problem.total / spent:.2f}x at drop {drop:.4g} (between allocations)", len(scorer.trials),
-                     len(scorer.trials) + int(math.log2(max(hi - lo, 1))))
-    return best
+                     f"{problem.total / spent:.2f}x at drop {drop:.4g}{where}", len(scorer.trials),
+                     len(scorer.trials) + int(math.log2(max(within_index - failing, 1))))
+    return best, failing
 
 
 def _path(start: list[int], end: list[int], options) -> list[list[int]]:
