@@ -64,6 +64,12 @@ class CalibrationData:
     def held_back(self) -> np.ndarray:
         return self.x[self.train:self.samples]
 
+    @property
+    def int8_inputs(self) -> np.ndarray:
+        """The samples INT8's activation ranges are calibrated on: the fitting ones (all of them
+        when none is held back)."""
+        return self.x[:self.train] if self.train else self.fitting
+
     def proxy_feeds(self) -> list[dict[str, np.ndarray]]:
         """One feed per proxy sample (the proxy runs them one by one)."""
         return [{self.input_name: self.x[i:i + 1]} for i in range(self.proxy_count)]

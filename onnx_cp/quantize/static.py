@@ -94,6 +94,7 @@ class Quantizer:
         self._plain = StaticRun(self.prepared, folder / "plain")
         self._chains = ChainQuantization.of(self.prepared, feeds, folder / "chains") if chain_aware else None
         self._use_chains: bool | None = None if self._chains else False
+        self._unexcluded: onnx.ModelProto | None = None  # the deciding check's every-node INT8, handed over once
 
     def quantize(self, nodes_to_exclude: Sequence[str] = ()) -> onnx.ModelProto:
         """The model in INT8, the nodes named in ``nodes_to_exclude`` left float."""
@@ -104,7 +105,9 @@ class Quantizer:
                               "have; give the names of its nodes")
         if self._use_chains is None:
             self._use_chains = self._chains_pay()
-        if self._use_chains:
+        if not nodes_to_exclude and self._unexcluded is not None:
+            quantized, self._unexcluded = self._unexcluded, None
+        elif self._use_chains:
             quantized = self._chains.quantize(self._feeds, nodes_to_exclude, self.op_types)
         else:
             quantized = self._plain.quantize(self._feeds, nodes_to_exclude, self.op_types)
@@ -117,9 +120,12 @@ class Quantizer:
         the calibration inputs than onnxruntime's plain quantization (measured, not assumed)."""
         feeds = self._feeds[:CHECK_FEEDS]
         reference = run_feeds(self.prepared, feeds)
-        plain = output_error(run_feeds(self._plain.quantize(self._feeds, (), self.op_types), feeds), reference)
-        tuned = output_error(run_feeds(self._chains.quantize(self._feeds, (), self.op_types), feeds), reference)
+        plain_model = self._plain.quantize(self._feeds, (), self.op_types)
+        tuned_model = self._chains.quantize(self._feeds, (), self.op_types)
+        plain = output_error(run_feeds(plain_model, feeds), reference)
+        tuned = output_error(run_feeds(tuned_model, feeds), reference)
         pays = tuned < plain
+        self._unexcluded = tuned_model if pays else plain_model
         what = self._chains.describe()
         self.notes.append(f"low-rank chains: {what}; output error of every node in int8 on {len(feeds)} calibration "
                           f"input(s): {tuned:.4f} against {plain:.4f} with onnxruntime's own quantization, "

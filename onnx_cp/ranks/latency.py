@@ -42,8 +42,8 @@ def latency_share(problem: BudgetProblem, share: float, progress: Progress | Non
         for s in problem.ruled)
     if slopes <= 0:
         return share
-    return float(np.clip(on_lattice((target - rest - offsets) / slopes) if target > rest + offsets else 0.01,
-                         0.01, 1.0))
+    share = float(np.clip((target - rest - offsets) / slopes, 0.01, 1.0))
+    return float(np.clip(on_lattice(share), 0.01, 1.0))
 
 
 def _share_line(timing: LatencyModel, layer: BudgetLayer, share: float, probes: dict) -> tuple[float, float]:

@@ -94,12 +94,12 @@ def _end_form(problem: BudgetProblem, progress: Progress | None) -> None:
     variant quantized, and the float plan starts from the target over what int8 gains on the input."""
     from onnx_cp.quantize import quantize_int8
 
-    data = problem.data
-    calibration = data.x[:data.train] if data.train else data.fitting
+    calibration = problem.data.int8_inputs
     if progress:
         progress("latency probe: timing the input in INT8", 0, 1)
     problem.finished = lambda model: quantize_int8(model, calibration)
-    base, int8 = problem.measurement.whole([problem.model, problem.finished(problem.model)])
+    problem.plan.int8_input = problem.finished(problem.model)
+    base, int8 = problem.measurement.whole([problem.model, problem.plan.int8_input])
     problem.end_gain = max(1.0, base.median / int8.median)
     problem.plan.summary.end_gain = problem.end_gain
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from onnx_cp.decision import Decision
 
@@ -72,3 +73,4 @@ class RankPlan:
     layers: list = field(default_factory=list)  # budget modes: every automatic layer and its curves
     picks: list[int] = field(default_factory=list)  # the chosen option of each (len(ranks): keep the Conv)
     sensitivity: list = field(default_factory=list)  # max_drop: ranks.drop.Sensitivity per automatic layer
+    int8_input: Any = None  # with quantize: the input in INT8, as the selection timed it

@@ -75,6 +75,7 @@ class Rewrite:
     new_names: dict = field(default_factory=dict)  # site key -> names of the nodes that replaced it
     speed: Any = None  # measure.SpeedCheck of the written model against the input
     quantization: Any = None  # stages.quantize.QuantizationSummary, with quantize='int8'
+    int8_input: onnx.ModelProto | None = None  # the input in INT8, where rank selection made it already
     accuracy: Any = None  # accuracy.AccuracyTarget, with selection.max_drop
     held: Any = None  # stages.hold.AccuracySummary: the drop measured on the written model
     deadline: float | None = None  # time.perf_counter() by which the max_drop search must end

@@ -41,7 +41,8 @@ def choose_forms(rw: Rewrite) -> None:
         timings = timed.get(r.site.key, {})
         r.candidates = offered[r.site.key]
         if "original" in timings and len(timings) > 1:
-            r.candidates = [c for c in r.candidates if c.form in timings and timings[c.form] < (1 - FORM_MARGIN) * timings["original"]]
+            faster = (1 - FORM_MARGIN) * timings["original"]
+            r.candidates = [c for c in r.candidates if c.form in timings and timings[c.form] < faster]
         elif config.decomposition != "auto":
             r.candidates = r.candidates[:1]  # untimed: the decomposition's first form, as forced
         r.timings = timings

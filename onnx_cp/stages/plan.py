@@ -23,6 +23,7 @@ def plan(rw: Rewrite) -> None:
                             data=rw.data, calibration=rw.calibration, fitter=rw.fitter,
                             progress=rw.progress, accuracy=rw.accuracy, deadline=rw.deadline)
         rw.sensitivity = ranked.sensitivity
+        rw.int8_input = ranked.int8_input
         rw.notes.extend(ranked.notes)
         rw.selection = ranked.summary
         decisions = ranked.choices

@@ -41,11 +41,11 @@ def quantize(rw: Rewrite) -> None:
     if rw.progress:
         rw.progress("int8: quantizing and timing each node in onnxruntime", 0, 1)
     data = rw.data
-    calibration = data.x[:data.train] if data.train else data.fitting
+    calibration = data.int8_inputs
     held = data.held_back if len(data.held_back) else calibration
     lowrank = rw.final
     result = quantize_fastest(lowrank, calibration, rw.measurement, held_back=held)
-    alone = quantize_int8(rw.model, calibration)
+    alone = rw.int8_input if rw.int8_input is not None else quantize_int8(rw.model, calibration)
     if rw.progress:
         rw.progress("int8: the input, INT8 alone, low-rank and low-rank + INT8 timed together", 0, 1)
     models = [rw.model, alone, lowrank] + ([result.model] if result.quantized else [])
