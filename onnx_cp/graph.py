@@ -198,6 +198,26 @@ def display_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
+def nodes_leading_to(graph: onnx.GraphProto, tensors) -> list[onnx.NodeProto]:
+    """The nodes that ``tensors`` depend on, in graph order (the rest need not run: onnxruntime
+    runs every node of a graph, whether or not an output reads it)."""
+    need = set(tensors)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+            need |= _captured(node)
+    return keep[::-1]
+
+
+def _captured(node: onnx.NodeProto) -> set[str]:
+    """The outer tensors ``node``'s subgraphs read."""
+    holder = onnx.GraphProto()
+    holder.node.append(node)
+    return subgraph_reads(holder)
+
+
 def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     """Names read inside subgraphs (If/Loop/Scan bodies capture outer tensors by name,
     without listing them as inputs)."""

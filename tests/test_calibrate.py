@@ -344,3 +344,32 @@ def test_rank_selection_with_calib_fits_data_aware_once(tmp_path):
     assert not weights & set(seen)  # every fit saw a weighted kernel, none the raw weight
     assert not [l for l in labels if l.startswith("fitting: ")]  # no second round of fits
     assert 0 < result.report.calibration["output_error"] < 1
+
+
+def test_probe_keeps_only_the_nodes_its_tensors_need_subgraph_captures_included():
+    """Reading an early tensor must not run the rest of the model (onnxruntime runs every node
+    of a graph): the probe drops what the wanted tensors do not depend on, and keeps the
+    producer of a tensor that an If branch reads from the outer scope."""
+    from onnx_cp.calibrate.activations import outputs, probe
+
+    then = helper.make_graph([helper.make_node("Neg", ["r"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Abs", ["r"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["f"], then_branch=then, else_branch=other),
+             helper.make_node("Sigmoid", ["x"], ["unused"]),
+             helper.make_node("Exp", ["unused"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    probed = probe(model, ["f"])
+    assert [n.op_type for n in probed.graph.node] == ["Relu", "ReduceSum", "Greater", "If"]
+    assert [n.op_type for n in model.graph.node] == ["Relu", "ReduceSum", "Greater", "If", "Sigmoid", "Exp"]
+    x = np.array([[1.0, -2.0, 3.0], [0.5, -0.5, 2.0]], np.float32)
+    (f,) = outputs(probed, x)
+    np.testing.assert_allclose(f, -np.maximum(x, 0))  # sum > 0: the then branch, Neg(Relu(x))

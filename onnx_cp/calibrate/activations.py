@@ -3,18 +3,20 @@
     for start, values in stream(model, ["conv1_in", "relu1"], x, threads=1):
         ...  # values["relu1"]: the batch's activations, samples start, start + 1, ...
 
-The model is copied with the wanted tensors as its only outputs, so onnxruntime drops what
-does not lead to them; nothing but one batch's activations is held at a time.
+The model is copied with the wanted tensors as its only outputs and only the nodes they depend
+on (onnxruntime would run the rest too: an early layer's input read from a whole recognizer
+took 18 ms a run instead of 2); nothing but one batch's activations is held at a time.
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_cp.graph import runtime_inputs
+from onnx_cp.graph import nodes_leading_to, runtime_inputs
 from onnx_cp.runtime import open_session, session_options
 
 _NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -24,11 +26,15 @@ BATCH = 8
 
 
 def probe(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are exactly ``tensors``. A tensor's type is taken from
-    the graph's outputs or value_info, else it is the input's (a float model's activations)."""
+    """A copy of ``model`` whose outputs are exactly ``tensors``, without the nodes they do not
+    depend on. A tensor's type is taken from the graph's outputs or value_info, else it is the
+    input's (a float model's activations)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
+    kept = [copy.copy(n) for n in nodes_leading_to(graph, tensors)]  # copies: the originals go next
+    del graph.node[:]
+    graph.node.extend(kept)
     known = {v.name: v for v in list(graph.value_info) + list(graph.output)}
     default = runtime_inputs(graph)[0].type.tensor_type.elem_type
     wanted = []

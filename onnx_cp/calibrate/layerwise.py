@@ -101,23 +101,25 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
             share = None if left is None else left / (len(replacements) - len(done))
             block = next_block(index, rep.site.spec, following(index, rep.site.node), options.block) \
                 if options.block else None
+            seen, patches = observed[rep.site.key], inputs.pop(rep.site.key)
             if block is not None and len(rep.factors) == 1 and for_form(rep.form).block_refinable:
-                first = _recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
+                first = _recover_one(index, rep, seen, patches,
                                      replace(options, max_time=None if share is None else share / 2, threads=threads))
                 left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))
-                done.append(_refine_block(model, prefix, index, first, block, x, observed[rep.site.key],
+                done.append(_refine_block(model, prefix, index, first, block, x, seen, patches[seen.held],
                                           replace(options, max_time=left if share is None else min(left, share / 2),
                                                   threads=threads)))
             else:
-                done.append(_recover_one(index, rep, observed[rep.site.key], inputs.pop(rep.site.key),
-                                         replace(options, max_time=share, threads=threads)))
+                done.append(_recover_one(index, rep, seen, patches, replace(options, max_time=share, threads=threads)))
     return done
 
 
 def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphIndex, layer: LayerRecovery, block,
-                  x: np.ndarray, seen: Observation, options: RecoveryOptions) -> LayerRecovery:
+                  x: np.ndarray, seen: Observation, held_patches: np.ndarray, options: RecoveryOptions
+                  ) -> LayerRecovery:
     """``layer`` trained further on the next Conv's output (``block``), kept when that lowers
-    the next Conv's held-back output error."""
+    the next Conv's held-back output error (``held_patches``: the layer's own held-back
+    patches, read from ``prefix``)."""
     if layer.result is None:
         return layer
     rep, site = layer.replacement, layer.replacement.site
@@ -139,16 +141,9 @@ def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphI
            f"({steps} steps, its output err {before:.3f}>{after:.3f})"
     own = r.error_after
     if len(seen.held):
-        patches = _held_patches(prefix, site, seen, x, options.threads)
-        own = output_error(Pairs(patches, seen.targets[seen.held]), for_form(rep.form), [factors], bias, act)
+        own = output_error(Pairs(held_patches, seen.targets[seen.held]), for_form(rep.form), [factors], bias, act)
     result = replace(r, factors=(tuple(factors),), bias=bias, error_after=own, method=note, steps=r.steps + steps)
     return LayerRecovery(replace(rep, factors=[tuple(factors)]), bias, result, layer.activation)
-
-
-def _held_patches(prefix: onnx.ModelProto, site, seen: Observation, x: np.ndarray, threads: int) -> np.ndarray:
-    parts = [extract(values[site.node.input[0]], start, seen.positions, site.spec, tuple(site.out_shape[2:]))
-             for start, values in stream(prefix, [site.node.input[0]], x, threads=threads)]
-    return np.concatenate(parts)[seen.held]
 
 
 def _recover_one(index: GraphIndex, rep: Replacement, seen: Observation, patches: np.ndarray,
