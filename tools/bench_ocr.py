@@ -53,9 +53,8 @@ def variants(help_text: str, calib: Path) -> list[tuple[str, list[str]]]:
     """(label, extra rewrite options) of each rewrite this onnx-cp can run."""
     out = [("rank 0.25", [])]
     if "--calib" in help_text and "--no-recover" in help_text:  # data-aware fits have landed
-        count = ["--calib-count", str(CALIB_LINES)] if "--calib-count" in help_text else []
-        out.append(("rank 0.25 + calib", ["--calib", str(calib), *count]))
-        out.append(("rank 0.25 + calib, no recovery", ["--calib", str(calib), *count, "--no-recover"]))
+        out.append(("rank 0.25 + calib", ["--calib", str(calib)]))  # all CALIB_LINES of it
+        out.append(("rank 0.25 + calib, no recovery", ["--calib", str(calib), "--no-recover"]))
     return out
 
 
