@@ -38,11 +38,12 @@ _PROVIDERS = ["CPUExecutionProvider"]
 
 
 def session_options(*, threads: int | None = None, opt_level: str = "all",
-                    quiet: bool = False) -> ort.SessionOptions:
+                    quiet: bool = True) -> ort.SessionOptions:
     """Options for one CPU session: sequential execution, one inter-op thread.
 
     threads: intra-op threads (None: onnxruntime's default). opt_level: one of ``OPT_LEVELS``.
-    quiet: log errors only (saving an NCHWc-optimized graph, for one, warns about its ops).
+    quiet: log errors only (the default: onnxruntime's warnings, such as an output whose shape
+    differs from the declared one on every run, would fill the log of a pipeline).
     """
     import onnxruntime as ort
 
