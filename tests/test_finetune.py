@@ -300,3 +300,17 @@ def test_the_package_itself_is_the_finetune_function(torch, models, data):
     onnx.checker.check_model(tuned, full_check=True)
     assert onnx_cp.finetune.finetune_with_report is onnx_cp.finetune_with_report
     assert ort_run(tuned, x[:4]).shape == (4, 3)
+
+
+@torch_only
+def test_distillation_that_ends_farther_from_the_teacher_says_so(torch, models, data):
+    """Without labels, an output whose distillation loss rose is named in a note; a run that
+    brought the student closer gives no such note."""
+    original, fast = models
+    x, _ = data
+    good = finetune_with_report(fast, loader_of(torch, x), epochs=2, lr=1e-3, teacher=original).report
+    assert all(o.after < o.before for o in good.outputs)
+    assert not any("farther from the teacher" in n for n in good.notes)
+    bad = finetune_with_report(fast, loader_of(torch, x), epochs=2, lr=3.0, teacher=original).report
+    assert any(o.after > o.before for o in bad.outputs)
+    assert any("'logits' farther from the teacher" in n and "--lr" in n for n in bad.notes)

@@ -98,6 +98,7 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
         if distiller is not None:
             for out, value in zip(report.outputs, distiller.check(student, x0, dev, config.temperature)):
                 out.after = value
+            report.notes.extend(_farther(report))
     student.eval()
     export_notes = ExportNotes()
     tuned = to_onnx(student, source, example=x0, notes=export_notes)
@@ -137,6 +138,17 @@ class _deterministic:
         backends = self.torch.backends.cudnn
         backends.deterministic, backends.benchmark = self.saved
         return False
+
+
+def _farther(report: FinetuneReport) -> list[str]:
+    """A note per output that ends farther from the teacher than it began, on the batch the check
+    runs on (a batch it trained on): with no labels, that is training gone wrong (on a CTC
+    recognizer, KL at temperature 4 and rate 1e-3 left it reading nothing)."""
+    if report.labelled:
+        return []  # the labels may pull it away from the teacher on purpose
+    return [f"distillation made output {out.name!r} farther from the teacher ({out.loss} on the first batch "
+            f"{out.before:.4g} -> {out.after:.4g}); lower --lr, or try --class-axis mse"
+            for out in report.outputs if out.after is not None and out.after > out.before]
 
 
 def _provenance(report: FinetuneReport) -> dict:
