@@ -207,25 +207,22 @@ def nodes_leading_to(graph: onnx.GraphProto, tensors) -> list[onnx.NodeProto]:
         if any(o in need for o in node.output):
             keep.append(node)
             need.update(i for i in node.input if i)
-            need |= _captured(node)
+            need |= node_subgraph_reads(node)
     return keep[::-1]
-
-
-def _captured(node: onnx.NodeProto) -> set[str]:
-    """The outer tensors ``node``'s subgraphs read."""
-    holder = onnx.GraphProto()
-    holder.node.append(node)
-    return subgraph_reads(holder)
 
 
 def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     """Names read inside subgraphs (If/Loop/Scan bodies capture outer tensors by name,
     without listing them as inputs)."""
+    return set().union(*(node_subgraph_reads(n) for n in graph.node))
+
+
+def node_subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names read inside ``node``'s subgraphs, at any depth."""
     reads: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                for inner in sub.node:
-                    reads.update(inner.input)
-                reads |= subgraph_reads(sub)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for inner in sub.node:
+                reads.update(inner.input)
+            reads |= subgraph_reads(sub)
     return reads

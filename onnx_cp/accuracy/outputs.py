@@ -32,8 +32,7 @@ def output_batches(model: ModelLike, x: np.ndarray, *, batch_size: int = 64, thr
     samples moved to axis 0. ``label`` names the model in errors."""
     if batch_size < 1:
         raise OnnxCpError(f"batch_size={batch_size}; it must be at least 1")
-    # quiet: exporters often declare output shapes that onnxruntime warns about on every run
-    session = open_session(model, session_options(threads=threads, quiet=True), label=label)
+    session = open_session(model, session_options(threads=threads), label=label)
     feed, fetch = session.get_inputs()[0].name, session.get_outputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     fixed = fixed if isinstance(fixed, int) and fixed > 0 else None

@@ -9,7 +9,6 @@ took 18 ms a run instead of 2); nothing but one batch's activations is held at a
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -32,9 +31,8 @@ def probe(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    kept = [copy.copy(n) for n in nodes_leading_to(graph, tensors)]  # copies: the originals go next
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(nodes_leading_to(model.graph, tensors))  # extend copies them
     known = {v.name: v for v in list(graph.value_info) + list(graph.output)}
     default = runtime_inputs(graph)[0].type.tensor_type.elem_type
     wanted = []
@@ -69,7 +67,7 @@ def stream(model: onnx.ModelProto, tensors: Sequence[str], x: np.ndarray, *, thr
     wanted = list(dict.fromkeys(tensors))
     inner = [t for t in wanted if t != arg.name]
     session = open_session(probe(model, inner or [model.graph.output[0].name]),
-                           session_options(threads=threads, quiet=True))
+                           session_options(threads=threads))
     size, dtype = batch_size(model), input_dtype(model)
     for start in range(0, len(x), size):
         feed = x[start:start + size].astype(dtype)
@@ -107,5 +105,5 @@ def output_error(outputs: Sequence[Sequence[np.ndarray]], reference: Sequence[Se
 def run_feeds(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], threads: int = 1,
               ) -> list[list[np.ndarray]]:
     """Every output of ``model`` for each feed, in one quiet session."""
-    sess = open_session(model, session_options(threads=threads, quiet=True))
+    sess = open_session(model, session_options(threads=threads))
     return [sess.run(None, feed) for feed in feeds]

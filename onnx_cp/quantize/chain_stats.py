@@ -34,7 +34,7 @@ def chain_statistics(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarra
     wanted = list(dict.fromkeys([link.tensor for link in chains.links] + [n.input[0] for n in readers.values()]))
     fed = {i.name for i in model.graph.input}
     inner = [t for t in wanted if t not in fed]
-    session = open_session(probe(model, inner), session_options(threads=threads, quiet=True)) if inner else None
+    session = open_session(probe(model, inner), session_options(threads=threads)) if inner else None
     stats = ChainStatistics()
     sums: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}

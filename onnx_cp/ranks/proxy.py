@@ -27,7 +27,7 @@ _TYPES = {np.dtype(np.float32): onnx.TensorProto.FLOAT, np.dtype(np.float16): on
 
 
 def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
-    return open_session(model, session_options(threads=threads, quiet=True))
+    return open_session(model, session_options(threads=threads))
 
 
 def capture(model: onnx.ModelProto, tensors: Sequence[str], feeds, dtype=np.float32,
