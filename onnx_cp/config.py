@@ -125,6 +125,10 @@ class RewriteConfig:
     data: the samples ``selection.max_drop``'s metric is measured on: an .npz (``x`` and any arrays
         the metric reads, ``y`` for labels), an .npy, a folder of images (in class subfolders for
         labels), or a dict of arrays. Without ``calib`` its chosen part also calibrates the fits.
+    distill_epochs / distill_time: with ``calib``, after layer-wise recovery the rewritten layers'
+        weights train together for this many epochs (and at most these seconds) so that the model's
+        outputs match the input's on the calibration samples (torch and onnx2torch, the finetune
+        extra); the result is kept only where the output error on held-back samples drops. 0 epochs: off.
     time_budget: seconds for the whole ``max_drop`` search: when they run out, the fastest model
         found within the drop is written, or none is found and the rewrite fails naming the best.
     """
@@ -154,6 +158,8 @@ class RewriteConfig:
     recover: bool = True
     recover_steps: int = 300
     recover_time: float | None = 300.0
+    distill_epochs: int = 10
+    distill_time: float | None = 300.0
     decomposition: str = decompositions.DEFAULT
     factor_rank: int | None = None
     quantize: str | None = None
@@ -206,6 +212,10 @@ class RewriteConfig:
             raise OnnxCpError(f"{param('calib_samples')} must be at least 1, got {self.calib_samples}", usage=True)
         if self.recover_steps < 0:
             raise OnnxCpError(f"{param('recover_steps')} must be 0 or more, got {self.recover_steps}", usage=True)
+        if not isinstance(self.distill_epochs, int) or self.distill_epochs < 0:
+            raise OnnxCpError(f"{param('distill_epochs')} must be 0 or more, got {self.distill_epochs}", usage=True)
+        if self.distill_time is not None and not self.distill_time > 0:
+            raise OnnxCpError(f"{param('distill_time')} must be positive, got {self.distill_time}", usage=True)
         if self.recover_time is not None and not self.recover_time > 0:
             raise OnnxCpError(f"{param('recover_time')} must be positive, got {self.recover_time}", usage=True)
         if self.selection is not None and self.selection.calib is not None:

@@ -252,7 +252,19 @@ def describe_calibration(c: dict) -> str:
         text += f"; model output error on held-back inputs {c['output_error']:.4f}"
         if c["recovered_layers"]:
             text += f" ({c['output_error_fitted']:.4f} before recovery)"
+    d = c.get("distillation")
+    if d:
+        text += "; " + describe_distillation(d)
     return text + f"; {c['seconds']:.1f} s"
+
+
+def describe_distillation(d: dict) -> str:
+    """Half a line on the whole-model distillation: its epochs and what it did to the held-back error."""
+    if d["output_error_after"] is None:
+        return f"whole-model distillation {d['note']}"
+    return (f"whole-model distillation {d['epochs']} epoch(s), {d['steps']} steps, {d['seconds']:.1f} s: held-back "
+            f"error {d['output_error_before']:.4f} -> {d['output_error_after']:.4f}"
+            + ("" if d["kept"] else ", not kept"))
 
 
 def describe_selection(s: dict) -> str:

@@ -17,6 +17,7 @@ from onnx_cp.progress import Progress
 from onnx_cp.report import RewriteResult
 from onnx_cp.stages.assemble import assemble
 from onnx_cp.stages.discover import start
+from onnx_cp.stages.distill import distill
 from onnx_cp.stages.fit import fit_layers
 from onnx_cp.stages.forms import choose_forms
 from onnx_cp.stages.hold import hold
@@ -55,6 +56,7 @@ def rewrite_with_report(model: onnx.ModelProto | str | os.PathLike, config: Rewr
     fit_layers(rw)  # fits of the candidates that beat their Conv
     assemble(rw)  # spliced, the chosen mix timed together
     recover(rw)  # --calib: layer-wise recovery
+    distill(rw)  # --calib: the rewritten layers trained together on the whole model's outputs
     quantize(rw)  # --quantize int8: each node in int8 where that is faster
     hold(rw)  # --max-drop: layers given back while the drop is exceeded; the held-back drop
     verify(rw)  # the written model against the input

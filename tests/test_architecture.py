@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "onnx_cp"
 HEAVY = ("onnxruntime", "rich", "torch", "optuna")

@@ -1,13 +1,12 @@
 """Real graphs: the model-zoo graphs inside the onnx wheel, CNNs exported by torch's two
 exporters, and a pretrained detector from a PyPI wheel."""
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from builders import relative_difference, run
+from builders import run
 from onnx_cp import RewriteConfig, rewrite_with_report
 from onnx_cp.testing import materialize_zoo
 

@@ -11,8 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from builders import (conv_model, grouped_cp_kernel, oracle_fitter, relative_difference, run,
-                      zero_fitter)
+from builders import (conv_model, grouped_cp_kernel, oracle_fitter, relative_difference, run)
 from onnx_cp import OnnxCpError, RewriteConfig, rewrite_with_report
 from onnx_cp.decompositions.cp_solver import FitOptions, fit_kernel
 from onnx_cp.provenance import METADATA_KEY

@@ -140,7 +140,7 @@ def swamp(args) -> None:
             line += f"; x {moves} moves = {1e3 * floor * moves:.0f} ms of products alone"
         print(line)
         iterations, err = exact_lm_iterations(kernel, args.rank, target, args.exact_max_iter)
-        print(f"  exact Levenberg-Marquardt from the same start: "
+        print("  exact Levenberg-Marquardt from the same start: "
               + (f"{iterations} iterations" if iterations else
                  f"not reached after {args.exact_max_iter} iterations ({err:.5f})"), flush=True)
 

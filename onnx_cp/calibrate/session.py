@@ -20,13 +20,14 @@ import onnx
 
 from onnx_cp.calibrate.activations import batched_outputs, output_error
 from onnx_cp.calibrate.data import CalibrationData, calib_param
+from onnx_cp.calibrate.distill import DistillOptions, distill_layers, transplant
 from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers, set_biases
 from onnx_cp.calibrate.observe import Observation, observe
 from onnx_cp.calibrate.recovery import RecoveryOptions
 from onnx_cp.calibrate.statistics import samples_needed
 from onnx_cp.decompositions import Factors, for_form
 from onnx_cp.decompositions.moments import ModeMoments
-from onnx_cp.errors import Message, param
+from onnx_cp.errors import Message, OnnxCpError, param
 from onnx_cp.progress import Progress
 from onnx_cp.sites import Site
 from onnx_cp.splice import Replacement, splice
@@ -49,6 +50,23 @@ class CalibrationSummary:
     output_error: float | None  # the written model
     seconds: float
     data_aware_fits: bool = True
+    distillation: dict | None = None  # DistillSummary, where it ran
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DistillSummary:
+    """The calibration entry's ``distillation``: how the whole-model step went and whether it was kept."""
+
+    epochs: int
+    steps: int
+    seconds: float
+    output_error_before: float | None
+    output_error_after: float | None
+    kept: bool
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,6 +81,8 @@ class Calibration:
     model_error_fitted: float | None = None
     model_error: float | None = None
     recovered: dict[str, LayerRecovery] = field(default_factory=dict)
+    distilled: dict[str, np.ndarray] = field(default_factory=dict)  # trained weights, by initializer name
+    distillation: DistillSummary | None = None
 
     @classmethod
     def start(cls, data: CalibrationData, config) -> "Calibration | None":
@@ -107,7 +127,7 @@ class Calibration:
             return fitted, {}
         options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
         trained, fixed = self._trainable(replacements)
-        budget = config.recover_time if max_time is None else min(max_time, config.recover_time or max_time)
+        budget = _least(config.recover_time, max_time)
         layers = recover_layers(model, trained, self.observed, self.data.fitting, options, budget,
                                 config.threads, progress, fixed)
         final = apply(model, layers, fixed)
@@ -115,6 +135,36 @@ class Calibration:
         self.recovered = {l.replacement.site.key: l for l in layers}
         self.seconds += time.perf_counter() - begin
         return final, self.recovered
+
+    def distill(self, model: onnx.ModelProto, written: onnx.ModelProto, nodes: Sequence[str],
+                progress: Progress | None, max_time: float | None = None) -> onnx.ModelProto:
+        """``written`` after whole-model distillation of ``nodes``' weights on the training samples,
+        when that lowers the output error on the held-back ones; else ``written`` itself. Why it did
+        not run or was not kept is in ``distillation.note``."""
+        config = self.config
+        begin = time.perf_counter()
+        before = self.model_error
+        options = DistillOptions(epochs=config.distill_epochs, seed=config.seed,
+                                 max_time=_least(config.distill_time, max_time))
+        try:
+            result = distill_layers(model, written, nodes, self.data.x[:self.data.train or self.data.samples],
+                                    options, progress)
+        except OnnxCpError as exc:
+            self.distillation = DistillSummary(0, 0, time.perf_counter() - begin, before, None, False,
+                                               f"not run: {exc}")
+            self.seconds += self.distillation.seconds
+            return written
+        tuned = transplant(written, result.weights)
+        after = self._error(tuned, self._outputs(model))
+        kept = before is None or after < before
+        note = None if kept else "not kept: the output error on held-back inputs rose"
+        self.distillation = DistillSummary(result.epochs, result.steps, time.perf_counter() - begin, before, after,
+                                           kept, note)
+        self.seconds += self.distillation.seconds
+        if not kept:
+            return written
+        self.distilled, self.model_error = result.weights, after
+        return tuned
 
     def quick_recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
                       steps: int = QUICK_STEPS, max_time: float | None = None) -> onnx.ModelProto:
@@ -140,11 +190,11 @@ class Calibration:
         model, names = splice(model, list(replacements))
         set_biases(model, {r.site.key: self.recovered[r.site.key].bias for r in replacements
                            if r.site.key in self.recovered and self.recovered[r.site.key].result is not None})
-        return model, names
+        return transplant(model, self.distilled) if self.distilled else model, names
 
     def measure(self, model: onnx.ModelProto, written: onnx.ModelProto) -> None:
         """The written model's output error, where no recovery ran (or it was given back)."""
-        self.recovered = {}
+        self.recovered, self.distilled, self.distillation = {}, {}, None
         self.model_error_fitted = self.model_error = self._error(written, self._outputs(model))
 
     @staticmethod
@@ -155,7 +205,8 @@ class Calibration:
     def summary(self) -> CalibrationSummary:
         recovered = [l for l in self.recovered.values() if l.result is not None]
         return CalibrationSummary(self.data.source, self.data.samples, self.data.samples - self.data.train,
-                                  len(recovered), self.model_error_fitted, self.model_error, self.seconds)
+                                  len(recovered), self.model_error_fitted, self.model_error, self.seconds,
+                                  distillation=self.distillation.to_dict() if self.distillation else None)
 
     def _outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
         """Every output per batch of the held-back samples (not concatenated: an output's batch
@@ -166,6 +217,11 @@ class Calibration:
 
     def _error(self, model: onnx.ModelProto, reference) -> float:
         return output_error(self._outputs(model), reference)
+
+
+def _least(*limits: float | None) -> float | None:
+    known = [x for x in limits if x is not None]
+    return min(known) if known else None
 
 
 def _too_few(sites: Sequence[Site], train: int, held: int, path: str) -> list[str]:

@@ -30,6 +30,7 @@ MODE_OPTIONS = {
     "calib_count": BUDGETS + ("--max-drop",), "search": BUDGETS, "search_storage": BUDGETS, "study_name": BUDGETS,
     "cost": ("--target-speedup",),
     "calib_samples": CALIBRATED, "no_recover": CALIBRATED, "recover_steps": CALIBRATED, "recover_time": CALIBRATED,
+    "distill_epochs": CALIBRATED, "distill_time": CALIBRATED,
     "data": ("--max-drop",), "metric": ("--max-drop",), "drop_kind": ("--max-drop",), "holdout": ("--max-drop",),
     "time_budget": ("--max-drop",),
 }
@@ -83,6 +84,11 @@ MODE_OPTIONS = {
               help="Adam steps per layer in recovery (torch; without it, least squares alone).")
 @click.option("--recover-time", type=float, default=DEFAULTS["recover_time"], show_default=True, metavar="S",
               help="Seconds of recovery training for all layers together.")
+@click.option("--distill-epochs", default=DEFAULTS["distill_epochs"], show_default=True, metavar="N",
+              help="After recovery, epochs that train the rewritten layers together so the model's outputs match "
+                   "the input's on --calib (needs the finetune extra; kept only where held-back error drops; 0: off).")
+@click.option("--distill-time", type=float, default=DEFAULTS["distill_time"], show_default=True, metavar="S",
+              help="Seconds of that distillation, at most.")
 @click.option("--search", default=DEFAULTS["selection.search"], show_default=True, metavar="N",
               help="Refine the allocation with N Bayesian-optimization trials (optuna) on the proxy.")
 @click.option("--search-storage", default=None, metavar="URL",
@@ -137,7 +143,7 @@ MODE_OPTIONS = {
 @click.option("-q", "--quiet", is_flag=True, help="No table, no progress bar.")
 def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs, max_drop, data, metric, drop_kind,
                     holdout, time_budget, calib, quantize, calib_count, calib_samples,
-                    no_recover, recover_steps, recover_time, search,
+                    no_recover, recover_steps, recover_time, distill_epochs, distill_time, search,
                     search_storage, study_name,
                     cost, layers, exclude, decomposition, factor_rank, method, max_iter, fit_tol, max_time, jobs, stabilize, seed, no_rank_cap, no_rank_align, realize,
                     threads, opt_level, input_shapes, report_path, overwrite, quiet) -> None:
@@ -157,6 +163,7 @@ def rewrite_command(model, output, ranks, max_error, target_speedup, budget_macs
                            cap_rank=not no_rank_cap, align_ranks=not no_rank_align, realize=realize, threads=threads, opt_level=opt_level,
                            input_shapes=parse_input_shapes(input_shapes), calib=calib, calib_samples=calib_samples,
                            recover=not no_recover, recover_steps=recover_steps, recover_time=recover_time,
+                           distill_epochs=distill_epochs, distill_time=distill_time,
                            decomposition=decomposition, factor_rank=factor_rank, quantize=quantize, data=data,
                            time_budget=time_budget)
     # Refuse a bad output before spending minutes on fits.

@@ -36,6 +36,8 @@ from onnx_cp.finetune.convert import ExportNotes, fit_batch, structure_changes, 
 from onnx_cp.finetune.distributed import current_world, pick_device
 from onnx_cp.finetune.export_check import agreement, note_structure, precheck
 from onnx_cp.finetune.loop import train_epochs
+from onnx_cp.finetune.names import module_names
+from onnx_cp.finetune.normalize import normalize
 from onnx_cp.finetune.report import Callback, FinetuneReport, FinetuneResult
 from onnx_cp.finetune.teacher import distiller_for
 from onnx_cp.model_io import load_model
@@ -65,17 +67,19 @@ def finetune(model, loader: Iterable, *, epochs: int, lr: float, teacher=None, v
 
 
 def finetune_with_report(model, loader: Iterable, *, teacher=None, val_loader: Iterable | None = None,
-                         callback: Callback | None = None, **settings) -> FinetuneResult:
-    """Like ``finetune``, and also say what happened (``settings`` are FinetuneConfig's fields)."""
+                         callback: Callback | None = None, train_only: Iterable[str] | None = None,
+                         **settings) -> FinetuneResult:
+    """Like ``finetune``, and also say what happened (``settings`` are FinetuneConfig's fields).
+    ``train_only``: names of the ONNX nodes whose weights train; every other weight stays as it is."""
     config = FinetuneConfig(**settings)
     with warnings.catch_warnings():
         # onnx2torch's Slice indexes with a list, which torch deprecates on every forward pass.
         warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
                                 category=UserWarning)
-        return _finetune(config, model, loader, teacher, val_loader, callback)
+        return _finetune(config, model, loader, teacher, val_loader, callback, train_only)
 
 
-def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callback) -> FinetuneResult:
+def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callback, train_only) -> FinetuneResult:
     torch, _ = require_torch()
     source = load_model(model)
     world = current_world()
@@ -86,6 +90,8 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
         x0 = x0[:_CHECK_SAMPLES]
         student = to_torch(source, example=fit_batch(source, x0).numpy())
         precheck(source, student, x0, report)
+        if train_only is not None:
+            freeze_all_but(student, source, set(train_only))
         student.to(dev)
         if teacher is None and y0 is None:
             raise OnnxCpError("the training batches have no labels and no teacher is given; "
@@ -119,6 +125,14 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
     tuned.metadata_props.extend(kept)
     tuned.metadata_props.add(key=FINETUNE_METADATA_KEY, value=json.dumps(_provenance(report)))
     return FinetuneResult(tuned, report)
+
+
+def freeze_all_but(student, source: onnx.ModelProto, nodes: set[str]) -> None:
+    """Stop the gradient of every parameter but those of the submodules converted from ``nodes``."""
+    graph = normalize(source).graph
+    kept = {module for node, module in zip(graph.node, module_names(graph)) if node.name in nodes}
+    for name, parameter in student.named_parameters():
+        parameter.requires_grad_(name.rpartition(".")[0] in kept)
 
 
 class _deterministic:

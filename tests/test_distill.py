@@ -1,0 +1,135 @@
+"""--calib's whole-model distillation: the rewritten layers train together on the model's outputs,
+the graph stays as spliced, and the result is kept only where the held-back error drops.
+
+Tiny models built in code, seeded data, onnxruntime as the judge.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from builders import run
+from onnx_cp.calibrate import session
+from onnx_cp.calibrate.distill import transplant
+from onnx_cp.config import RewriteConfig
+from onnx_cp.errors import OnnxCpError
+from onnx_cp.rewrite import rewrite_with_report
+from test_calibrate import correlated, two_convs
+
+pytest.importorskip("onnx2torch")
+
+
+def _config(path, **kw) -> RewriteConfig:
+    return RewriteConfig(ranks=(4,), realize="cp4", jobs=1, measure=False, calib=str(path), calib_samples=60,
+                         recover_steps=40, max_iter=40, **kw)
+
+
+@pytest.fixture
+def case(tmp_path):
+    rng = np.random.default_rng(11)
+    model = two_convs(rng)
+    x = correlated(rng, 60, 12, 10)
+    np.save(tmp_path / "calib.npy", x)
+    return model, x, tmp_path / "calib.npy"
+
+
+def _held_back_error(model, original, x) -> float:
+    held = x[48:]  # 60 samples: the last 12 are held back
+    want = run(original, {"x": held})[0]
+    return float(np.linalg.norm(run(model, {"x": held})[0] - want) / np.linalg.norm(want))
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_distillation_lowers_the_held_back_error_and_keeps_the_spliced_graph(case, monkeypatch):
+    model, x, path = case
+    # A tiny, far-off rank-4 model moves slowly at the default rate: a faster one shows the same path.
+    monkeypatch.setattr(session, "DistillOptions", functools.partial(session.DistillOptions, lr=1e-2))
+    recovered = rewrite_with_report(model, _config(path, distill_epochs=0))
+    distilled = rewrite_with_report(model, _config(path, distill_epochs=20))
+    onnx.checker.check_model(distilled.model, full_check=True)
+    entry = distilled.report.calibration["distillation"]
+    assert entry["kept"] and entry["epochs"] == 20 and entry["steps"] == 20 * 3, entry  # 48 samples, batches of 16
+    before, after = _held_back_error(recovered.model, model, x), _held_back_error(distilled.model, model, x)
+    assert after < 0.95 * before, (before, after)
+    assert entry["output_error_before"] == pytest.approx(before, rel=1e-4)
+    assert entry["output_error_after"] == pytest.approx(after, rel=1e-4)
+    assert distilled.report.calibration["output_error"] == pytest.approx(after, rel=1e-4)
+    # Same nodes, same initializers; only the rewritten layers' values moved.
+    assert [(n.op_type, n.name, list(n.input)) for n in distilled.model.graph.node] == \
+           [(n.op_type, n.name, list(n.input)) for n in recovered.model.graph.node]
+    old, new = _weights(recovered.model), _weights(distilled.model)
+    assert old.keys() == new.keys()
+    moved = {name for name in old if not np.array_equal(old[name], new[name])}
+    assert moved and all("/cp/" in name for name in moved), moved
+
+
+def test_distillation_that_raises_the_held_back_error_is_not_kept(case, monkeypatch):
+    model, x, path = case
+    recovered = rewrite_with_report(model, _config(path, distill_epochs=0))
+    monkeypatch.setattr(session, "DistillOptions", functools.partial(session.DistillOptions, lr=3.0))
+    result = rewrite_with_report(model, _config(path, distill_epochs=3))
+    entry = result.report.calibration["distillation"]
+    assert not entry["kept"] and entry["output_error_after"] > entry["output_error_before"], entry
+    assert any("distillation not kept" in str(n) for n in result.report.notes)
+    assert result.model.SerializeToString() == recovered.model.SerializeToString()
+
+
+def test_distillation_that_cannot_run_leaves_the_recovered_model_and_says_why(case, monkeypatch):
+    model, x, path = case
+    recovered = rewrite_with_report(model, _config(path, distill_epochs=0))
+
+    def missing(*args, **kwargs):
+        raise OnnxCpError("fine-tuning needs the 'finetune' extra: pip install 'onnx-cp[finetune]'")
+
+    monkeypatch.setattr(session, "distill_layers", missing)
+    result = rewrite_with_report(model, _config(path))
+    assert result.model.SerializeToString() == recovered.model.SerializeToString()
+    assert result.report.calibration["distillation"]["note"].startswith("not run: fine-tuning needs")
+    assert any("onnx-cp[finetune]" in str(n) for n in result.report.notes)
+
+
+def test_no_recover_and_zero_epochs_skip_distillation(case):
+    model, _, path = case
+    for config in (_config(path, recover=False), _config(path, distill_epochs=0)):
+        assert rewrite_with_report(model, config).report.calibration["distillation"] is None
+
+
+def test_transplant_sets_named_values_of_the_same_shape_only():
+    model = two_convs(np.random.default_rng(0))
+    w1 = np.full((12, 12, 3, 3), 0.5, np.float32)
+    out = transplant(model, {"W1": w1, "W2": np.zeros((3, 3), np.float32), "nothing": np.ones(2, np.float32)})
+    got = _weights(out)
+    assert np.array_equal(got["W1"], w1)
+    assert np.array_equal(got["W2"], _weights(model)["W2"])  # wrong shape: left alone
+    assert "nothing" not in got and not np.array_equal(_weights(model)["W1"], w1)  # the input is not modified
+
+
+@pytest.mark.parametrize("value, problem", [(-1, "distill_epochs"), (1.5, "distill_epochs")])
+def test_bad_distill_epochs_are_refused(value, problem):
+    with pytest.raises(OnnxCpError, match=problem):
+        RewriteConfig(ranks=(4,), distill_epochs=value)
+
+
+def test_distill_time_must_be_positive():
+    with pytest.raises(OnnxCpError, match="distill_time"):
+        RewriteConfig(ranks=(4,), distill_time=0)
+
+
+def test_the_command_refuses_distill_options_without_calib(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_cp.cli import cli
+
+    model = tmp_path / "m.onnx"
+    onnx.save(two_convs(np.random.default_rng(0)), model)
+    result = CliRunner().invoke(cli, ["rewrite", str(model), "--rank", "4", "--distill-epochs", "2",
+                                      "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 2, result.output
+    assert "--distill-epochs is used by --calib" in result.output and len(result.output.strip().splitlines()) == 1
