@@ -28,8 +28,10 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 WRITE = os.environ.get("ONNX_CP_WRITE_GOLDEN") == "1"
 REL, ABS = 2e-3, 1e-6
 # Deterministic fits: iterations bound them, never a clock (no degeneracy correction, whose budget
-# is a time; recovery bounded by steps alone).
-FIT = dict(max_iter=20, stabilize="never", jobs=1, recover_steps=20, recover_time=None, calib_samples=96)
+# is a time; recovery bounded by steps alone; no whole-model distillation, which trains on every
+# core under a time budget: tests/test_distill.py checks it).
+FIT = dict(max_iter=20, stabilize="never", jobs=1, recover_steps=20, recover_time=None, calib_samples=96,
+           distill_epochs=0)
 
 MODELS = {
     "mnist": (ROOT / "models" / "mnist_cnn.onnx", {"input": (1, 1, 28, 28)}),
