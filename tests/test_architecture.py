@@ -112,11 +112,12 @@ LAYERS = (
     ("decompositions", ("onnx_cp.decompositions",)),
     ("sites", ("onnx_cp.sites", "onnx_cp.splice", "onnx_cp.parallel_fit")),
     ("measurement", ("onnx_cp.bench", "onnx_cp.measure")),
+    ("training", ("onnx_cp.finetune",)),
     ("data", ("onnx_cp.calibrate", "onnx_cp.accuracy", "onnx_cp.quantize")),
     ("selection", ("onnx_cp.ranks",)),
     ("rewrite", ("onnx_cp.config", "onnx_cp.stages", "onnx_cp.rewrite", "onnx_cp.report_tables",
                  "onnx_cp.report_html", "onnx_cp.report_markdown")),
-    ("tools", ("onnx_cp.inspect", "onnx_cp.evaluate", "onnx_cp.finetune", "onnx_cp.testing")),
+    ("tools", ("onnx_cp.inspect", "onnx_cp.evaluate", "onnx_cp.testing")),
     ("interface", ("onnx_cp.commands", "onnx_cp.cli", "onnx_cp.__main__", "onnx_cp")),
 )
 
