@@ -6,6 +6,7 @@ Tiny models built in code, seeded data, onnxruntime as the judge.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 import onnx
@@ -93,6 +94,14 @@ def test_distillation_that_cannot_run_leaves_the_recovered_model_and_says_why(ca
     assert result.model.SerializeToString() == recovered.model.SerializeToString()
     assert result.report.calibration["distillation"]["note"].startswith("not run: fine-tuning needs")
     assert any("onnx-cp[finetune]" in str(n) for n in result.report.notes)
+
+
+def test_a_rewrite_without_torch_notes_the_missing_extra(case, monkeypatch):
+    model, _, path = case
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails, as without the extra
+    result = rewrite_with_report(model, _config(path))
+    onnx.checker.check_model(result.model, full_check=True)
+    assert result.report.calibration["distillation"]["note"].startswith("not run: fine-tuning needs the 'finetune' extra")
 
 
 def test_no_recover_and_zero_epochs_skip_distillation(case):

@@ -57,7 +57,9 @@ def distill_layers(teacher: onnx.ModelProto, student: onnx.ModelProto, nodes: It
     Raises OnnxCpError when torch or onnx2torch is missing or cannot import a model.
     """
     from onnx_cp.finetune import finetune_with_report
+    from onnx_cp.finetune._deps import require_torch
 
+    require_torch()  # the finetune extra's one-line refusal, before any torch call
     nodes = set(nodes)
     batches = [x[i:i + options.batch] for i in range(0, len(x), options.batch)]
     total = options.epochs * len(batches)
