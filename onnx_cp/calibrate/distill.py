@@ -32,8 +32,8 @@ BATCH = 16
 
 @dataclass(frozen=True)
 class DistillOptions:
-    epochs: int = 10
-    max_time: float | None = 300.0  # seconds of training, whole epochs or not
+    epochs: int  # RewriteConfig.distill_epochs
+    max_time: float | None  # seconds of training, whole epochs or not
     lr: float = LEARNING_RATE
     batch: int = BATCH
     seed: int = 0
@@ -47,7 +47,6 @@ class DistillResult:
     steps: int = 0
     epochs: int = 0
     seconds: float = 0.0
-    stopped_by_time: bool = False
 
 
 def distill_layers(teacher: onnx.ModelProto, student: onnx.ModelProto, nodes: Iterable[str], x: np.ndarray,
@@ -72,9 +71,7 @@ def distill_layers(teacher: onnx.ModelProto, student: onnx.ModelProto, nodes: It
         result.steps += 1
         if progress:
             progress(f"epoch {step.epoch}/{step.epochs}, loss {step.loss:.4g}", result.steps, total)
-        out_of_time = options.max_time is not None and time.perf_counter() - begin > options.max_time
-        result.stopped_by_time = result.stopped_by_time or out_of_time
-        return out_of_time
+        return options.max_time is not None and time.perf_counter() - begin > options.max_time
 
     with _all_cores():
         tuned = finetune_with_report(student, batches, teacher=teacher, epochs=options.epochs, lr=options.lr,

@@ -83,6 +83,7 @@ class Calibration:
     recovered: dict[str, LayerRecovery] = field(default_factory=dict)
     distilled: dict[str, np.ndarray] = field(default_factory=dict)  # trained weights, by initializer name
     distillation: DistillSummary | None = None
+    _reference: list | None = field(default=None, repr=False)  # the input model's held-back outputs
 
     @classmethod
     def start(cls, data: CalibrationData, config) -> "Calibration | None":
@@ -120,7 +121,7 @@ class Calibration:
         off), and each layer's recovery by site key; the whole model's errors are kept."""
         begin = time.perf_counter()
         config = self.config
-        reference = self._outputs(model)
+        reference = self._reference_outputs(model)
         self.model_error_fitted = self._error(fitted, reference)
         if not config.recover:
             self.model_error = self.model_error_fitted
@@ -155,7 +156,7 @@ class Calibration:
             self.seconds += self.distillation.seconds
             return written
         tuned = transplant(written, result.weights)
-        after = self._error(tuned, self._outputs(model))
+        after = self._error(tuned, self._reference_outputs(model))
         kept = before is None or after < before
         note = None if kept else "not kept: the output error on held-back inputs rose"
         self.distillation = DistillSummary(result.epochs, result.steps, time.perf_counter() - begin, before, after,
@@ -195,7 +196,7 @@ class Calibration:
     def measure(self, model: onnx.ModelProto, written: onnx.ModelProto) -> None:
         """The written model's output error, where no recovery ran (or it was given back)."""
         self.recovered, self.distilled, self.distillation = {}, {}, None
-        self.model_error_fitted = self.model_error = self._error(written, self._outputs(model))
+        self.model_error_fitted = self.model_error = self._error(written, self._reference_outputs(model))
 
     @staticmethod
     def refit(fit: Factors, layer: LayerRecovery) -> Factors:
@@ -214,6 +215,12 @@ class Calibration:
         data = self.data
         x = data.held_back if data.train < data.samples else data.fitting
         return batched_outputs(model, x, threads=self.config.threads)
+
+    def _reference_outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
+        """``_outputs`` of the input model, computed once per rewrite (it never changes)."""
+        if self._reference is None:
+            self._reference = self._outputs(model)
+        return self._reference
 
     def _error(self, model: onnx.ModelProto, reference) -> float:
         return output_error(self._outputs(model), reference)

@@ -1,6 +1,7 @@
 """The state one rewrite carries from stage to stage, and the one record of each selected layer."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,10 @@ class Rewrite:
     held: Any = None  # stages.hold.AccuracySummary: the drop measured on the written model
     deadline: float | None = None  # time.perf_counter() by which the max_drop search must end
     sensitivity: list = field(default_factory=list)  # max_drop: ranks.drop.Sensitivity per automatic layer
+
+    def time_left(self) -> float | None:
+        """Seconds left of --time-budget (at least 1), or None without one."""
+        return None if self.deadline is None else max(1.0, self.deadline - time.perf_counter())
 
     def rewritten(self) -> list[LayerRecord]:
         return [r for r in self.records if r.rewritten]

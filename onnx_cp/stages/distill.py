@@ -4,8 +4,6 @@ error drops. Without torch or onnx2torch, or on a model onnx2torch cannot import
 model stays and the report says why."""
 from __future__ import annotations
 
-import time
-
 from onnx_cp.progress import staged
 from onnx_cp.stages.context import Rewrite
 
@@ -15,7 +13,6 @@ def distill(rw: Rewrite) -> None:
     if calib is None or not rw.config.recover or rw.config.distill_epochs == 0 or not rw.rewritten():
         return
     nodes = [name for r in rw.rewritten() for name in rw.new_names.get(r.site.key, [])]
-    left = None if rw.deadline is None else max(1.0, rw.deadline - time.perf_counter())  # --time-budget
-    rw.final = calib.distill(rw.model, rw.final, nodes, staged(rw.progress, "distillation"), left)
+    rw.final = calib.distill(rw.model, rw.final, nodes, staged(rw.progress, "distillation"), rw.time_left())
     if calib.distillation.note:
         rw.notes.append(f"whole-model distillation {calib.distillation.note}")

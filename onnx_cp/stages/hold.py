@@ -81,7 +81,7 @@ def _worst_first(rw: Rewrite) -> list[LayerRecord]:
 def _rebuild(rw: Rewrite) -> None:
     """The written model again from the layers still rewritten (recovered where they were)."""
     replacements = [r.replacement() for r in rw.rewritten()]
-    if rw.calibration is not None and rw.calibration.recovered:
+    if rw.calibration is not None:  # recovered biases and distilled weights, where there are any
         rw.final, rw.new_names = rw.calibration.written(rw.model, replacements)
     else:
         rw.final, rw.new_names = splice(rw.model, replacements)

@@ -3,8 +3,6 @@ supports it, fed by the already-rewritten prefix; each layer's fit then carries 
 factors. Recovery off (``recover=False``) still measures the written model's output error."""
 from __future__ import annotations
 
-import time
-
 from onnx_cp.progress import staged
 from onnx_cp.stages.context import Rewrite
 
@@ -14,9 +12,8 @@ def recover(rw: Rewrite) -> None:
     winners = rw.rewritten()
     if calib is None or not winners:
         return
-    left = None if rw.deadline is None else max(1.0, rw.deadline - time.perf_counter())  # --time-budget
     final, recovered = calib.recover(rw.model, rw.final, [r.replacement() for r in winners],
-                                     staged(rw.progress, "recovery"), left)
+                                     staged(rw.progress, "recovery"), rw.time_left())
     for r in winners:
         r.recovery = recovered.get(r.site.key)
         if r.recovery is not None and r.recovery.result is not None:
