@@ -214,6 +214,12 @@ def _report_text(report, path: str) -> str:
     return report.to_json()
 
 
+# Above this (p90 - p10) / median the closing line says the machine was busy: on a quiet 2-core
+# machine VGG-16's runs spread 7% to 11%; one run at 24% read 3.32x where bench read 3.11x.
+NOISY = 0.15
+NOISY_CHECK = "onnx-cp bench on the two files"
+
+
 def _batch(shapes) -> int:
     """The batch the model was timed at: the given input shape's first dimension, else 1."""
     return next((int(shape[0]) for shape in shapes.values() if len(shape)), 1)
@@ -223,6 +229,9 @@ def _speed_summary(report, threads: int, batch: int) -> str:
     speed = report.speed
     if not speed:
         return ""
+    spread = speed.get("spread") or 0.0
+    # how sure the figure is: the runs' width, and a word where the machine was busy while timing
+    sure = f", runs spread {spread:.0%}" + (f": a busy machine, check with {NOISY_CHECK}" if spread > NOISY else "")
     return (f": {speed['speedup']:.2f}x the input's speed in onnxruntime ({speed['original_ms']:.3f} -> "
-            f"{speed['rewritten_ms']:.3f} ms, {threads} thread{'s' if threads > 1 else ''}, batch {batch})")
+            f"{speed['rewritten_ms']:.3f} ms, {threads} thread{'s' if threads > 1 else ''}, batch {batch}{sure})")
 
