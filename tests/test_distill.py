@@ -62,6 +62,10 @@ def test_distillation_lowers_the_held_back_error_and_keeps_the_spliced_graph(cas
     assert entry["output_error_before"] == pytest.approx(before, rel=1e-4)
     assert entry["output_error_after"] == pytest.approx(after, rel=1e-4)
     assert distilled.report.calibration["output_error"] == pytest.approx(after, rel=1e-4)
+    # the training-sample error beside it: the first 12 training samples, as many as are held back
+    want = run(model, {"x": x[:12]})[0]
+    training = float(np.linalg.norm(run(distilled.model, {"x": x[:12]})[0] - want) / np.linalg.norm(want))
+    assert entry["output_error_training"] == pytest.approx(training, rel=1e-4)
     # Same nodes, same initializers; only the rewritten layers' values moved.
     assert [(n.op_type, n.name, list(n.input)) for n in distilled.model.graph.node] == \
            [(n.op_type, n.name, list(n.input)) for n in recovered.model.graph.node]
@@ -69,6 +73,21 @@ def test_distillation_lowers_the_held_back_error_and_keeps_the_spliced_graph(cas
     assert old.keys() == new.keys()
     moved = {name for name in old if not np.array_equal(old[name], new[name])}
     assert moved and all("/cp/" in name for name in moved), moved
+
+
+@pytest.mark.parametrize("overfit, noted", [(0.0, True), (1e9, False)])
+def test_distillation_that_learned_its_samples_more_than_the_model_asks_for_more_data(case, monkeypatch, overfit,
+                                                                                       noted):
+    model, _, path = case
+    monkeypatch.setattr(session, "DistillOptions", functools.partial(session.DistillOptions, lr=1e-2))
+    monkeypatch.setattr(session, "OVERFIT", overfit)
+    result = rewrite_with_report(model, _config(path, distill_epochs=5))
+    entry = result.report.calibration["distillation"]
+    assert entry["kept"], entry
+    asked = [str(n) for n in result.report.notes if "more calibration samples" in str(n)]
+    assert bool(asked) is noted, result.report.notes
+    if noted:
+        assert f"{entry['output_error_training']:.4f}" in asked[0] and "used 60" in asked[0], asked
 
 
 def test_distillation_that_raises_the_held_back_error_is_not_kept(case, monkeypatch):
