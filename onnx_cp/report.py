@@ -264,6 +264,8 @@ def describe_distillation(d: dict) -> str:
         return f"whole-model distillation {d['note']}"
     return (f"whole-model distillation {d['epochs']} epoch(s), {d['steps']} steps, {d['seconds']:.1f} s: held-back "
             f"error {d['output_error_before']:.4f} -> {d['output_error_after']:.4f}"
+            + (f" ({d['output_error_training']:.4f} on training samples)"
+               if d.get("output_error_training") is not None else "")
             + ("" if d["kept"] else ", not kept"))
 
 

@@ -36,10 +36,6 @@ from onnx_cp.splice import Replacement, splice
 PATCHES = 16384
 # Adam steps per layer of the short recovery a search scores its candidates after.
 QUICK_STEPS = 60
-# Distillation whose held-back output error is this many times its error on training samples has
-# learned those samples more than the model: ddddocr's recognizer at 512 renders, 0.227 against
-# 0.199, gained 0.6 exact-string points at 1024 (docs/results/calibration.md).
-OVERFIT = 1.1
 
 
 @dataclass(frozen=True)
@@ -71,8 +67,8 @@ class DistillSummary:
     output_error_after: float | None
     kept: bool
     note: str | None = None
-    # the distilled model's output error on as many training samples as are held back: far below
-    # the held-back error, the layers learned those samples more than the model (more data helps)
+    # the distilled model's output error on as many training samples as are held back: well below the
+    # held-back error, the layers learned those samples more than the model, and more samples help
     output_error_training: float | None = None
 
     def to_dict(self) -> dict:
@@ -167,10 +163,6 @@ class Calibration:
         kept = before is None or after < before
         training = self._training_error(model, tuned)
         note = None if kept else "not kept: the output error on held-back inputs rose"
-        if kept and training is not None and after > OVERFIT * training:
-            note = Message(f"fits its training samples closer ({training:.4f}) than the held-back ones: more "
-                           f"calibration samples would lower the error further (this run used {self.data.samples}; "
-                           f"give more in the file and raise {param('calib_samples')})")
         self.distillation = DistillSummary(result.epochs, result.steps, time.perf_counter() - begin, before, after,
                                            kept, note, training)
         self.seconds += self.distillation.seconds

@@ -4,7 +4,6 @@ error drops. Without torch or onnx2torch, or on a model onnx2torch cannot import
 model stays and the report says why."""
 from __future__ import annotations
 
-from onnx_cp.errors import Message, marked
 from onnx_cp.progress import staged
 from onnx_cp.stages.context import Rewrite
 
@@ -16,4 +15,4 @@ def distill(rw: Rewrite) -> None:
     nodes = [name for r in rw.rewritten() for name in rw.new_names.get(r.site.key, [])]
     rw.final = calib.distill(rw.model, rw.final, nodes, staged(rw.progress, "distillation"), rw.time_left())
     if calib.distillation.note:
-        rw.notes.append(Message(f"whole-model distillation {marked(calib.distillation.note)}"))
+        rw.notes.append(f"whole-model distillation {calib.distillation.note}")
