@@ -314,3 +314,36 @@ def test_distillation_that_ends_farther_from_the_teacher_says_so(torch, models, 
     bad = finetune_with_report(fast, loader_of(torch, x), epochs=2, lr=3.0, teacher=original).report
     assert any(o.after > o.before for o in bad.outputs)
     assert any("'logits' farther from the teacher" in n and "--lr" in n for n in bad.notes)
+
+
+class _Repeated:
+    """The same batches each epoch, but not a list: the teacher runs on every step."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+@torch_only
+def test_a_list_of_batches_runs_the_teacher_once_per_batch_and_trains_the_same(torch, models, data, monkeypatch):
+    from onnx_cp.finetune import teacher as teacher_module
+
+    original, fast = models
+    x, _ = data
+    batches = [x[i:i + 16] for i in range(0, len(x), 16)]
+    calls = []
+    real = teacher_module.output_list
+    monkeypatch.setattr(teacher_module, "output_list", lambda *a: calls.append(1) or real(*a))
+    runs = {}
+    for name, loader in (("list", batches), ("iterable", _Repeated(batches))):
+        calls.clear()
+        runs[name] = (finetune(fast, loader, epochs=3, lr=1e-2, teacher=original), len(calls))
+    # the teacher's forward passes: every epoch's batches without the cache, the first epoch's with it
+    assert runs["iterable"][1] - runs["list"][1] == 2 * len(batches), runs
+    for a, b in zip(runs["list"][0].graph.initializer, runs["iterable"][0].graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))

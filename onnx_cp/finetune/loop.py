@@ -55,7 +55,7 @@ def train_epochs(student, teacher: Distiller | None, loader, val_loader, config:
                                       "teacher")
                 losses.append((1.0 - w if teacher is not None else 1.0, F.cross_entropy(logits, y)))
             if teacher is not None:
-                parts = teacher.losses(outputs, x, t)
+                parts = teacher.losses(outputs, x, t, position=done)
                 for k, part in enumerate(parts):
                     per_output[k] += float(part.detach()) * len(x)
                 losses.append((w if y is not None else 1.0, sum(parts) / len(parts)))

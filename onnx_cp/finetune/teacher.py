@@ -15,6 +15,10 @@ from onnx_cp.finetune.report import DistilledOutput, FinetuneReport
 from onnx_cp.model_io import load_model
 
 
+# Memory the teacher's cached outputs may take; batches past it are computed each epoch.
+TEACHER_CACHE_BYTES = 2 << 30
+
+
 @dataclass
 class Distiller:
     """The teacher and what to distill: student output ``i`` against teacher output ``j`` for
@@ -24,14 +28,28 @@ class Distiller:
     count: int | None  # the teacher's number of outputs (None: a torch module, as many as it returns)
     pairs: list[tuple[int, int]]
     plan: list[OutputLoss]
+    # the teacher's outputs by batch position, where every epoch feeds the same batches (a list):
+    # computed in the first epoch only (ddddocr's teacher was 29% of each distillation step)
+    cache: dict[int, list] | None = None
+    cached_bytes: int = 0
 
-    def losses(self, student_outputs: list, x, temperature: float) -> list:
-        import torch
-
-        with torch.no_grad():
-            targets = output_list(self.module(x), self.count)
+    def losses(self, student_outputs: list, x, temperature: float, position: int | None = None) -> list:
+        targets = self._targets(x, position)
         return [output_loss(spec, student_outputs[i], targets[j], temperature)
                 for spec, (i, j) in zip(self.plan, self.pairs)]
+
+    def _targets(self, x, position: int | None) -> list:
+        import torch
+
+        if self.cache is not None and position in self.cache:
+            return self.cache[position]
+        with torch.no_grad():
+            targets = output_list(self.module(x), self.count)
+        size = sum(t.numel() * t.element_size() for t in targets)
+        if self.cache is not None and position is not None and self.cached_bytes + size <= TEACHER_CACHE_BYTES:
+            self.cache[position] = targets
+            self.cached_bytes += size
+        return targets
 
     def check(self, student, x0, dev, temperature: float) -> list[float]:
         """Each output's loss on ``x0`` with the student in eval mode (the report's before/after)."""

@@ -54,7 +54,9 @@ def finetune(model, loader: Iterable, *, epochs: int, lr: float, teacher=None, v
 
     ``loader`` yields ``(x, y)`` (images and integer labels) or ``x`` alone (then ``teacher`` is
     needed); it is iterated once per epoch (a DataLoader or a list of batches; without a
-    ``len`` the learning rate stays constant instead of decaying). ``teacher`` (ONNX model, path,
+    ``len`` the learning rate stays constant instead of decaying; from a list or tuple, the same
+    batches each epoch, the teacher's outputs are computed in the first epoch only, up to 2 GiB of
+    them). ``teacher`` (ONNX model, path,
     or torch module) adds distillation over every output the two share (by name; by position
     when no name is shared), ``class_axes`` chooses each output's loss (FinetuneConfig).
     ``val_loader`` gives the per-epoch validation accuracy that the callback sees. The result
@@ -97,6 +99,8 @@ def _finetune(config: FinetuneConfig, model, loader, teacher, val_loader, callba
             raise OnnxCpError("the training batches have no labels and no teacher is given; "
                               "pass labels (x, y) or a teacher to distill from")
         distiller = distiller_for(teacher, dev, x0, student, source, config, report) if teacher is not None else None
+        if distiller is not None and isinstance(loader, (list, tuple)):
+            distiller.cache = {}  # the same batches every epoch: the teacher's outputs are computed once
         report.distilled, report.labelled = distiller is not None, y0 is not None
         start = time.perf_counter()
         train_epochs(student, distiller, loader, val_loader, config, dev, callback, report)
