@@ -22,6 +22,12 @@ import onnx
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.splice import Replacement, splice
 
+# A comparison whose runs spread wider than this, (p90 - p10) / median, was timed on a busy
+# machine: a VGG-16 closing line at 24% read 3.32x where bench read 3.11x; quiet runs spread 7% to 11%.
+NOISY = 0.15
+# How many more times such a comparison is timed before the steadiest is kept.
+RETRIES = 2
+
 # models -> per model, {layer output name: median ms per run of everything attributed to it}
 LayerTimer = Callable[[Sequence[onnx.ModelProto]], list[dict[str, float]]]
 
@@ -140,9 +146,16 @@ class Measurement:
         return self._whole(models)
 
     def compare(self, model: onnx.ModelProto, rewritten: onnx.ModelProto) -> SpeedCheck:
-        """The two models timed together by the measurement protocol."""
-        base, new = self.whole([model, rewritten])
-        return SpeedCheck(base.median, new.median, max(base.spread, new.spread))
+        """The two models timed together by the measurement protocol; timed again, at most
+        ``RETRIES`` more times, while their runs spread wider than ``NOISY``, the steadiest kept."""
+        best = None
+        for _ in range(1 + RETRIES):
+            base, new = self.whole([model, rewritten])
+            check = SpeedCheck(base.median, new.median, max(base.spread, new.spread))
+            best = check if best is None or check.spread < best.spread else best
+            if best.spread <= NOISY:
+                break
+        return best
 
     @staticmethod
     def variant(model: onnx.ModelProto, placements: Sequence[Placement], seed: int = 0) -> onnx.ModelProto:

@@ -15,6 +15,7 @@ from onnx_cp.commands.progress_view import progress_view
 from onnx_cp.config import RewriteConfig, defaults
 from onnx_cp.accuracy import drop_from_percent
 from onnx_cp.errors import OnnxCpError
+from onnx_cp.measure import NOISY
 from onnx_cp.decompositions.cp_solver import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
 from onnx_cp.ranks.options import RankSelection
@@ -214,9 +215,6 @@ def _report_text(report, path: str) -> str:
     return report.to_json()
 
 
-# Above this (p90 - p10) / median the closing line says the machine was busy: on a quiet 2-core
-# machine VGG-16's runs spread 7% to 11%; one run at 24% read 3.32x where bench read 3.11x.
-NOISY = 0.15
 NOISY_CHECK = "onnx-cp bench on the two files"
 
 
