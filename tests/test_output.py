@@ -136,14 +136,20 @@ def test_error_is_the_first_line_of_stderr(model_path, tmp_path):
     assert not result.stdout
 
 
-@pytest.mark.parametrize("spread, busy", [(0.07, False), (0.24, True)])
-def test_the_closing_line_says_how_sure_its_speed_up_is(spread, busy):
+@pytest.mark.parametrize("original, rewritten, spread, busy", [
+    (271.688, 81.888, 0.07, False),
+    (271.688, 81.888, 0.24, True),
+    (0.234, 0.047, 0.25, False),  # a 0.05 ms model's runs spread that wide on a quiet machine
+])
+def test_the_closing_line_says_how_sure_its_speed_up_is(original, rewritten, spread, busy):
     from types import SimpleNamespace
 
     from onnx_cp.commands.rewrite_cmd import _speed_summary
+    from onnx_cp.measure import SpeedCheck
 
-    speed = {"speedup": 3.32, "original_ms": 271.688, "rewritten_ms": 81.888, "spread": spread}
+    speed = SpeedCheck(original, rewritten, spread).to_dict()
     line = _speed_summary(SimpleNamespace(speed=speed), threads=1, batch=1)
-    assert line.startswith(": 3.32x the input's speed in onnxruntime (271.688 -> 81.888 ms, 1 thread, batch 1")
+    assert line.startswith(f": {original / rewritten:.2f}x the input's speed in onnxruntime ({original:.3f} -> "
+                           f"{rewritten:.3f} ms, 1 thread, batch 1")
     assert f"runs spread {spread:.0%}" in line
     assert ("busy machine" in line) is busy and ("onnx-cp bench" in line) is busy

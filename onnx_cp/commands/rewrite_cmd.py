@@ -15,7 +15,6 @@ from onnx_cp.commands.progress_view import progress_view
 from onnx_cp.config import RewriteConfig, defaults
 from onnx_cp.accuracy import drop_from_percent
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.measure import NOISY
 from onnx_cp.decompositions.cp_solver import METHODS
 from onnx_cp.decompositions import FORMS, NAMES
 from onnx_cp.ranks.options import RankSelection
@@ -229,7 +228,7 @@ def _speed_summary(report, threads: int, batch: int) -> str:
         return ""
     spread = speed.get("spread") or 0.0
     # how sure the figure is: the runs' width, and a word where the machine was busy while timing
-    sure = f", runs spread {spread:.0%}" + (f": a busy machine, check with {NOISY_CHECK}" if spread > NOISY else "")
+    sure = f", runs spread {spread:.0%}" + (f": a busy machine, check with {NOISY_CHECK}" if speed.get("busy") else "")
     return (f": {speed['speedup']:.2f}x the input's speed in onnxruntime ({speed['original_ms']:.3f} -> "
             f"{speed['rewritten_ms']:.3f} ms, {threads} thread{'s' if threads > 1 else ''}, batch {batch}{sure})")
 
