@@ -19,7 +19,7 @@ from onnx_cp.ranks.selection import MeasuredRound
 CLOSE_ENOUGH = 0.1
 SHORT_ENOUGH = 0.03
 # A round's correction of the cost model moves in steps of this ratio (finer than the share's:
-# a round is only taken when the model was off by more than CLOSE_ENOUGH).
+# a round is only taken when the model was off by more than SHORT_ENOUGH or CLOSE_ENOUGH).
 CORRECTION_STEP = 2 ** 0.125
 
 
@@ -77,8 +77,9 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
         spent = problem.spent(picks)
         rounds.append(MeasuredRound(problem.total / spent, check.speedup, check.original_ms, check.rewritten_ms,
                                     check.spread, summary.output_error))
-        tried.append((check.speedup < speedup, abs(math.log(check.speedup / speedup)), attempt, picks))
-        if 1 - SHORT_ENOUGH <= check.speedup / speedup <= 1 + CLOSE_ENOUGH or attempt == count - 1:
+        ratio = check.speedup / speedup
+        tried.append((ratio, attempt, picks))
+        if 1 - SHORT_ENOUGH <= ratio <= 1 + CLOSE_ENOUGH or attempt == count - 1:
             break
         # the cost model was off by (predicted / measured): ask it for that much more (or less),
         # in steps, so that timing noise within one gives the same allocation
@@ -91,8 +92,8 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
     # the closest round that reached the target without passing it by more than CLOSE_ENOUGH; else
     # the closest either way (a round 19% past is no better than one 7% short: a VGG-16 run whose
     # second and third rounds landed at 3.64x and 3.57x for 3x kept the latter and wrote 3.99x)
-    reached = [t for t in tried if not t[0] and t[1] <= math.log(1 + CLOSE_ENOUGH)]
-    _, _, best, picks = min(reached or tried, key=lambda t: t[1:3])
+    reached = [t for t in tried if 1 <= t[0] <= 1 + CLOSE_ENOUGH]
+    _, best, picks = min(reached or tried, key=lambda t: (abs(math.log(t[0])), t[1]))
     summary.rounds, summary.kept_round = rounds, best + 1
     summary.output_error = rounds[best].output_error
     return picks
