@@ -216,7 +216,9 @@ def sensitivity_table(rows: list[dict]):
     table = Table("sensitivity: each layer alone", ["layer", "decomposition", "rank", "ms saved", "drop alone",
                                                    "decision"], [False, False, True, True, True, False])
     for row in rows:
-        table.rows.append([row["layer"], row["decomposition"], str(row["rank"]), f"{row['ms_saved']:.4f}",
+        shared = len(row.get("nodes") or ())
+        layer = row["layer"] + (f" (+{shared - 1} sharing its weight)" if shared > 1 else "")
+        table.rows.append([layer, row["decomposition"], str(row["rank"]), f"{row['ms_saved']:.4f}",
                            f"{row['drop']:.4g}", row["decision"]])
         table.emphasis.append(row["decision"].startswith("rewritten"))
     return table

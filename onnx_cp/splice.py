@@ -4,6 +4,7 @@ Knows ONNX and the realizations, nothing of how factors were fitted or ranks cho
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,15 +52,46 @@ def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_pl
     new_names: dict[str, list[str]] = {}
     index = GraphIndex(model.graph)
     folded: list[str] = []
+    shared = _SharedWeights()
     for rep in replacements:
         site = rep.site
         part = rep.realize(names)
         folded.extend(_fold_gathers(part, index))
         by_position[position[site.key]] = part.nodes
-        new_inits.extend(part.initializers)
+        new_inits.extend(shared.add(part, site.weight_name))
         new_names[site.key] = [n.name for n in part.nodes]
     _apply(out, by_position, new_inits, [rep.site for rep in replacements], folded)
     return out, new_names
+
+
+class _SharedWeights:
+    """The new weights of nodes that read one weight (an RNN unrolled into a Gemm per step), each
+    value stored once: they get equal factors wherever nothing fitted them apart, and twenty copies
+    of one factor pair would make the written model larger than its input. Equal values of layers
+    with weights of their own stay apart: recovery and distillation may set them apart later."""
+
+    def __init__(self):
+        self.seen: dict[tuple, onnx.TensorProto] = {}
+
+    def add(self, part: Realization, weight: str | None) -> list[onnx.TensorProto]:
+        """``part``'s initializers not already added for ``weight`` (the replaced node's weight);
+        its nodes read the earlier copy of the others."""
+        kept, renamed = [], {}
+        for tensor in part.initializers:
+            key = (weight, tensor.data_type, tuple(tensor.dims), hashlib.sha1(tensor.raw_data).digest()) \
+                if tensor.raw_data and weight else None
+            earlier = self.seen.get(key) if key else None
+            if earlier is not None and earlier.raw_data == tensor.raw_data:
+                renamed[tensor.name] = earlier.name
+                continue
+            if key:
+                self.seen[key] = tensor
+            kept.append(tensor)
+        for node in part.nodes:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
+        return kept
 
 
 def _fold_gathers(part: Realization, index: GraphIndex) -> list[str]:

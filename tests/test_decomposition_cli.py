@@ -137,6 +137,30 @@ def test_svd_of_rank_12_makes_a_gemm_or_matmul_two_of_the_same(tmp_path, op, att
     assert (layer["op_type"], layer["status"], layer["macs_after"]) == (op, "rewritten", 5 * 12 * (64 + 48))
 
 
+def test_nodes_that_read_one_weight_share_its_factors_in_the_written_model(tmp_path):
+    # an RNN unrolled into a MatMul per step: x -> W -> Relu -> W -> y; without data the two steps
+    # get the same factors, stored once
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((64, 12)) @ rng.standard_normal((12, 64)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="step1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W"], ["y"], name="step2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 64])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path, out = tmp_path / "model.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    result = invoke("rewrite", path, "-o", out, "-q", "--decomposition", "svd", "--rank", "12", "--realize", "svd")
+    assert result.exit_code == 0, result.output
+    assert output_error(path, out, (5, 64), "x") < 1e-3
+    new = onnx.load(out)
+    onnx.checker.check_model(new, full_check=True)
+    matmuls = [n for n in new.graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 4 and len(new.graph.initializer) == 2  # two factor pairs read one pair
+    assert matmuls[0].input[1] == matmuls[2].input[1] and matmuls[1].input[1] == matmuls[3].input[1]
+
+
 def test_gemm_and_matmul_stay_out_of_a_cp_rewrite(tmp_path):
     model = linear_model("MatMul", np.random.default_rng(7).standard_normal((64, 48)))
     path = tmp_path / "m.onnx"

@@ -149,3 +149,32 @@ def test_the_path_between_two_allocations_moves_one_layer_one_candidate_at_a_tim
         for i, (costs, _) in enumerate(options):  # each layer's cost moves monotonically toward its end
             seen = [costs[p[i]] for p in path]
             assert seen == sorted(seen) or seen == sorted(seen, reverse=True)
+
+
+def test_nodes_that_read_one_weight_are_scored_together_in_one_sensitivity_row(tmp_path):
+    # an RNN unrolled into one Gemm per step reads one weight at every step: x -> W -> W -> V
+    from builders import float_model
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    # nearly rank 16, so that a low rank keeps the outputs
+    w = (rng.standard_normal((512, 16)) @ rng.standard_normal((16, 512)) / 90
+         + rng.standard_normal((512, 512)) / 2000).astype(np.float32)
+    v = (rng.standard_normal((512, 10)) / 20).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h1"], name="step1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("MatMul", ["r1", "W"], ["h2"], name="step2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "V"], ["y"], name="head")]
+    model = float_model("steps", nodes, [numpy_helper.from_array(w, "W"), numpy_helper.from_array(v, "V")],
+                        (None, 512), (None, 10))
+    x = rng.standard_normal((80, 512)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    shapes = {"x": (1, 512)}
+    result = rewrite_with_report(model, max_drop=0.5, metric="agreement", data=str(tmp_path / "val.npz"),
+                                 decomposition="auto", candidates=3, calib_count=4, max_iter=10, recover=False, jobs=1,
+                                 input_shapes=shapes, calib_samples=24, timer=FakeTiming(model, shapes))
+    rows = {r["layer"]: r for r in result.report.sensitivity}
+    assert set(rows) == {"step1", "head"}
+    assert list(rows["step1"]["nodes"]) == ["step1", "step2"] and not rows["head"]["nodes"]
+    onnx.checker.check_model(result.model, full_check=True)

@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO / "tools"))  # tools/ocr is a plain package, not ins
 from ocr.ctc import edit_distance, greedy_decode, scores  # noqa: E402
 from ocr.recognizers import read_lines, recognizer  # noqa: E402
 from ocr.render import TEST_FONTS, TRAIN_FONTS, render_lines  # noqa: E402
+from ocr.whisperer import BLANK, decode  # noqa: E402
 
 MODEL = REPO / "models" / "crnn_ocr.onnx"
 TEST = REPO / "models" / "crnn_ocr_test.npz"
@@ -27,6 +28,18 @@ def test_greedy_decode_merges_repeats_and_drops_blanks():
     idx = np.array([[11, 11], [0, 11], [11, 0], [12, 0], [12, 11]])
     assert greedy_decode(idx, "0123456789ABC") == ["AAB", "AA"]
     assert greedy_decode(idx.T, "0123456789ABC", time_axis=1) == ["AAB", "AA"]
+
+
+def test_the_captcha_readers_decoding_skips_class_0_and_its_last_step_and_merges_repeats():
+    # captcha-whisperer's own decoding: class 36 is the blank, class 0 never wins, step 19 is ignored
+    logits = np.zeros((2, 20, 37), np.float32)
+    picks = [[0, 11, 11, BLANK, 11, 12] + [BLANK] * 13 + [13],  # class 0 loses to the runner-up
+             [5] * 19 + [7]]
+    for n, row in enumerate(picks):
+        for t, k in enumerate(row):
+            logits[n, t, k] = 1.0
+        logits[n, 0, 2] = 0.5  # the runner-up where class 0 is highest
+    assert decode(logits) == ["2BBC", "5"]
 
 
 def test_scores_are_exact_match_and_one_minus_edit_rate():

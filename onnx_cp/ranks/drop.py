@@ -55,6 +55,13 @@ class Sensitivity:
     ms_saved: float
     drop: float  # the metric's drop with this layer alone rewritten (choosing part; max_drop's units)
     decision: str = ""  # filled in by the report: rewritten, kept, given back
+    # where several nodes read one weight (an RNN unrolled over its steps): all of them, scored
+    # together as one row (``layer`` is the first), and given back together
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.nodes or (self.layer,)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,22 +144,42 @@ def _replacements(problem: BudgetProblem, chosen) -> list:
 
 def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | None) -> list[Sensitivity]:
     """Each layer alone at its middle candidate, scored; its proxy curve scaled to that drop (a
-    layer whose drop is within the metric's noise counts a quarter of one sample's worth)."""
+    layer whose drop is within the metric's noise counts a quarter of one sample's worth). Layers
+    that read one weight (an RNN unrolled into a Gemm per step) are scored together, one row and one
+    scale: each alone changes one step of many, and scoring them one by one would multiply the
+    search's time by the number of steps."""
     rows = []
     floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
     keep = [len(l.ranks) for l in problem.auto]
-    for i, layer in enumerate(problem.auto):
+    groups = shared_weight_groups(problem.auto)
+    for g, members in enumerate(groups):
+        first = problem.auto[members[0]]
         if progress:
-            progress(f"sensitivity: {layer.site.name}", i, len(problem.auto))
-        mid = len(layer.ranks) // 2
+            progress(f"sensitivity: {first.site.name}" + (f" and {len(members) - 1} more sharing its weight"
+                                                          if len(members) > 1 else ""), g, len(groups))
         picks = list(keep)
-        picks[i] = mid
+        mids = {i: len(problem.auto[i].ranks) // 2 for i in members}
+        for i, mid in mids.items():
+            picks[i] = mid
         _, drop = scorer(picks)
-        error = layer.errors[mid]
-        layer.weight = max(drop, floor) / error ** 2 if error > 0 else layer.weight
-        rows.append(Sensitivity(layer.site.name, layer.kind(mid), layer.label(mid), layer.before - layer.costs[mid],
-                                drop))
+        squared = sum(problem.auto[i].errors[mid] ** 2 for i, mid in mids.items())
+        for i in members:
+            if squared > 0:
+                problem.auto[i].weight = max(drop, floor) / squared
+        mid = mids[members[0]]
+        saved = sum(problem.auto[i].before - problem.auto[i].costs[m] for i, m in mids.items())
+        rows.append(Sensitivity(first.site.name, first.kind(mid), first.label(mid), saved, drop,
+                                nodes=tuple(problem.auto[i].site.name for i in members) if len(members) > 1 else ()))
     return rows
+
+
+def shared_weight_groups(layers) -> list[list[int]]:
+    """Indices of ``layers`` grouped by the weight their nodes read, in order of first use (a layer
+    with no weight name, or the only reader of its weight, alone)."""
+    groups: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        groups.setdefault(layer.site.weight_name or f"#{layer.site.key}", []).append(i)
+    return list(groups.values())
 
 
 def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, progress: Progress | None) -> list[int]:

@@ -40,15 +40,17 @@ def hold(rw: Rewrite) -> None:
         rw.progress("accuracy: scoring the written model", 0, 1)
     score = target.score(rw.final)
     given = []
-    for record in _worst_first(rw):
+    for unit in _worst_first(rw):
         if target.allows(score):
             break
-        record.kept_because = "given back: the whole model's drop exceeded max_drop on the choosing data"
-        given.append(record.site.name)
+        for record in unit:
+            record.kept_because = "given back: the whole model's drop exceeded max_drop on the choosing data"
+            given.append(record.site.name)
         _rebuild(rw)
         score = target.score(rw.final)
         if rw.progress:
-            rw.progress(f"accuracy: gave back {record.site.name}, drop {target.drop_of(score):.4g}", len(given), 0)
+            shown = unit[0].site.name + (f" and {len(unit) - 1} more sharing its weight" if len(unit) > 1 else "")
+            rw.progress(f"accuracy: gave back {shown}, drop {target.drop_of(score):.4g}", len(given), 0)
     held = target.holdout
     written = held.score(rw.final)
     drop = target.drop.of(written, held.original)
@@ -66,16 +68,21 @@ def hold(rw: Rewrite) -> None:
                         f"give more data (or a larger {param('holdout')})")
 
 
-def _worst_first(rw: Rewrite) -> list[LayerRecord]:
+def _worst_first(rw: Rewrite) -> list[list[LayerRecord]]:
     """The rewritten layers, those costing the most metric per millisecond saved first (layers a
-    rank rule fixed, without a sensitivity row, last)."""
-    rows = {row.layer: row for row in rw.sensitivity}
-
-    def badness(record: LayerRecord) -> float:
+    rank rule fixed, without a sensitivity row, last), each with the layers its row scored with
+    (those reading its weight): they are given back together."""
+    rows = {name: row for row in rw.sensitivity for name in row.members}
+    units: dict[int, list[LayerRecord]] = {}
+    for record in rw.rewritten():
         row = rows.get(record.site.name)
+        units.setdefault(id(row) if row is not None else id(record), []).append(record)
+
+    def badness(unit: list[LayerRecord]) -> float:
+        row = rows.get(unit[0].site.name)
         return -1.0 if row is None else row.drop / max(row.ms_saved, 1e-9)
 
-    return sorted(rw.rewritten(), key=badness, reverse=True)
+    return sorted(units.values(), key=badness, reverse=True)
 
 
 def _rebuild(rw: Rewrite) -> None:

@@ -59,13 +59,14 @@ def normalize(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).upper().split())
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], reader=None, module: str = "tools.ocr.exact_metric") -> int:
+    """Print both figures of MODEL on DATA.npz; ``reader`` is another recognizer's ``read``."""
     if len(argv) != 2:
-        print("usage: python -m tools.ocr.exact_metric MODEL DATA.npz", file=sys.stderr)
+        print(f"usage: python -m {module} MODEL DATA.npz", file=sys.stderr)
         return 2
     with np.load(argv[1]) as archive:
         data = {key: archive[key] for key in archive.files}
-    predicted, labels = read(argv[0], data)
+    predicted, labels = (reader or read)(argv[0], data)
     exact_rate, chars = scores(predicted, labels)
     print(f"{argv[0]}: {len(labels)} lines, exact {exact_rate:.2%}, characters {chars:.2%}")
     return 0
