@@ -53,7 +53,9 @@ def _accuracy(model: onnx.ModelProto, config: RewriteConfig):
         return None
     from onnx_cp.accuracy import AccuracyTarget
 
-    return AccuracyTarget.build(model, config.data, selection, config.input_shapes, config.seed, config.threads)
+    # scoring is computed, not timed: every core (--threads is the session the forms are timed in)
+    return AccuracyTarget.build(model, config.data, selection, config.input_shapes, config.seed,
+                                config.worker_count())
 
 
 def _data(model: onnx.ModelProto, config: RewriteConfig, target, notes: list[str]) -> CalibrationData | None:
