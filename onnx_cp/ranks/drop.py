@@ -151,7 +151,7 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
     rows = []
     floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
     keep = [len(l.ranks) for l in problem.auto]
-    groups = shared_weight_groups(problem.auto)
+    groups = _weight_groups(problem.auto)
     for g, members in enumerate(groups):
         first = problem.auto[members[0]]
         if progress:
@@ -173,7 +173,7 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
     return rows
 
 
-def shared_weight_groups(layers) -> list[list[int]]:
+def _weight_groups(layers) -> list[list[int]]:
     """Indices of ``layers`` grouped by the weight their nodes read, in order of first use (a layer
     with no weight name, or the only reader of its weight, alone)."""
     groups: dict[str, list[int]] = {}
