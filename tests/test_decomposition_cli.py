@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -159,6 +160,17 @@ def test_nodes_that_read_one_weight_share_its_factors_in_the_written_model(tmp_p
     matmuls = [n for n in new.graph.node if n.op_type == "MatMul"]
     assert len(matmuls) == 4 and len(new.graph.initializer) == 2  # two factor pairs read one pair
     assert matmuls[0].input[1] == matmuls[2].input[1] and matmuls[1].input[1] == matmuls[3].input[1]
+    # onnxruntime's static INT8 takes the shared factors: every MatMul in int8, close to float
+    from onnx_cp.quantize import quantize_int8
+
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    int8 = quantize_int8(new, rng.standard_normal((40, 64)).astype(np.float32))
+    onnx.checker.check_model(int8, full_check=True)
+    dequantized = {t for n in int8.graph.node if n.op_type == "DequantizeLinear" for t in n.output}
+    assert all(set(n.input[:2]) <= dequantized for n in int8.graph.node if n.op_type == "MatMul")
+    (float_y,), (int8_y,) = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                             .run(None, {"x": x}) for m in (new, int8))
+    assert np.linalg.norm(int8_y - float_y) / np.linalg.norm(float_y) < 0.05
 
 
 def test_gemm_and_matmul_stay_out_of_a_cp_rewrite(tmp_path):
