@@ -4,7 +4,6 @@ Knows ONNX and the realizations, nothing of how factors were fitted or ranks cho
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,7 +57,7 @@ def splice(model: onnx.ModelProto, replacements: Sequence[Replacement], *, in_pl
         part = rep.realize(names)
         folded.extend(_fold_gathers(part, index))
         by_position[position[site.key]] = part.nodes
-        new_inits.extend(shared.add(part, site.weight_name))
+        new_inits.extend(shared.add(part, site.weight_source))
         new_names[site.key] = [n.name for n in part.nodes]
     _apply(out, by_position, new_inits, [rep.site for rep in replacements], folded)
     return out, new_names
@@ -78,13 +77,12 @@ class _SharedWeights:
         its nodes read the earlier copy of the others."""
         kept, renamed = [], {}
         for tensor in part.initializers:
-            key = (weight, tensor.data_type, tuple(tensor.dims), hashlib.sha1(tensor.raw_data).digest()) \
-                if tensor.raw_data and weight else None
-            earlier = self.seen.get(key) if key else None
-            if earlier is not None and earlier.raw_data == tensor.raw_data:
-                renamed[tensor.name] = earlier.name
+            key = (weight, tensor.data_type, tuple(tensor.dims), tensor.raw_data) if weight and tensor.raw_data \
+                else None
+            if key in self.seen:
+                renamed[tensor.name] = self.seen[key].name
                 continue
-            if key:
+            if key is not None:
                 self.seen[key] = tensor
             kept.append(tensor)
         for node in part.nodes:

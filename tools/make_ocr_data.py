@@ -36,7 +36,6 @@ from tools.ocr.ctc import scores  # noqa: E402
 from tools.ocr.exact_metric import read  # noqa: E402
 
 CALIB_SEED, LINES_SEED = 100, 1
-MODELS = {"ddddocr": ddddocr.MODEL, "crnn": REPO / "models" / "crnn_ocr.onnx", "whisperer": whisperer.MODEL}
 
 
 def ddddocr_data(lines: int, calib: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -57,9 +56,15 @@ def whisperer_data(lines: int, calib: int) -> tuple[dict[str, np.ndarray], np.nd
     return {"x": x, "texts": np.array(texts)}, whisperer.render(calib, CALIB_SEED)[0]
 
 
+# recognizer -> (its model, the data it reads, how its lines are read and decoded)
+RECOGNIZERS = {"ddddocr": (ddddocr.MODEL, ddddocr_data, read),
+               "crnn": (REPO / "models" / "crnn_ocr.onnx", crnn_data, read),
+               "whisperer": (whisperer.MODEL, whisperer_data, whisperer.read)}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("recognizer", choices=sorted(MODELS))
+    parser.add_argument("recognizer", choices=sorted(RECOGNIZERS))
     parser.add_argument("--lines", type=int, default=1000, help="labelled lines (crnn: at most 800)")
     parser.add_argument("--calib", type=int, default=512, help="unlabelled lines for --calib")
     parser.add_argument("--out", type=Path, default=None, help="folder (default out/ocr/RECOGNIZER)")
@@ -67,16 +72,15 @@ def main(argv: list[str]) -> int:
     out = args.out or REPO / "out" / "ocr" / args.recognizer
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    make = {"ddddocr": ddddocr_data, "crnn": crnn_data, "whisperer": whisperer_data}[args.recognizer]
+    model, make, reader = RECOGNIZERS[args.recognizer]
     labelled, calib = make(args.lines, args.calib)
     np.savez_compressed(out / "lines.npz", **labelled)
     np.save(out / "calib.npy", calib)
     print(f"{out / 'lines.npz'}: {len(labelled['x'])} lines {list(labelled['x'].shape[1:])}; "
           f"{out / 'calib.npy'}: {len(calib)} lines ({time.perf_counter() - start:.1f} s)")
     start = time.perf_counter()
-    reader = whisperer.read if args.recognizer == "whisperer" else read
-    exact, chars = scores(*reader(str(MODELS[args.recognizer]), labelled))
-    print(f"{MODELS[args.recognizer].name}: exact {exact:.2%}, characters {chars:.2%} "
+    exact, chars = scores(*reader(str(model), labelled))
+    print(f"{model.name}: exact {exact:.2%}, characters {chars:.2%} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -163,8 +163,8 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
             picks[i] = mid
         _, drop = scorer(picks)
         squared = sum(problem.auto[i].errors[mid] ** 2 for i, mid in mids.items())
-        for i in members:
-            if squared > 0:
+        if squared > 0:
+            for i in members:
                 problem.auto[i].weight = max(drop, floor) / squared
         mid = mids[members[0]]
         saved = sum(problem.auto[i].before - problem.auto[i].costs[m] for i, m in mids.items())
@@ -178,7 +178,7 @@ def _weight_groups(layers) -> list[list[int]]:
     with no weight name, or the only reader of its weight, alone)."""
     groups: dict[str, list[int]] = {}
     for i, layer in enumerate(layers):
-        groups.setdefault(layer.site.weight_name or f"#{layer.site.key}", []).append(i)
+        groups.setdefault(layer.site.weight_source or f"#{layer.site.key}", []).append(i)
     return list(groups.values())
 
 

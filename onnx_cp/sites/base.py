@@ -46,6 +46,12 @@ class Site:
         return tuple(n for n in (self.name, self.weight_name) if n)
 
     @property
+    def weight_source(self) -> str | None:
+        """The tensor at the root of the weight's chain: nodes that read one weight, directly or
+        through Identity nodes (an RNN unrolled into a Gemm per step), have the same."""
+        return self.weight.source if self.weight is not None else self.weight_name
+
+    @property
     def key(self) -> str:
         """A stable, hashable identity: the node's output (unique in a graph), else its name."""
         return self.node.output[0] if self.node is not None and self.node.output else self.name
