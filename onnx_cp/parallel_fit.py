@@ -7,6 +7,7 @@ first so the last worker does not start a large layer alone.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Hashable, Sequence
@@ -43,8 +44,9 @@ class FitTask:
 
 
 def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: Progress | None = None,
-            fitter: Fitter | None = None) -> dict[Hashable, Factors]:
-    """Every task's Factors, by key. ``fitter`` (tests) replaces the CP solver and runs in process."""
+            fitter: Fitter | None = None, deadline: float | None = None) -> dict[Hashable, Factors]:
+    """Every task's Factors, by key. ``fitter`` (tests) replaces the CP solver and runs in process.
+    Past ``deadline`` (a ``time.perf_counter()``) no fit starts: the result then lacks some keys."""
     results: dict[Hashable, Factors] = {}
     if not tasks:
         return results
@@ -52,6 +54,8 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
     if fitter is not None or jobs <= 1 or len(order) == 1:
         warm = None if fitter is None else (lambda k, r, s, init: fitter(k, r, s))
         for done, task in enumerate(order):
+            if _past(deadline):
+                break
             if progress:
                 progress(task.label, done, len(order))
             results[task.key] = _fit_task(task, options, warm)
@@ -61,13 +65,22 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
         if progress:
             progress(_labels(pending.values()), 0, len(order))
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            done, _ = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
             for future in done:
                 task = pending.pop(future)
                 results[task.key] = future.result()
+            if _past(deadline):  # the fits running end on their own; the queued ones never start
+                for future in pending:
+                    future.cancel()
+                break
             if progress:
                 progress(_labels(pending.values()), len(results), len(order))
     return results
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:

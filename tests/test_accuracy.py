@@ -442,6 +442,22 @@ def test_mnist_scores_match_evaluate_on_the_held_back_part():
     assert top1.score(damaged) == pytest.approx(evaluate(damaged, held["x"], held["y"]).top1)
 
 
+def test_a_sampled_target_scores_random_rows_of_the_choosing_part_against_the_original_on_them():
+    from onnx_cp import RankSelection
+    from onnx_cp.accuracy import AccuracyTarget
+
+    model = onnx.load(str(MODELS / "mnist_cnn.onnx"))
+    data = subset(load_data(MODELS / "mnist_test.npz", model), np.arange(600))
+    target = AccuracyTarget.build(model, data, RankSelection(max_drop=0.01), {}, seed=0)
+    quick = target.sampled(100, seed=1)
+    rows = quick.split.selection_rows
+    assert len(rows) == 100 and set(rows) <= set(target.split.selection_rows) and np.all(np.diff(rows) > 0)
+    assert rows.max() > 500  # drawn from the whole part, not its first rows
+    np.testing.assert_array_equal(quick.split.selection["y"], data["y"][rows])
+    assert quick.baseline == pytest.approx(evaluate(model, data["x"][rows], data["y"][rows]).top1)
+    assert quick.split.holdout is target.split.holdout and target.sampled(420) is target
+
+
 def _best_path(scores: np.ndarray, symbols: str) -> str:
     """Greedy CTC decoding of one line's (T, classes) scores: group runs, drop the blank (0)."""
     return "".join(symbols[k - 1] for k, _ in itertools.groupby(scores.argmax(-1)) if k != 0)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from golden_timing import FakeTiming
 from onnx_cp import OnnxCpError, RankSelection, RewriteConfig, rewrite_with_report
 from onnx_cp.cli import cli
+from onnx_cp.splice import splice
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHAPES = {"input": (1, 1, 28, 28)}
@@ -151,9 +152,15 @@ def test_the_path_between_two_allocations_moves_one_layer_one_candidate_at_a_tim
             assert seen == sorted(seen) or seen == sorted(seen, reverse=True)
 
 
-def test_nodes_that_read_one_weight_are_scored_together_in_one_sensitivity_row(tmp_path):
+def test_nodes_that_read_one_weight_are_scored_together_in_one_sensitivity_row(tmp_path, monkeypatch):
     # an RNN unrolled into one Gemm per step reads one weight at every step: x -> W -> W -> V
     from builders import float_model
+    from onnx_cp.ranks import damages
+
+    # the proxy's sensitivity runs the model once per weight too, with all its readers rewritten
+    spliced = []
+    monkeypatch.setattr(damages, "splice", lambda model, replacements: spliced.append(
+        sorted(r.site.name for r in replacements)) or splice(model, replacements))
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -177,4 +184,16 @@ def test_nodes_that_read_one_weight_are_scored_together_in_one_sensitivity_row(t
     rows = {r["layer"]: r for r in result.report.sensitivity}
     assert set(rows) == {"step1", "head"}
     assert list(rows["step1"]["nodes"]) == ["step1", "step2"] and not rows["head"]["nodes"]
+    assert spliced == [["step1", "step2"], ["head"]]
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_a_time_budget_spent_before_the_search_fails_in_one_line_naming_the_step(tmp_path, val):
+    out = tmp_path / "out.onnx"
+    result = cli_rewrite(tmp_path, "--max-drop", "5", "--data", val, "--max-iter", "10", "--no-recover",
+                         "--input-shape", "input=1x1x28x28", "--time-budget", "0.001")
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]  # the progress lines come before it
+    assert line.startswith("onnx-cp: error: --time-budget 0.001 ran out in the steps before the latency probe")
+    assert "no model within the drop was found" in line
+    assert not out.exists()

@@ -38,3 +38,12 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 1]"
+
+
+def test_no_fit_starts_past_the_deadline():
+    import time
+
+    options = FitOptions(max_iter=40, progress_tol=1e-3)
+    for jobs in (1, 2):
+        assert fit_all(_tasks(), options, jobs=jobs, deadline=time.perf_counter() - 1) == {}
+        assert fit_all(_tasks(), options, jobs=jobs, deadline=time.perf_counter() + 600).keys() == {0, 1, 2}

@@ -23,14 +23,18 @@ CURVE_ITERATIONS = 10
 FINAL_FIT_FACTOR = 1.0
 
 
-def fit_curves(problem: BudgetProblem, progress: Progress | None) -> None:
-    """Every candidate of every layer, fitted briefly, in parallel."""
+def fit_curves(problem: BudgetProblem, progress: Progress | None, deadline: float | None = None) -> bool:
+    """Every candidate of every layer, fitted briefly, in parallel. False (and no layer's fits set)
+    where ``deadline`` (a ``time.perf_counter()``) passed before every candidate was fitted."""
     config = problem.config
     options = replace(config.fit_options(), max_iter=min(config.max_iter, CURVE_ITERATIONS), stabilize="never")
     tasks = [task(l, (i, k), k, config.seed) for i, l in enumerate(problem.auto) for k in range(len(l.ranks))]
-    fits = fit_all(tasks, options, config.worker_count(), staged(progress, "curves"), problem.fitter)
+    fits = fit_all(tasks, options, config.worker_count(), staged(progress, "curves"), problem.fitter, deadline)
+    if len(fits) < len(tasks):
+        return False
     for i, layer in enumerate(problem.auto):
         layer.fits = [fits[(i, k)] for k in range(len(layer.ranks))]
+    return True
 
 
 def task(layer: BudgetLayer, key, k: int, seed: int, **more) -> FitTask:

@@ -2,18 +2,22 @@
 inputs, and how much of a layer's error reaches the model's outputs (its sensitivity)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from onnx_cp import decompositions
 from onnx_cp.progress import Progress
 from onnx_cp.ranks import proxy
-from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem
+from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem, weight_groups
 from onnx_cp.splice import Replacement, splice
 
 
-def measure_damages(problem: BudgetProblem, progress: Progress | None) -> None:
+def measure_damages(problem: BudgetProblem, progress: Progress | None, deadline: float | None = None) -> bool:
     """Each candidate's error at its layer's output, and how much of a layer's error reaches the
-    model's outputs: (output error / layer error)^2, each layer alone at its middle candidate."""
+    model's outputs: (output error / layer error)^2, each layer alone at its middle candidate (the
+    layers reading one weight together: one run, one sensitivity). False where ``deadline`` (a
+    ``time.perf_counter()``) passed first; the layers not reached then keep a sensitivity of 1."""
     model, auto, threads = problem.model, problem.auto, problem.threads
     problem.reference = proxy.run(model, problem.feeds, threads)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
@@ -21,24 +25,38 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None) -> None:
     dtype = dtype if dtype in (np.float16, np.float32, np.float64) else np.float32
     got = proxy.capture(model, [t for l in auto for t in (l.site.node.input[0], l.site.node.output[0])],
                         problem.feeds, dtype, threads)
+    groups = weight_groups(auto)
+    steps = len(auto) + len(groups)
     for k, layer in enumerate(auto):
+        if _late(deadline):
+            return False
         if progress:
-            progress(f"damages: {layer.site.name} feature-map error", k, 2 * len(auto))
+            progress(f"damages: {layer.site.name} feature-map error", k, steps)
         node = layer.site.node
         weight = np.concatenate([np.asarray(g, dtype=np.float64) for g in layer.groups], axis=0)
         kernels = [_kernel(layer, j) for j in range(len(layer.ranks))]
         layer.errors = proxy.layer_errors(node, weight, kernels, got[node.input[0]], got[node.output[0]],
                                           opset, threads)
-    for k, layer in enumerate(auto):
+    for k, members in enumerate(groups):
+        if _late(deadline):
+            return False
+        layers = [auto[i] for i in members]
         if progress:
-            progress(f"damages: {layer.site.name} sensitivity", len(auto) + k, 2 * len(auto))
-        mid = len(layer.ranks) // 2
-        if layer.errors[mid] <= 0:
+            progress(f"damages: {layers[0].site.name} sensitivity", len(auto) + k, steps)
+        mids = [len(l.ranks) // 2 for l in layers]
+        squared = sum(l.errors[m] ** 2 for l, m in zip(layers, mids))
+        if squared <= 0:
             continue
-        form = decompositions.get(layer.kind(mid)).forms[0]
-        variant = splice(model, [Replacement(layer.site, form, layer.ranks[mid], layer.factors(mid))])[0]
+        variant = splice(model, [Replacement(l.site, decompositions.get(l.kind(m)).forms[0], l.ranks[m], l.factors(m))
+                                 for l, m in zip(layers, mids)])[0]
         out = proxy.output_error(proxy.run(variant, problem.feeds, threads), problem.reference)
-        layer.weight = (out / layer.errors[mid]) ** 2
+        for layer in layers:
+            layer.weight = out ** 2 / squared
+    return True
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def _kernel(layer: BudgetLayer, k: int) -> np.ndarray:

@@ -5,15 +5,19 @@ BudgetProblem:
 
 1. candidates over a wide range of each layer's cost, costed by the latency probe (grid,
    latency, target), fitted briefly and damaged by the proxy (curves, damages);
-2. each layer's cost in the user's metric: the layer alone at its middle candidate, scored on the
-   choosing part of the data (with --calib after a short recovery, as the rewrite will recover
-   it); its proxy curve is scaled to that drop, and the layer alone and its milliseconds saved
-   make the sensitivity table;
+2. each layer's cost in the user's metric: the layer alone at its middle candidate, scored on
+   ``SENSITIVITY_SAMPLES`` of the choosing part (with --calib after a short recovery, as the
+   rewrite will recover it); its proxy curve is scaled to that drop, and the layer alone and its
+   milliseconds saved make the sensitivity table;
 3. the fastest of the knapsack's allocations (over budgets from every layer at its cheapest to
    every layer kept) that keeps the whole model within the drop, by bisection on each one's
    measured drop, scored as the rewrite will write it: its layers fitted in full and recovered;
    then a bisection on the single candidate steps between it and the next faster allocation;
 4. the kept candidates fitted in full (those the search fitted are not fitted again).
+
+With a time budget (``deadline``), a step that runs past it ends the search: before any allocation
+was scored, the rewrite fails in one line saying where the time went; after, the fastest
+allocation found within the drop is kept.
 
 The rewrite's hold stage then scores the written model and gives layers back, worst accuracy per
 millisecond first, while the drop is exceeded; the drop it reports is measured on the held-back part.
@@ -25,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from onnx_cp.calibrate.session import QUICK_STEPS
+from onnx_cp.errors import OnnxCpError, param
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.allocate import allocate
 from onnx_cp.ranks.budget import check_shapes, record
@@ -32,7 +37,7 @@ from onnx_cp.ranks.curves import fit_curves, fit_kept
 from onnx_cp.ranks.damages import measure_damages
 from onnx_cp.ranks.grid import choose_candidates, macs_share
 from onnx_cp.ranks.latency import latency_share
-from onnx_cp.ranks.problem import BudgetProblem
+from onnx_cp.ranks.problem import BudgetProblem, weight_groups
 from onnx_cp.ranks.target import assign_costs
 
 # The speed-up the candidates are centred for: they span from well below it up to the Conv's cost.
@@ -43,6 +48,10 @@ BUDGETS = 48
 # layer's whole cost, and a measured drop can only tell apart the allocations they make (charcnn36
 # with 8 per layer had its large layer at rank 48, 4 points lost, or 96, 0.6 points).
 CURVE_FITS = 48
+# Samples of the choosing part the sensitivity table scores each layer on: it scales the layers'
+# curves against each other, and the allocations are then scored on the whole part. On a CNN + LSTM
+# captcha reader its 29 rows took 280 of a 1,180 s search at 1,400 samples.
+SENSITIVITY_SAMPLES = 512
 
 
 @dataclass(frozen=True)
@@ -81,20 +90,25 @@ class Trial:
 def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None, progress: Progress | None) -> None:
     """Fill the problem's plan for ``target`` (accuracy.AccuracyTarget); ``calibration``
     (calibrate.Calibration or None) recovers briefly what is scored."""
-    selection = problem.selection
     check_shapes(problem)
     problem.goal = GOAL
+    _in_time(problem, deadline, "the steps before the latency probe")
     share = macs_share(problem)
-    if selection.measure or selection.cost == "latency":
+    if problem.selection.measure or problem.selection.cost == "latency":
         share = latency_share(problem, share, progress)
+    _in_time(problem, deadline, "the latency probe")
     choose_candidates(problem, share, 1.0, CURVE_FITS)
     assign_costs(problem, progress, refuse=False)
     problem.feeds = problem.data.proxy_feeds()
-    fit_curves(problem, progress)
-    measure_damages(problem, progress)
+    if not fit_curves(problem, progress, deadline):
+        _in_time(problem, deadline, "the candidates' fits")
+    if not measure_damages(problem, progress, deadline):
+        _in_time(problem, deadline, "the candidates' damages")
     scorer = _Scorer(problem, target, calibration, progress, deadline)
     if not _late(deadline):  # past the time budget the proxy's own damages order the layers
-        problem.plan.sensitivity = _sensitivity(problem, scorer, progress)
+        quick = _Scorer(problem, target.sampled(SENSITIVITY_SAMPLES, problem.config.seed), calibration, progress,
+                        deadline)
+        problem.plan.sensitivity = _sensitivity(problem, quick, deadline, progress)
     picks = _search(problem, scorer, deadline, progress)
     fit_kept(problem, picks, progress)
     record(problem, picks)
@@ -142,17 +156,23 @@ def _replacements(problem: BudgetProblem, chosen) -> list:
                                    for kind, s, r, f in problem.ruled_layers()]
 
 
-def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | None) -> list[Sensitivity]:
+def _sensitivity(problem: BudgetProblem, scorer: _Scorer, deadline: float | None,
+                 progress: Progress | None) -> list[Sensitivity]:
     """Each layer alone at its middle candidate, scored; its proxy curve scaled to that drop (a
     layer whose drop is within the metric's noise counts a quarter of one sample's worth). Layers
     that read one weight (an RNN unrolled into a Gemm per step) are scored together, one row and one
     scale: each alone changes one step of many, and scoring them one by one would multiply the
-    search's time by the number of steps."""
+    search's time by the number of steps. Past ``deadline`` the layers not yet scored have no row
+    and keep the proxy's sensitivity."""
     rows = []
     floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
     keep = [len(l.ranks) for l in problem.auto]
-    groups = _weight_groups(problem.auto)
+    groups = weight_groups(problem.auto)
     for g, members in enumerate(groups):
+        if _late(deadline):
+            problem.plan.notes.append(f"{param('time_budget')} ran out during the sensitivity table: {g} of "
+                                      f"{len(groups)} layers were scored alone, the rest ordered by the proxy")
+            break
         first = problem.auto[members[0]]
         if progress:
             progress(f"sensitivity: {first.site.name}" + (f" and {len(members) - 1} more sharing its weight"
@@ -171,15 +191,6 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, progress: Progress | N
         rows.append(Sensitivity(first.site.name, first.kind(mid), first.label(mid), saved, drop,
                                 nodes=tuple(problem.auto[i].site.name for i in members) if len(members) > 1 else ()))
     return rows
-
-
-def _weight_groups(layers) -> list[list[int]]:
-    """Indices of ``layers`` grouped by the weight their nodes read, in order of first use (a layer
-    with no weight name, or the only reader of its weight, alone)."""
-    groups: dict[str, list[int]] = {}
-    for i, layer in enumerate(layers):
-        groups.setdefault(layer.site.weight_source or f"#{layer.site.key}", []).append(i)
-    return list(groups.values())
 
 
 def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, progress: Progress | None) -> list[int]:
@@ -267,3 +278,14 @@ def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
 
 def _late(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() > deadline
+
+
+def _in_time(problem: BudgetProblem, deadline: float | None, step: str) -> None:
+    """Past ``deadline`` before any allocation was scored: no model within the drop can be named,
+    so the rewrite fails saying where the time went."""
+    if not _late(deadline):
+        return
+    budget = problem.config.time_budget
+    spent = budget + time.perf_counter() - deadline
+    raise OnnxCpError(f"{param('time_budget', f'{budget:g}')} ran out in {step} (after {spent:.1f} s), before the search "
+                      "scored any model, so no model within the drop was found; give it more time, or leave it out")

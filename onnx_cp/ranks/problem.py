@@ -59,6 +59,16 @@ class BudgetLayer:
         return next(k for k, r in enumerate(self.ranks) if r == self.uniform and self.kinds[k] == first)
 
 
+def weight_groups(layers: list[BudgetLayer]) -> list[list[int]]:
+    """Indices of ``layers`` grouped by the weight their nodes read, in order of first use (a layer
+    with no weight name, or the only reader of its weight, alone): an RNN unrolled into a Gemm per
+    step reads one weight at every step, and each step alone changes the outputs by little."""
+    groups: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        groups.setdefault(layer.site.weight_source or f"#{layer.site.key}", []).append(i)
+    return list(groups.values())
+
+
 @dataclass
 class BudgetProblem:
     """Everything the steps share: the model, the layers, the cost unit, the target."""
