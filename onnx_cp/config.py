@@ -130,7 +130,8 @@ class RewriteConfig:
         outputs match the input's on the calibration samples (torch and onnx2torch, the finetune
         extra); the result is kept only where the output error on held-back samples drops. 0 epochs: off.
     time_budget: seconds for the whole ``max_drop`` search: when they run out, the fastest model
-        found within the drop is written, or none is found and the rewrite fails naming the best.
+        found within the drop is written, or none is found and the rewrite fails naming the best
+        (or, where no model was scored yet, the step the search had reached).
     """
 
     ranks: tuple[RankRule | str | int | float, ...] = ()

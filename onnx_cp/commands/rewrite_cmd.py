@@ -70,7 +70,8 @@ MODE_OPTIONS = {
               help="With --max-drop: the share of --data held back; the drop reported is measured there.")
 @click.option("--time-budget", type=float, default=None, metavar="S",
               help="With --max-drop: seconds for the whole search; the fastest model found within the drop is "
-                   "written when they run out (--max-time stays the seconds of one layer's fit).")
+                   "written when they run out, and a search that has scored no model by then fails in one line "
+                   "naming the step it reached (--max-time stays the seconds of one layer's fit).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=DEFAULTS["quantize"],
               help="Also quantize the rewritten model: onnxruntime's static INT8 (QDQ, per-channel weights) "
                    "calibrated on --calib, each Conv/Gemm/MatMul in int8 only where that measured faster; "
