@@ -11,8 +11,7 @@ BudgetProblem:
    milliseconds saved make the sensitivity table;
 3. the fastest of the knapsack's allocations (over budgets from every layer at its cheapest to
    every layer kept) that keeps the whole model within the drop, by bisection on each one's
-   measured drop, scored as the rewrite will write it: recovered as the rewrite recovers (with
-   --calib: from the candidates' quick fits, which recovery retrains; else fitted in full);
+   measured drop, scored as the rewrite will write it: its layers fitted in full and recovered;
    then a bisection on the single candidate steps between it and the next faster allocation;
 4. the kept candidates fitted in full (those the search fitted are not fitted again).
 
@@ -122,11 +121,12 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
 
 
 class _Scorer:
-    """Scores allocations of the problem on the choosing part, each once. ``full``: the rewrite's
-    own recovery from the quick fits, or without calibration the layers' full fits, as the written
-    model will have them; else quick fits and a short recovery (each layer alone, for the
-    sensitivity table). Recovery retrains what a full fit would add: on a CNN + LSTM captcha
-    reader the full fits took 30 to 60 s of each allocation's 50 to 85 s."""
+    """Scores allocations of the problem on the choosing part, each once. ``full``: the layers'
+    full fits and the rewrite's own recovery, as the written model will have them; else quick fits
+    and a short recovery (each layer alone, for the sensitivity table). On a CNN + LSTM captcha
+    reader, allocations predicted near 3x and scored from the quick fits lost 1.4 to 2.1 points,
+    from the full fits 0.07 (one run each), and the quick fits saved no time: recovery takes most
+    of each allocation's 50 to 85 s."""
 
     def __init__(self, problem: BudgetProblem, target, calibration, progress: Progress | None = None,
                  deadline: float | None = None):
@@ -141,7 +141,7 @@ class _Scorer:
         key = (tuple(picks), full)
         if key not in self.seen:
             problem = self.problem
-            if full and self.calibration is None:
+            if full:
                 fit_kept(problem, picks, self.progress, measure=False)
             variant = problem.variant(picks)
             if self.calibration is not None:
