@@ -54,7 +54,7 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
     if fitter is not None or jobs <= 1 or len(order) == 1:
         warm = None if fitter is None else (lambda k, r, s, init: fitter(k, r, s))
         for done, task in enumerate(order):
-            if _past(deadline):
+            if past(deadline):
                 break
             if progress:
                 progress(task.label, done, len(order))
@@ -70,7 +70,7 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
             for future in done:
                 task = pending.pop(future)
                 results[task.key] = future.result()
-            if _past(deadline):  # the fits running end on their own; the queued ones never start
+            if past(deadline):  # the fits running end on their own; the queued ones never start
                 for future in pending:
                     future.cancel()
                 break
@@ -79,7 +79,8 @@ def fit_all(tasks: Sequence[FitTask], options: FitOptions, jobs: int, progress: 
     return results
 
 
-def _past(deadline: float | None) -> bool:
+def past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.perf_counter()``, or None for none) has passed."""
     return deadline is not None and time.perf_counter() > deadline
 
 

@@ -2,11 +2,10 @@
 inputs, and how much of a layer's error reaches the model's outputs (its sensitivity)."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from onnx_cp import decompositions
+from onnx_cp.parallel_fit import past
 from onnx_cp.progress import Progress
 from onnx_cp.ranks import proxy
 from onnx_cp.ranks.problem import BudgetLayer, BudgetProblem, weight_groups
@@ -28,7 +27,7 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None, deadline:
     groups = weight_groups(auto)
     steps = len(auto) + len(groups)
     for k, layer in enumerate(auto):
-        if _late(deadline):
+        if past(deadline):
             return False
         if progress:
             progress(f"damages: {layer.site.name} feature-map error", k, steps)
@@ -38,7 +37,7 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None, deadline:
         layer.errors = proxy.layer_errors(node, weight, kernels, got[node.input[0]], got[node.output[0]],
                                           opset, threads)
     for k, members in enumerate(groups):
-        if _late(deadline):
+        if past(deadline):
             return False
         layers = [auto[i] for i in members]
         if progress:
@@ -53,10 +52,6 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None, deadline:
         for layer in layers:
             layer.weight = out ** 2 / squared
     return True
-
-
-def _late(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() > deadline
 
 
 def _kernel(layer: BudgetLayer, k: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 
 from onnx_cp.calibrate.session import QUICK_STEPS
 from onnx_cp.errors import OnnxCpError, param
+from onnx_cp.parallel_fit import past
 from onnx_cp.progress import Progress
 from onnx_cp.ranks.allocate import allocate
 from onnx_cp.ranks.budget import check_shapes, record
@@ -108,7 +109,7 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
     if not measure_damages(problem, progress, deadline):
         _in_time(problem, deadline, "the candidates' damages")
     scorer = _Scorer(problem, target, calibration, progress, deadline)
-    if not _late(deadline):  # past the time budget the proxy's own damages order the layers
+    if not past(deadline):  # past the time budget the proxy's own damages order the layers
         quick = _Scorer(problem, target.sampled(SENSITIVITY_SAMPLES, problem.config.seed), calibration, progress,
                         deadline)
         problem.plan.sensitivity = _sensitivity(problem, quick, deadline, progress)
@@ -176,7 +177,7 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, deadline: float | None
     keep = [len(l.ranks) for l in problem.auto]
     groups = weight_groups(problem.auto)
     for g, members in enumerate(groups):
-        if _late(deadline):
+        if past(deadline):
             problem.plan.notes.append(f"{param('time_budget')} ran out during the sensitivity table: {g} of "
                                       f"{len(groups)} layers were scored alone, the rest ordered by the proxy")
             break
@@ -251,7 +252,7 @@ def _bisect(problem: BudgetProblem, scorer: _Scorer, ordered: list[list[int]], b
     found within, and the index of the slowest found outside (-1: none)."""
     failing, within_index = -1, len(ordered)
     while within_index - failing > 1:
-        if _late(deadline) and scorer.trials:
+        if past(deadline) and scorer.trials:
             break
         index = (failing + within_index) // 2
         picks = ordered[index]
@@ -310,14 +311,10 @@ def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
         k < len(l.ranks) for l, k in zip(problem.auto, p))]
 
 
-def _late(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() > deadline
-
-
 def _in_time(problem: BudgetProblem, deadline: float | None, step: str) -> None:
     """Past ``deadline`` before any allocation was scored: no model within the drop can be named,
     so the rewrite fails saying where the time went."""
-    if not _late(deadline):
+    if not past(deadline):
         return
     budget = problem.config.time_budget
     spent = budget + time.perf_counter() - deadline
