@@ -187,6 +187,9 @@ def test_nodes_that_read_one_weight_are_scored_together_in_one_sensitivity_row(t
     assert set(rows) == {"step1", "head"}
     assert list(rows["step1"]["nodes"]) == ["step1", "step2"] and not rows["head"]["nodes"]
     assert spliced == [["step1", "step2"], ["head"]]
+    # and the search allocates them as one: both steps at one rank, or both kept
+    ranks = {l.node: l.rank for l in result.report.rewritten}
+    assert ("step1" in ranks) == ("step2" in ranks) and ranks.get("step1") == ranks.get("step2")
     onnx.checker.check_model(result.model, full_check=True)
 
 
@@ -220,3 +223,28 @@ def test_of_the_allocations_within_the_drop_the_fastest_timed_is_written_not_the
     fastest_predicted = max(timed, key=lambda t: t["predicted_speedup"])
     assert written["measured_speedup"] > fastest_predicted["measured_speedup"]  # this timing disagrees
     assert any("the fastest timed ran" in n for n in result.report.notes)
+
+
+def test_tied_layers_are_one_knapsack_unit_whose_options_sum_theirs():
+    from onnx_cp.ranks.drop import _spread, _unit_options
+
+    options = [([1.0, 2.0, 4.0], [0.5, 0.1, 0.0]), ([3.0, 9.0], [0.2, 0.0]), ([1.0, 3.0, 4.0], [0.3, 0.2, 0.0])]
+    units = [[0, 2], [1]]
+    merged = _unit_options(options, units)
+    assert [list(map(float, c)) for c, _ in merged] == [[2.0, 5.0, 8.0], [3.0, 9.0]]
+    assert [float(x) for _, d in merged for x in d] == pytest.approx([0.8, 0.3, 0.0, 0.2, 0.0])
+    assert _spread([1, 0], units) == [1, 0, 1]
+
+
+def test_layers_that_read_one_weight_with_the_same_candidates_are_tied():
+    from types import SimpleNamespace
+
+    from onnx_cp.ranks.drop import _tied
+
+    def layer(key, weight, ranks):
+        return SimpleNamespace(site=SimpleNamespace(key=key, weight_source=weight), ranks=ranks,
+                               kinds=["svd"] * len(ranks))
+
+    auto = [layer("a", "W", [4, 8]), layer("v", "V", [4, 8]), layer("b", "W", [4, 8]), layer("c", "W", [4]),
+            layer("n", None, [4, 8])]
+    assert _tied(SimpleNamespace(auto=auto)) == [[0, 2], [3], [1], [4]]

@@ -28,6 +28,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 from onnx_cp.calibrate.session import QUICK_STEPS
 from onnx_cp.errors import OnnxCpError, param
 from onnx_cp.parallel_fit import past
@@ -206,17 +208,48 @@ def _search(problem: BudgetProblem, scorer: _Scorer, deadline: float | None, pro
     budgets from every layer at its cheapest option to every layer kept, fastest first, and a
     bisection over them by each one's measured drop (full fits, the rewrite's recovery), then over
     the single candidate steps between the fastest within and the next faster one."""
-    options = problem.options()
+    units = _tied(problem)
+    options = _unit_options(problem.options(), units)
     costs, damages = [o[0] for o in options], [o[1] for o in options]
-    allocations = _allocations(costs, damages, problem)
+    allocations = [_spread(p, units) for p in _allocations(costs, damages)]
+    allocations = [p for p in allocations if any(k < len(l.ranks) for l, k in zip(problem.auto, p))]
     best, failing = _bisect(problem, scorer, allocations, [len(l.ranks) for l in problem.auto], deadline, progress)
     if failing >= 0:
         # the knapsack's allocations lie far apart where one layer dominates the cost (charcnn36's
         # features.3 went from rank 96, 0.61 points lost, to the next allocation at 1.96): the single
         # candidate steps between the fastest within the drop and the next faster one
-        between = _path(best, allocations[failing], options)[::-1]
+        ends = [[p[unit[0]] for unit in units] for p in (best, allocations[failing])]
+        between = [_spread(p, units) for p in _path(*ends, options)[::-1]]
         best, _ = _bisect(problem, scorer, between, best, deadline, progress, " (between allocations)")
     return best
+
+
+def _tied(problem: BudgetProblem) -> list[list[int]]:
+    """The layers the knapsack allocates as one: those that read one weight and have the same
+    candidates take the same one (the steps of an unrolled RNN: the sensitivity table scores them
+    together and the hold stage gives them back together; tied, they share their factors too)."""
+    units = []
+    for members in weight_groups(problem.auto):
+        same: dict[tuple, list[int]] = {}
+        for i in members:
+            layer = problem.auto[i]
+            same.setdefault((tuple(map(str, layer.ranks)), tuple(layer.kinds)), []).append(i)
+        units += same.values()
+    return units
+
+
+def _unit_options(options, units: list[list[int]]) -> list[tuple[list[float], list[float]]]:
+    """Each unit's options: its members' costs and damages, summed candidate by candidate."""
+    return [tuple(list(np.sum([options[i][part] for i in unit], axis=0)) for part in (0, 1)) for unit in units]
+
+
+def _spread(picks, units: list[list[int]]) -> list[int]:
+    """Per-unit picks as per-layer picks."""
+    out = [0] * sum(len(u) for u in units)
+    for unit, k in zip(units, picks):
+        for i in unit:
+            out[i] = k
+    return out
 
 
 def _fastest_timed(problem: BudgetProblem, scorer: _Scorer, best: list[int], progress: Progress | None) -> list[int]:
@@ -299,7 +332,7 @@ def _path(start: list[int], end: list[int], options) -> list[list[int]]:
     return path[:-1]
 
 
-def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
+def _allocations(costs, damages) -> list[list[int]]:
     """The knapsack's distinct allocations over budgets from the cheapest to all kept, fastest first."""
     lo = sum(min(c) for c in costs)
     hi = sum(c[-1] for c in costs)
@@ -307,8 +340,7 @@ def _allocations(costs, damages, problem: BudgetProblem) -> list[list[int]]:
     for budget in ([lo] if hi <= lo else [lo * (hi / lo) ** (i / (BUDGETS - 1)) for i in range(BUDGETS)]):
         picks = tuple(allocate(costs, damages, budget))
         found.setdefault(picks, sum(c[k] for c, k in zip(costs, picks)))
-    return [list(p) for p, _ in sorted(found.items(), key=lambda item: item[1]) if any(
-        k < len(l.ranks) for l, k in zip(problem.auto, p))]
+    return [list(p) for p, _ in sorted(found.items(), key=lambda item: item[1])]
 
 
 def _in_time(problem: BudgetProblem, deadline: float | None, step: str) -> None:
