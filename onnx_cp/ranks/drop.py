@@ -10,10 +10,12 @@ BudgetProblem:
    rewrite will recover it); its proxy curve is scaled to that drop, and the layer alone and its
    milliseconds saved make the sensitivity table;
 3. the fastest of the knapsack's allocations (over budgets from every layer at its cheapest to
-   every layer kept) that keeps the whole model within the drop, by bisection on each one's
-   measured drop, scored as the rewrite will write it: its layers fitted in full and recovered;
-   then a bisection on the single candidate steps between it and the next faster allocation;
-4. the kept candidates fitted in full (those the search fitted are not fitted again).
+   every layer kept; the layers that read one weight allocated as one) that keeps the whole model
+   within the drop, by bisection on each one's measured drop, scored as the rewrite will write it:
+   its layers fitted in full and recovered; then a bisection on the single candidate steps
+   between it and the next faster allocation;
+4. of the allocations found within the drop, the fastest timed together in onnxruntime;
+5. the kept candidates fitted in full (those the search fitted are not fitted again).
 
 With a time budget (``deadline``), a step that runs past it ends the search: before any allocation
 was scored, the rewrite fails in one line saying where the time went; after, the fastest
