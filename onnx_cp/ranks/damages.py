@@ -42,12 +42,11 @@ def measure_damages(problem: BudgetProblem, progress: Progress | None, deadline:
         layers = [auto[i] for i in members]
         if progress:
             progress(f"damages: {layers[0].site.name} sensitivity", len(auto) + k, steps)
-        mids = [len(l.ranks) // 2 for l in layers]
-        squared = sum(l.errors[m] ** 2 for l, m in zip(layers, mids))
+        squared = sum(l.middle_error ** 2 for l in layers)
         if squared <= 0:
             continue
-        variant = splice(model, [Replacement(l.site, decompositions.get(l.kind(m)).forms[0], l.ranks[m], l.factors(m))
-                                 for l, m in zip(layers, mids)])[0]
+        variant = splice(model, [Replacement(l.site, decompositions.get(l.kind(l.middle)).forms[0], l.ranks[l.middle],
+                                             l.factors(l.middle)) for l in layers])[0]
         out = proxy.output_error(proxy.run(variant, problem.feeds, threads), problem.reference)
         for layer in layers:
             layer.weight = out ** 2 / squared

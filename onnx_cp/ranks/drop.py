@@ -189,19 +189,18 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, deadline: float | None
         if progress:
             progress(f"sensitivity: {first.site.name}" + (f" and {len(members) - 1} more sharing its weight"
                                                           if len(members) > 1 else ""), g, len(groups))
+        layers = [problem.auto[i] for i in members]
         picks = list(keep)
-        mids = {i: len(problem.auto[i].ranks) // 2 for i in members}
-        for i, mid in mids.items():
-            picks[i] = mid
+        for i, layer in zip(members, layers):
+            picks[i] = layer.middle
         _, drop = scorer(picks)
-        squared = sum(problem.auto[i].errors[mid] ** 2 for i, mid in mids.items())
+        squared = sum(l.middle_error ** 2 for l in layers)
         if squared > 0:
-            for i in members:
-                problem.auto[i].weight = max(drop, floor) / squared
-        mid = mids[members[0]]
-        saved = sum(problem.auto[i].before - problem.auto[i].costs[m] for i, m in mids.items())
-        rows.append(Sensitivity(first.site.name, first.kind(mid), first.label(mid), saved, drop,
-                                nodes=tuple(problem.auto[i].site.name for i in members) if len(members) > 1 else ()))
+            for layer in layers:
+                layer.weight = max(drop, floor) / squared
+        saved = sum(l.before - l.costs[l.middle] for l in layers)
+        rows.append(Sensitivity(first.site.name, first.kind(first.middle), first.label(first.middle), saved, drop,
+                                nodes=tuple(l.site.name for l in layers) if len(layers) > 1 else ()))
     return rows
 
 

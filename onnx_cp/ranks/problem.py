@@ -40,6 +40,16 @@ class BudgetLayer:
         """Costs and damages of every option: each candidate, then the Conv kept as it is."""
         return self.costs + [self.before], [self.weight * e * e for e in self.errors] + [0.0]
 
+    @property
+    def middle(self) -> int:
+        """The candidate a layer's sensitivity is measured at, by the proxy and by --max-drop."""
+        return len(self.ranks) // 2
+
+    @property
+    def middle_error(self) -> float:
+        """The layer's output error at its middle candidate."""
+        return self.errors[self.middle]
+
     def kind(self, k: int) -> str:
         return self.kinds[k]
 

@@ -25,7 +25,7 @@ def fit_key(site: Site, candidate: Candidate, per_site: bool) -> tuple:
     (and so their data-aware fits, ``per_site``) differ."""
     from onnx_cp.decompositions import for_form
 
-    key = (site.weight.source, for_form(candidate.form).name, candidate.rank)
+    key = (site.weight_source, for_form(candidate.form).name, candidate.rank)
     return key + ((site.key,) if per_site else ())
 
 
