@@ -4,6 +4,8 @@ Tiny models built in code, seeded data, onnxruntime as the judge.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -373,3 +375,42 @@ def test_probe_keeps_only_the_nodes_its_tensors_need_subgraph_captures_included(
     x = np.array([[1.0, -2.0, 3.0], [0.5, -0.5, 2.0]], np.float32)
     (f,) = outputs(probed, x)
     np.testing.assert_allclose(f, -np.maximum(x, 0))  # sum > 0: the then branch, Neg(Relu(x))
+
+
+def test_a_recovered_layer_is_reused_while_its_factors_and_the_rewritten_layers_above_it_are_unchanged(monkeypatch):
+    from onnx_cp.calibrate import layerwise
+    from onnx_cp.calibrate.observe import observe
+    from onnx_cp.shapes import infer_shapes
+    from onnx_cp.sites import find_sites
+    from onnx_cp.splice import Replacement
+
+    rng = np.random.default_rng(5)
+    model = two_convs(rng)
+    shapes, _ = infer_shapes(model, {"x": (1, 12, 10, 10)})
+    first, second = find_sites(model, shapes, "tucker2")
+    x = correlated(rng, 24, 12, 10)
+    observed = observe(model, [first, second], x, 18, 400, 0)
+    trained = []
+    real = layerwise._recover_one
+    monkeypatch.setattr(layerwise, "_recover_one",
+                        lambda index, rep, *rest: trained.append(rep.site.name) or real(index, rep, *rest))
+    options = RecoveryOptions(steps=5, block=0)
+    memo = {}
+
+    def recovered(*reps):
+        return layerwise.recover_layers(model, list(reps), observed, x, options, None, memo=memo)
+
+    a, b = (Replacement.placeholder(s, "tucker2", (4, 4), seed) for s, seed in ((first, 1), (second, 2)))
+    once = recovered(a, b)
+    assert trained == ["conv1", "conv2"]
+    twice = recovered(a, b)
+    assert trained == ["conv1", "conv2"]  # nothing trained again, the same layers back
+    for one, two in zip(once, twice):
+        for f, g in zip(one.replacement.factors[0], two.replacement.factors[0]):
+            np.testing.assert_array_equal(f, g)
+    recovered(a, Replacement.placeholder(second, "tucker2", (4, 4), 3))  # below the first: it is kept
+    assert trained == ["conv1", "conv2", "conv2"]
+    recovered(Replacement.placeholder(first, "tucker2", (4, 4), 4), b)  # above the second: both train
+    assert trained == ["conv1", "conv2", "conv2", "conv1", "conv2"]
+    layerwise.recover_layers(model, [a, b], observed, x, dataclasses.replace(options, steps=6), None, memo=memo)
+    assert trained[-2:] == ["conv1", "conv2"]  # other options: trained again

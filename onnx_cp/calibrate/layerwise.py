@@ -8,6 +8,7 @@ rest of the model runs as it is in onnxruntime, whatever its ops.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -49,19 +50,27 @@ class LayerRecovery:
         return r.error_before, r.error_after, f"{how}, target after {self.activation}"
 
 
-def waves(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, int]:
-    """Each rewritten layer's wave (0: no rewritten layer upstream of its input)."""
+def upstream(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Each of ``keys`` (rewritten layers' outputs): the others upstream of its input."""
     wanted = set(keys)
-    upstream: dict[str, frozenset[str]] = {}
-    wave: dict[str, int] = {}
+    above_of: dict[str, frozenset[str]] = {}
+    found: dict[str, frozenset[str]] = {}
     for node in model.graph.node:
-        above = frozenset().union(*(upstream.get(i, frozenset()) for i in node.input if i))
+        above = frozenset().union(*(above_of.get(i, frozenset()) for i in node.input if i))
         out = node.output[0] if node.output else None
         if out in wanted:
-            wave[out] = 1 + max((wave[k] for k in above), default=-1)
+            found[out] = above
             above = above | {out}
         for o in node.output:
-            upstream[o] = above
+            above_of[o] = above
+    return found
+
+
+def waves(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, int]:
+    """Each rewritten layer's wave (0: no rewritten layer upstream of its input)."""
+    wave: dict[str, int] = {}
+    for key, above in upstream(model, keys).items():  # graph order: the layers above come first
+        wave[key] = 1 + max((wave[k] for k in above), default=-1)
     return wave
 
 
@@ -79,18 +88,27 @@ def rank_scaled_lr(lr: float, rank) -> float:
 
 def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], observed: dict[str, Observation],
                    x: np.ndarray, options: RecoveryOptions, max_time: float | None, threads: int = 1,
-                   progress: Progress | None = None, fixed: Sequence[Replacement] = ()) -> list[LayerRecovery]:
+                   progress: Progress | None = None, fixed: Sequence[Replacement] = (),
+                   memo: dict | None = None) -> list[LayerRecovery]:
     """Every replacement recovered on its layer's prefix-fed patches (``x``: the calibration
     inputs that ``observed`` was measured on); ``fixed``: rewritten layers that are not trained,
-    in the prefix as they are."""
+    in the prefix as they are. ``memo`` (kept by the caller across calls with the same ``x``):
+    a layer recovered before with the same options, factors and rewritten layers upstream is
+    taken from it, not trained again (a search scores allocations that share their first layers)."""
     index = GraphIndex(model.graph)
     order = waves(model, [r.site.key for r in replacements])
+    keys = _memo_keys(model, list(replacements) + list(fixed), options) if memo is not None else {}
     done: list[LayerRecovery] = []
     start = time.perf_counter()
     todo = sorted(replacements, key=lambda r: order[r.site.key])
     base = options
     for w in sorted(set(order.values())):
         layer_reps = [r for r in todo if order[r.site.key] == w]
+        known = [memo[keys[r.site.key]] for r in layer_reps if keys.get(r.site.key) in memo] if memo else []
+        done += known
+        layer_reps = [r for r in layer_reps if not (memo and keys.get(r.site.key) in memo)]
+        if not layer_reps:
+            continue
         prefix = apply(model, done, fixed)
         inputs = _prefix_patches(prefix, layer_reps, observed, x, threads)
         for rep in layer_reps:
@@ -111,7 +129,25 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
                                                   threads=threads)))
             else:
                 done.append(_recover_one(index, rep, seen, patches, replace(options, max_time=share, threads=threads)))
+            if memo is not None:
+                memo[keys[rep.site.key]] = done[-1]
     return done
+
+
+def _memo_keys(model: onnx.ModelProto, reps: Sequence[Replacement], options: RecoveryOptions) -> dict[str, tuple]:
+    """Each replacement's recovery key: its options, itself and every rewritten layer upstream of it
+    (what its recovered factors depend on; a run cut short by its time limit is kept as it came)."""
+    own = {r.site.key: _identity(r) for r in reps}
+    above = upstream(model, list(own))
+    return {k: (options, own[k], tuple(sorted(own[u] for u in above.get(k, ())))) for k in own}
+
+
+def _identity(rep: Replacement) -> tuple:
+    digest = hashlib.blake2b(digest_size=16)
+    for group in rep.factors:
+        for factor in group:
+            digest.update(np.ascontiguousarray(factor).tobytes())
+    return rep.site.key, rep.form, str(rep.rank), digest.hexdigest()
 
 
 def _refine_block(model: onnx.ModelProto, prefix: onnx.ModelProto, index: GraphIndex, layer: LayerRecovery, block,

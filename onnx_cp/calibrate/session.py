@@ -87,6 +87,15 @@ class Calibration:
     distilled: dict[str, np.ndarray] = field(default_factory=dict)  # trained weights, by initializer name
     distillation: DistillSummary | None = None
     _reference: list | None = field(default=None, repr=False)  # the input model's held-back outputs
+    _quick: dict = field(default_factory=dict, repr=False)  # quick_recover's layers, by their recovery key
+
+    @property
+    def passes(self) -> int:
+        """Threads for the passes over the samples and recovery's training (onnxruntime's and
+        torch's): every core, as they are computed, not timed (``config.threads`` is the session
+        the forms are timed in). On a CNN + LSTM captcha reader the prefix passes and the chains'
+        training were most of a --max-drop search's time."""
+        return self.config.worker_count()
 
     @classmethod
     def start(cls, data: CalibrationData, config) -> "Calibration | None":
@@ -108,7 +117,7 @@ class Calibration:
             return
         data, config = self.data, self.config
         notes.extend(_too_few(sites, data.train, data.samples - data.train, data.source))
-        self.observed.update(observe(model, sites, data.fitting, data.train, PATCHES, config.seed, config.threads,
+        self.observed.update(observe(model, sites, data.fitting, data.train, PATCHES, config.seed, self.passes,
                                      progress))
         self.seconds += time.perf_counter() - begin
 
@@ -133,7 +142,7 @@ class Calibration:
         trained, fixed = self._trainable(replacements)
         budget = _least(config.recover_time, max_time)
         layers = recover_layers(model, trained, self.observed, self.data.fitting, options, budget,
-                                config.threads, progress, fixed)
+                                self.passes, progress, fixed)
         final = apply(model, layers, fixed)
         self.model_error = self._error(final, reference)
         self.recovered = {l.replacement.site.key: l for l in layers}
@@ -148,7 +157,7 @@ class Calibration:
         config = self.config
         begin = time.perf_counter()
         before = self.model_error
-        options = DistillOptions(epochs=config.distill_epochs, seed=config.seed,
+        options = DistillOptions(epochs=config.distillation_epochs, seed=config.seed,
                                  max_time=_least(config.distill_time, max_time))
         try:
             result = distill_layers(model, written, nodes, self.data.x[:self.data.train or self.data.samples],
@@ -174,13 +183,15 @@ class Calibration:
     def quick_recover(self, model: onnx.ModelProto, fitted: onnx.ModelProto, replacements: Sequence[Replacement],
                       steps: int = QUICK_STEPS, max_time: float | None = None) -> onnx.ModelProto:
         """``fitted`` after a short recovery (``steps`` Adam steps per layer, no block step), as a
-        search compares candidates by; the rewrite's own recovery is left untouched."""
+        search compares candidates by; the rewrite's own recovery is left untouched. A layer
+        recovered by an earlier call with the same factors and the same layers rewritten above
+        it is reused, not trained again."""
         trained, fixed = self._trainable(replacements)
         if not self.config.recover or not trained:
             return fitted
         options = RecoveryOptions(steps=steps, seed=self.config.seed, block=0)
         layers = recover_layers(model, trained, self.observed, self.data.fitting, options, max_time,
-                                self.config.threads, None, fixed)
+                                self.passes, None, fixed, memo=self._quick)
         return apply(model, layers, fixed)
 
     def _trainable(self, replacements: Sequence[Replacement]) -> tuple[list[Replacement], list[Replacement]]:
@@ -218,7 +229,7 @@ class Calibration:
         axis need not be its first, as in a (T, N, C) sequence)."""
         data = self.data
         x = data.held_back if data.train < data.samples else data.fitting
-        return batched_outputs(model, x, threads=self.config.threads)
+        return batched_outputs(model, x, threads=self.passes)
 
     def _reference_outputs(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
         """``_outputs`` of the input model, computed once per rewrite (it never changes)."""
@@ -232,7 +243,7 @@ class Calibration:
         count = min(data.samples - data.train, data.train)
         if count == 0:
             return None
-        x, threads = data.x[:count], self.config.threads
+        x, threads = data.x[:count], self.passes
         return output_error(batched_outputs(tuned, x, threads=threads), batched_outputs(model, x, threads=threads))
 
     def _error(self, model: onnx.ModelProto, reference) -> float:
