@@ -157,3 +157,22 @@ def test_the_command_refuses_distill_options_without_calib(tmp_path):
                                       "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 2, result.output
     assert "--distill-epochs is used by --calib" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_max_drop_writes_the_model_its_search_measured_undistilled_unless_epochs_are_given(case):
+    from golden_timing import FakeTiming
+
+    model, x, path = case
+    np.savez(path.parent / "val.npz", x=np.concatenate([x, x[::-1] + 0.1]))  # 120: both parts of 20 and more
+    shapes = {"x": (1, 12, 10, 10)}
+
+    def calibration(**more) -> dict:
+        result = rewrite_with_report(model, max_drop=0.5, metric="agreement", data=str(path.parent / "val.npz"),
+                                     calib=str(path), calib_samples=60, recover_steps=10, max_iter=10, jobs=1,
+                                     candidates=3, calib_count=4, input_shapes=shapes,
+                                     timer=FakeTiming(model, shapes), **more)
+        assert result.report.rewritten
+        return result.report.calibration
+
+    assert calibration()["distillation"] is None
+    assert calibration(distill_epochs=1)["distillation"]["epochs"] == 1

@@ -248,3 +248,36 @@ def test_layers_that_read_one_weight_with_the_same_candidates_are_tied():
     auto = [layer("a", "W", [4, 8]), layer("v", "V", [4, 8]), layer("b", "W", [4, 8]), layer("c", "W", [4]),
             layer("n", None, [4, 8])]
     assert _tied(SimpleNamespace(auto=auto)) == [[0, 2], [3], [1], [4]]
+
+
+def test_a_layer_that_can_save_a_large_share_of_the_time_is_scored_alone_on_the_whole_choosing_part():
+    from types import SimpleNamespace
+
+    from onnx_cp.ranks.drop import STAKE, _sensitivity
+
+    def layer(key, weight, before, cheapest):
+        return SimpleNamespace(site=SimpleNamespace(key=key, name=key, weight_source=weight), ranks=[4, 8, 16],
+                               costs=[cheapest, (cheapest + before) / 2, before * 0.9], before=before, middle=1,
+                               middle_error=0.5, weight=1.0, kind=lambda k: "svd", label=lambda k: 8)
+
+    # 10 ms in all: "small" can save 0.5 ms (5%), the two steps reading W 2 x 1.5 ms together (30%)
+    auto = [layer("small", None, 1.0, 0.5), layer("step1", "W", 2.0, 0.5), layer("step2", "W", 2.0, 0.5)]
+    problem = SimpleNamespace(auto=auto, total=10.0, plan=SimpleNamespace(notes=[]))
+    assert 0.05 < STAKE <= 0.3
+
+    class Recording:
+        """A scorer on ``samples`` rows that finds ``drop`` for any allocation and records them."""
+
+        def __init__(self, samples, drop):
+            self.calls, self.drop = [], drop
+            self.target = SimpleNamespace(split=SimpleNamespace(selection={"x": np.zeros((samples, 1))}))
+
+        def __call__(self, picks, full=False):
+            self.calls.append(list(picks))
+            return 0.9 - self.drop, self.drop
+
+    quick, whole = Recording(512, 0.02), Recording(1400, 0.01)
+    rows = _sensitivity(problem, quick, whole, None, None)
+    assert quick.calls == [[1, 3, 3]] and whole.calls == [[3, 1, 1]]
+    assert [(r.layer, r.drop) for r in rows] == [("small", 0.02), ("step1", 0.01)]
+    assert auto[1].weight == auto[2].weight == pytest.approx(0.01 / 0.5)  # drop / the two layers' squared errors

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from onnx_cp.commands.options import ProjectCommand, for_cli, input_shape_option, make_console, parse_input_shapes
 from onnx_cp.commands.progress_view import progress_view
-from onnx_cp.config import RewriteConfig, defaults
+from onnx_cp.config import DISTILL_EPOCHS, RewriteConfig, defaults
 from onnx_cp.accuracy import drop_from_percent
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.decompositions.cp_solver import METHODS
@@ -85,9 +85,10 @@ MODE_OPTIONS = {
               help="Adam steps per layer in recovery (torch; without it, least squares alone).")
 @click.option("--recover-time", type=float, default=DEFAULTS["recover_time"], show_default=True, metavar="S",
               help="Seconds of recovery training for all layers together.")
-@click.option("--distill-epochs", default=DEFAULTS["distill_epochs"], show_default=True, metavar="N",
+@click.option("--distill-epochs", type=int, default=DEFAULTS["distill_epochs"], metavar="N",
               help="After recovery, epochs that train the rewritten layers together so the model's outputs match "
-                   "the input's on --calib (needs the finetune extra; kept only where held-back error drops; 0: off).")
+                   "the input's on --calib (needs the finetune extra; kept only where held-back error drops; 0: off). "
+                   f"[default: {DISTILL_EPOCHS}; 0 with --max-drop, whose search measures each model undistilled]")
 @click.option("--distill-time", type=float, default=DEFAULTS["distill_time"], show_default=True, metavar="S",
               help="Seconds of that distillation, at most.")
 @click.option("--search", default=DEFAULTS["selection.search"], show_default=True, metavar="N",

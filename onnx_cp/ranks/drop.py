@@ -6,14 +6,16 @@ BudgetProblem:
 1. candidates over a wide range of each layer's cost, costed by the latency probe (grid,
    latency, target), fitted briefly and damaged by the proxy (curves, damages);
 2. each layer's cost in the user's metric: the layer alone at its middle candidate, scored on
-   ``SENSITIVITY_SAMPLES`` of the choosing part (with --calib after a short recovery, as the
+   ``SENSITIVITY_SAMPLES`` of the choosing part (on all of it for a layer that can save at least
+   ``STAKE`` of the model's time; with --calib after a short recovery, as the
    rewrite will recover it); its proxy curve is scaled to that drop, and the layer alone and its
    milliseconds saved make the sensitivity table;
 3. the fastest of the knapsack's allocations (over budgets from every layer at its cheapest to
    every layer kept; the layers that read one weight allocated as one) that keeps the whole model
    within the drop, by bisection on each one's measured drop, scored as the rewrite will write it:
-   its layers fitted in full and recovered; then a bisection on the single candidate steps
-   between it and the next faster allocation;
+   its layers fitted in full and recovered (a layer whose factors and rewritten layers above are
+   those of an earlier trial keeps that trial's recovery); then a bisection on the single
+   candidate steps between it and the next faster allocation;
 4. of the allocations found within the drop, the fastest timed together in onnxruntime;
 5. the kept candidates fitted in full (those the search fitted are not fitted again).
 
@@ -57,6 +59,12 @@ CURVE_FITS = 48
 # curves against each other, and the allocations are then scored on the whole part. On a CNN + LSTM
 # captcha reader its 29 rows took 280 of a 1,180 s search at 1,400 samples.
 SENSITIVITY_SAMPLES = 512
+# A layer (or the layers reading one weight) that can save at least this share of the model's time
+# is scored alone on the whole choosing part instead: its row scales the curve of the layer the
+# search depends on most. On that reader the 20 input Gemms of one LSTM direction, 30% of its time,
+# drew 0.98 points in one run and 0.39 in the other direction, a few samples of 512 each, and the
+# ranks the knapsack gave them moved from 48 to 96 between runs.
+STAKE = 0.1
 # Allocations within the drop timed together before one is kept (each is built and timed once).
 TIMED_WITHIN = 6
 
@@ -116,7 +124,7 @@ def by_drop(problem: BudgetProblem, target, calibration, deadline: float | None,
     if not past(deadline):  # past the time budget the proxy's own damages order the layers
         quick = _Scorer(problem, target.sampled(SENSITIVITY_SAMPLES, problem.config.seed), calibration, progress,
                         deadline)
-        problem.plan.sensitivity = _sensitivity(problem, quick, deadline, progress)
+        problem.plan.sensitivity = _sensitivity(problem, quick, scorer, deadline, progress)
     picks = _fastest_timed(problem, scorer, _search(problem, scorer, deadline, progress), progress)
     fit_kept(problem, picks, progress)
     record(problem, picks)
@@ -168,16 +176,16 @@ def _replacements(problem: BudgetProblem, chosen) -> list:
                                    for kind, s, r, f in problem.ruled_layers()]
 
 
-def _sensitivity(problem: BudgetProblem, scorer: _Scorer, deadline: float | None,
+def _sensitivity(problem: BudgetProblem, quick: _Scorer, whole: _Scorer, deadline: float | None,
                  progress: Progress | None) -> list[Sensitivity]:
-    """Each layer alone at its middle candidate, scored; its proxy curve scaled to that drop (a
-    layer whose drop is within the metric's noise counts a quarter of one sample's worth). Layers
-    that read one weight (an RNN unrolled into a Gemm per step) are scored together, one row and one
-    scale: each alone changes one step of many, and scoring them one by one would multiply the
-    search's time by the number of steps. Past ``deadline`` the layers not yet scored have no row
+    """Each layer alone at its middle candidate, scored (by ``quick``, on samples of the choosing
+    part; by ``whole``, on all of it, where the layer can save at least ``STAKE`` of the model's
+    time); its proxy curve scaled to that drop (a layer whose drop is within the metric's noise
+    counts a quarter of one sample's worth). Layers that read one weight (an RNN unrolled into a
+    Gemm per step) are scored together, one row and one scale: each alone changes one step of many,
+    and scoring them one by one would multiply the search's time by the number of steps. Past ``deadline`` the layers not yet scored have no row
     and keep the proxy's sensitivity."""
     rows = []
-    floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
     keep = [len(l.ranks) for l in problem.auto]
     groups = weight_groups(problem.auto)
     for g, members in enumerate(groups):
@@ -193,7 +201,10 @@ def _sensitivity(problem: BudgetProblem, scorer: _Scorer, deadline: float | None
         picks = list(keep)
         for i, layer in zip(members, layers):
             picks[i] = layer.middle
+        stake = sum(l.before - min(l.costs) for l in layers) / max(problem.total, 1e-12)
+        scorer = whole if stake >= STAKE else quick
         _, drop = scorer(picks)
+        floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
         squared = sum(l.middle_error ** 2 for l in layers)
         if squared > 0:
             for layer in layers:

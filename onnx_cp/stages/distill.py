@@ -10,7 +10,7 @@ from onnx_cp.stages.context import Rewrite
 
 def distill(rw: Rewrite) -> None:
     calib = rw.calibration
-    if calib is None or not rw.config.recover or rw.config.distill_epochs == 0 or not rw.rewritten():
+    if calib is None or not rw.config.recover or rw.config.distillation_epochs == 0 or not rw.rewritten():
         return
     nodes = [name for r in rw.rewritten() for name in rw.new_names.get(r.site.key, [])]
     rw.final = calib.distill(rw.model, rw.final, nodes, staged(rw.progress, "distillation"), rw.time_left())
