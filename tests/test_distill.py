@@ -159,10 +159,18 @@ def test_the_command_refuses_distill_options_without_calib(tmp_path):
     assert "--distill-epochs is used by --calib" in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_max_drop_writes_the_model_its_search_measured_undistilled_unless_epochs_are_given(case):
+def test_max_drop_writes_the_model_its_search_measured_undistilled_unless_epochs_are_given(case, monkeypatch):
     from golden_timing import FakeTiming
+    from onnx_cp.calibrate import layerwise
 
     model, x, path = case
+    # recovered as the search's trials recover: no block step, the layers they trained reused
+    trained, real = [], layerwise._recover_one
+    monkeypatch.setattr(layerwise, "_refine_block", lambda *a, **k: pytest.fail("the block step ran"))
+    monkeypatch.setattr(layerwise, "_recover_one", lambda *a, **k: trained.append(a[1].site.name) or real(*a, **k))
+    at_recovery, recover = [], session.Calibration.recover
+    monkeypatch.setattr(session.Calibration, "recover",
+                        lambda self, *a, **k: at_recovery.append(len(trained)) or recover(self, *a, **k))
     np.savez(path.parent / "val.npz", x=np.concatenate([x, x[::-1] + 0.1]))  # 120: both parts of 20 and more
     shapes = {"x": (1, 12, 10, 10)}
 
@@ -174,5 +182,8 @@ def test_max_drop_writes_the_model_its_search_measured_undistilled_unless_epochs
         assert result.report.rewritten
         return result.report.calibration
 
-    assert calibration()["distillation"] is None
+    entry = calibration()
+    assert entry["distillation"] is None and entry["recovered_layers"] >= 1
+    assert at_recovery == [len(trained)] and trained  # the search trained; the written model's layers are its own
+    assert calibration(distill_epochs=1)["distillation"]["epochs"] == 1
     assert calibration(distill_epochs=1)["distillation"]["epochs"] == 1

@@ -130,7 +130,9 @@ class Calibration:
                 progress: Progress | None, max_time: float | None = None
                 ) -> tuple[onnx.ModelProto, dict[str, LayerRecovery]]:
         """The rewritten model after layer-wise recovery (``fitted`` itself when recovery is
-        off), and each layer's recovery by site key; the whole model's errors are kept."""
+        off), and each layer's recovery by site key; the whole model's errors are kept. After a
+        ``max_drop`` search, recovery is the search's own (no block step; the layers it recovered
+        with the same factors and the same layers above are reused)."""
         begin = time.perf_counter()
         config = self.config
         reference = self._reference_outputs(model)
@@ -138,11 +140,16 @@ class Calibration:
         if not config.recover:
             self.model_error = self.model_error_fitted
             return fitted, {}
-        options = RecoveryOptions(steps=config.recover_steps, seed=config.seed)
+        # a --max-drop search scored its allocations recovered as ``quick_recover`` recovers at
+        # these steps: the written model recovers the same way, and its layers recovered by the
+        # search are taken as they were scored (on the captcha reader, the block step on top made
+        # the written model lose more than the one scored, and the hold stage gave layers back)
+        searched = config.selection is not None and config.selection.max_drop is not None
+        options = RecoveryOptions(steps=config.recover_steps, seed=config.seed, **({"block": 0} if searched else {}))
         trained, fixed = self._trainable(replacements)
         budget = _least(config.recover_time, max_time)
         layers = recover_layers(model, trained, self.observed, self.data.fitting, options, budget,
-                                self.passes, progress, fixed)
+                                self.passes, progress, fixed, memo=self._quick if searched else None)
         final = apply(model, layers, fixed)
         self.model_error = self._error(final, reference)
         self.recovered = {l.replacement.site.key: l for l in layers}
