@@ -237,7 +237,7 @@ class RewriteConfig:
             object.__setattr__(self, "seed", self.selection.seed)  # RankSelection.seed's alias, likewise
 
     def _check_drop(self) -> None:
-        drop = self.selection is not None and self.selection.max_drop is not None
+        drop = self.searches_drop
         if drop and self.data is None:
             raise OnnxCpError(f"{self.selection.describe()} is measured on your data: give it with "
                               f"{param('data', repr('val.npz'), cli='val.npz')} (x, with y for labels)", usage=True)
@@ -315,11 +315,16 @@ class RewriteConfig:
                           degeneracy_threshold=self.degeneracy_threshold, progress_tol=self.fit_tol)
 
     @property
+    def searches_drop(self) -> bool:
+        """Whether ranks are chosen by ``selection.max_drop``'s search on the user's metric."""
+        return self.selection is not None and self.selection.max_drop is not None
+
+    @property
     def distillation_epochs(self) -> int:
         """``distill_epochs``, its default resolved (10, or 0 with ``selection.max_drop``)."""
         if self.distill_epochs is not None:
             return self.distill_epochs
-        return 0 if self.selection is not None and self.selection.max_drop is not None else DISTILL_EPOCHS
+        return 0 if self.searches_drop else DISTILL_EPOCHS
 
     def worker_count(self) -> int:
         """Fitting processes: ``jobs``, or one per core this process may run on."""

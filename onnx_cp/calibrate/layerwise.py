@@ -103,10 +103,9 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
     todo = sorted(replacements, key=lambda r: order[r.site.key])
     base = options
     for w in sorted(set(order.values())):
-        layer_reps = [r for r in todo if order[r.site.key] == w]
-        known = [memo[keys[r.site.key]] for r in layer_reps if keys.get(r.site.key) in memo] if memo else []
-        done += known
-        layer_reps = [r for r in layer_reps if not (memo and keys.get(r.site.key) in memo)]
+        wave = [r for r in todo if order[r.site.key] == w]
+        done += [memo[keys[r.site.key]] for r in wave if keys.get(r.site.key) in (memo or {})]
+        layer_reps = [r for r in wave if keys.get(r.site.key) not in (memo or {})]
         if not layer_reps:
             continue
         prefix = apply(model, done, fixed)

@@ -144,8 +144,9 @@ class Calibration:
         # these steps: the written model recovers the same way, and its layers recovered by the
         # search are taken as they were scored (on the captcha reader, the block step on top made
         # the written model lose more than the one scored, and the hold stage gave layers back)
-        searched = config.selection is not None and config.selection.max_drop is not None
-        options = RecoveryOptions(steps=config.recover_steps, seed=config.seed, **({"block": 0} if searched else {}))
+        searched = config.searches_drop
+        options = self._searched(config.recover_steps) if searched else RecoveryOptions(steps=config.recover_steps,
+                                                                                         seed=config.seed)
         trained, fixed = self._trainable(replacements)
         budget = _least(config.recover_time, max_time)
         layers = recover_layers(model, trained, self.observed, self.data.fitting, options, budget,
@@ -196,10 +197,14 @@ class Calibration:
         trained, fixed = self._trainable(replacements)
         if not self.config.recover or not trained:
             return fitted
-        options = RecoveryOptions(steps=steps, seed=self.config.seed, block=0)
-        layers = recover_layers(model, trained, self.observed, self.data.fitting, options, max_time,
+        layers = recover_layers(model, trained, self.observed, self.data.fitting, self._searched(steps), max_time,
                                 self.passes, None, fixed, memo=self._quick)
         return apply(model, layers, fixed)
+
+    def _searched(self, steps: int) -> RecoveryOptions:
+        """The recovery a search scores by (``quick_recover``) and a ``max_drop`` rewrite writes:
+        one definition, so that the written layers' keys meet the search's in ``_quick``."""
+        return RecoveryOptions(steps=steps, seed=self.config.seed, block=0)
 
     def _trainable(self, replacements: Sequence[Replacement]) -> tuple[list[Replacement], list[Replacement]]:
         """(the layers recovery trains: observed, of a decomposition it can train; the rest)."""

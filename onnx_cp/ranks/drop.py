@@ -183,8 +183,8 @@ def _sensitivity(problem: BudgetProblem, quick: _Scorer, whole: _Scorer, deadlin
     time); its proxy curve scaled to that drop (a layer whose drop is within the metric's noise
     counts a quarter of one sample's worth). Layers that read one weight (an RNN unrolled into a
     Gemm per step) are scored together, one row and one scale: each alone changes one step of many,
-    and scoring them one by one would multiply the search's time by the number of steps. Past ``deadline`` the layers not yet scored have no row
-    and keep the proxy's sensitivity."""
+    and scoring them one by one would multiply the search's time by the number of steps. Past
+    ``deadline`` the layers not yet scored have no row and keep the proxy's sensitivity."""
     rows = []
     keep = [len(l.ranks) for l in problem.auto]
     groups = weight_groups(problem.auto)
