@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import onnx
@@ -364,12 +365,35 @@ def test_measurement_rounds_keep_the_closest_round_that_reached_the_target(measu
 
 
 @pytest.mark.parametrize("measured, rounds", [([1.2, 1.95], 2), ([1.2, 2.19], 2), ([1.2, 1.9, 2.0], 3),
-                                              ([1.2, 2.3, 2.0], 3)])
+                                              ([1.2, 2.6, 2.0], 3),
+                                              # the correction lands on the second round's allocation
+                                              ([1.2, 2.3, 2.0], 2)])
 def test_the_rounds_end_within_3_percent_short_of_the_target_or_10_percent_past_it(measured, rounds):
     config = RewriteConfig(selection=RankSelection(target_speedup=2.0, candidates=3, calib_count=2),
                            max_iter=10, stabilize="never", realize="cp4")
     result = rewrite_with_report(chain_model(channels=(8, 32, 32, 16)), config, timer=RoundTimer(measured))
     assert len(result.report.rank_selection["rounds"]) == rounds
+
+
+def test_the_next_round_aims_through_the_two_rounds_nearest_the_target_in_log_log():
+    from onnx_cp.ranks.allocation import _aim
+    from onnx_cp.ranks.selection import MeasuredRound
+
+    def rounds(*pairs):
+        return [MeasuredRound(p, m, 10.0, 10.0 / m, 0.0, None) for p, m in pairs]
+
+    # one round: the cost model was off by a constant ratio
+    assert _aim(rounds((5.54, 3.61)), 5.0) == pytest.approx(5.54 * 5.0 / 3.61)
+    # charcnn36 at 5x: the ratio of the second round would ask for 8.30 * 5 / 4.54 = 9.14x and fall
+    # short again; the line through both rounds asks for more
+    aim = _aim(rounds((5.54, 3.61), (8.30, 4.54)), 5.0)
+    slope = math.log(4.54 / 3.61) / math.log(8.30 / 5.54)
+    assert aim == pytest.approx(8.30 * (5.0 / 4.54) ** (1 / slope)) and aim > 9.5
+    # rounds on both sides: the two nearest the target bracket it, and the aim lies between them
+    aim = _aim(rounds((5.54, 3.61), (11.06, 5.65), (8.30, 4.54)), 5.0)
+    assert 8.30 < aim < 11.06
+    # rounds that disagree (a faster prediction measured slower) fall back to the last ratio
+    assert _aim(rounds((5.0, 4.0), (8.0, 3.9)), 5.0) == pytest.approx(8.0 * 5.0 / 3.9)
 
 
 @pytest.mark.parametrize("measured, note", [([1.2, 1.3, 1.4], "short of it by 30%"), ([1.2, 1.95], None)])
