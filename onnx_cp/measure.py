@@ -101,8 +101,11 @@ class Measurement:
     """Times models: per-layer profiles (``layers``), whole models (``whole``, ``compare``)."""
 
     def __init__(self, layers: LayerTimer, whole: Callable[[Sequence[onnx.ModelProto]], list[Latency]],
-                 policy: RunPolicy = RunPolicy()):
+                 policy: RunPolicy = RunPolicy(),
+                 profiles: Callable[[Sequence[onnx.ModelProto]], list[tuple[float | None, dict[str, float]]]]
+                 | None = None):
         self._layers, self._whole, self.policy = layers, whole, policy
+        self._profiles = profiles or (lambda models: [(None, t) for t in layers(models)])
 
     @classmethod
     def onnxruntime(cls, model: onnx.ModelProto, threads: int, opt_level: str,
@@ -121,16 +124,19 @@ class Measurement:
         runs = policy.runs(probe.median)
         warmup = policy.warmup(runs)
 
+        def profiles(models):
+            return profile_outputs(list(models), threads=threads, warmup=warmup, runs=runs, input_shapes=shapes,
+                                   opt_level=opt_level)
+
         def layers(models):
-            return [per_layer for _, per_layer in profile_outputs(
-                list(models), threads=threads, warmup=warmup, runs=runs, input_shapes=shapes, opt_level=opt_level)]
+            return [per_layer for _, per_layer in profiles(models)]
 
         def whole(models):
             stats = measure_latency(list(models), threads=threads, warmup=warmup, runs=runs,
                                     input_shapes=shapes, opt_level=opt_level, blocks=policy.blocks)
             return [Latency(s.median, s.spread) for s in stats]
 
-        return cls(layers, whole, policy)
+        return cls(layers, whole, policy, profiles)
 
     @classmethod
     def injected(cls, timer: Timer | LayerTimer) -> "Measurement":
@@ -174,5 +180,11 @@ class Measurement:
     def time_variants(self, model: onnx.ModelProto, variants: Sequence[Sequence[Placement]]
                       ) -> list[dict[str, float]]:
         """Per-layer times of ``model`` itself, then of each variant (placeholder factors)."""
-        return self.layers([model] + [self.variant(model, v) for v in variants])
+        return [per_layer for _, per_layer in self.profile_variants(model, variants)]
+
+    def profile_variants(self, model: onnx.ModelProto, variants: Sequence[Sequence[Placement]]
+                         ) -> list[tuple[float | None, dict[str, float]]]:
+        """``time_variants`` with each profiled run's own median total (None where the timer has
+        none): profiled runs take longer than plain ones, by the profiler's cost per node."""
+        return self._profiles([model] + [self.variant(model, v) for v in variants])
 

@@ -215,3 +215,32 @@ def test_auto_with_a_rank_rule_gives_a_1x1_conv_only_the_decompositions_that_app
     onnx.checker.check_model(result.model, full_check=True)
     assert layer(result, "conv_b").status == "rewritten" and layer(result, "conv_b").decomposition == "svd"
     assert {layer(result, n).status for n in ("conv_a", "conv_c")} == {"rewritten"}
+
+
+def test_profiled_layer_times_are_scaled_to_the_whole_model_time():
+    # profiled runs are slower than plain ones: the layers' times are put on the whole-model scale,
+    # so that the time no layer can save (the whole time less theirs) keeps its share of the profile
+    from onnx_cp.measure import Latency, Measurement
+    from onnx_cp.ranks.cost import measure_probes
+    from onnx_cp.shapes import infer_shapes
+    from onnx_cp.sites import find_convs
+
+    model = mixed_model()
+    shapes, _ = infer_shapes(model, {})
+    sites = {s.name: s for s in find_convs(model, shapes, "auto")}
+    profiled = [{"conv_a_out": 10.0, "conv_b_out": 20.0}, {"conv_a_out": 2.0, "conv_b_out": 4.0},
+                {"conv_a_out": 4.0, "conv_b_out": 8.0}]
+
+    def profiles(models):  # a profiled total of 50 ms: 20 of it in no layer
+        return [(50.0, t) for t in profiled[:len(models)]]
+
+    measurement = Measurement(lambda models: [t for _, t in profiles(models)],
+                              lambda models: [Latency(40.0)] * len(models), profiles=profiles)
+    timing = measure_probes(model, [(sites["conv_a"], [("cp4", 4, 8)]), (sites["conv_b"], [("svd", 4, 12)])],
+                            measurement)
+    assert timing.total_ms == 40.0
+    assert timing.original_ms == pytest.approx({"conv_a_out": 8.0, "conv_b_out": 16.0})  # 40 / 50 of the profile
+    assert timing.option_cost(sites["conv_a"], "cp", 4) == pytest.approx(1.6)
+    assert timing.option_cost(sites["conv_a"], "cp", 8) == pytest.approx(3.2)
+    assert timing.option_cost(sites["conv_b"], "svd", 12) == pytest.approx(6.4)
+    assert timing.total_ms - sum(timing.original_ms.values()) == pytest.approx(16.0)  # 20 of 50, as profiled
