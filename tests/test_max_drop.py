@@ -258,7 +258,7 @@ def test_a_layer_that_can_save_a_large_share_of_the_time_is_scored_alone_on_the_
     def layer(key, weight, before, cheapest):
         return SimpleNamespace(site=SimpleNamespace(key=key, name=key, weight_source=weight), ranks=[4, 8, 16],
                                costs=[cheapest, (cheapest + before) / 2, before * 0.9], before=before, middle=1,
-                               middle_error=0.5, weight=1.0, kind=lambda k: "svd", label=lambda k: 8)
+                               errors=[0.8, 0.5, 0.05], weight=1.0, kind=lambda k: "svd", label=lambda k: 8)
 
     # 10 ms in all: "small" can save 0.5 ms (5%), the two steps reading W 2 x 1.5 ms together (30%)
     auto = [layer("small", None, 1.0, 0.5), layer("step1", "W", 2.0, 0.5), layer("step2", "W", 2.0, 0.5)]
@@ -281,3 +281,24 @@ def test_a_layer_that_can_save_a_large_share_of_the_time_is_scored_alone_on_the_
     assert quick.calls == [[1, 3, 3]] and whole.calls == [[3, 1, 1]]
     assert [(r.layer, r.drop) for r in rows] == [("small", 0.02), ("step1", 0.01)]
     assert auto[1].weight == auto[2].weight == pytest.approx(0.01 / 0.5)  # drop / the two layers' squared errors
+
+
+def test_a_sensitivity_row_scores_the_faster_candidate_whose_error_is_nearest_the_scored_error():
+    from types import SimpleNamespace
+
+    from onnx_cp.ranks.drop import SCORED_ERROR, _scored
+
+    def layer(ranks, costs, errors, before=1.0):
+        return SimpleNamespace(ranks=ranks, costs=costs, errors=errors, before=before, middle=len(ranks) // 2)
+
+    # auto's candidates, CP's then Tucker-2's: the middle index is Tucker-2's lowest rank, at an error
+    # where the metric has saturated; the row scores CP's top rank instead
+    mixed = layer(["cp:2", "cp:8", "cp:80", "cp:128", "t:1x1", "t:8x8", "t:32x32", "t:112x112"],
+                  [0.10, 0.11, 0.22, 0.29, 0.10, 0.12, 0.20, 0.93], [0.72, 0.65, 0.35, 0.27, 0.74, 0.66, 0.41, 0.08])
+    assert mixed.middle == 4 and _scored(mixed) == 3
+    # a candidate no faster than the layer is never scored, however near its error
+    slow = layer([1, 7, 48], [0.5, 0.6, 1.2], [0.76, 0.5, 0.25])
+    assert _scored(slow) == 1
+    # nothing faster: the middle candidate
+    assert _scored(layer([8, 16], [1.5, 2.0], [0.3, 0.1])) == 1
+    assert 0.1 < SCORED_ERROR < 0.5
