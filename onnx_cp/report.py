@@ -210,7 +210,7 @@ def _before_after(before: float | None, after: float | None) -> str:
 
 
 def sensitivity_table(rows: list[dict]):
-    """Where the accuracy went: each layer alone at its middle candidate."""
+    """Where the accuracy went: each layer alone at its scored candidate ("-": none is faster, not scored)."""
     from onnx_cp.table import Table
 
     table = Table("sensitivity: each layer alone", ["layer", "decomposition", "rank", "ms saved", "drop alone",
@@ -219,7 +219,7 @@ def sensitivity_table(rows: list[dict]):
         shared = len(row.get("nodes") or ())
         layer = row["layer"] + (f" (+{shared - 1} sharing its weight)" if shared > 1 else "")
         table.rows.append([layer, row["decomposition"], str(row["rank"]), f"{row['ms_saved']:.4f}",
-                           f"{row['drop']:.4g}", row["decision"]])
+                           "-" if row["drop"] is None else f"{row['drop']:.4g}", row["decision"]])
         table.emphasis.append(row["decision"].startswith("rewritten"))
     return table
 

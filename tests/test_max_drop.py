@@ -302,3 +302,31 @@ def test_a_sensitivity_row_scores_the_faster_candidate_whose_error_is_nearest_th
     # nothing faster: the middle candidate
     assert _scored(layer([8, 16], [1.5, 2.0], [0.3, 0.1])) == 1
     assert 0.1 < SCORED_ERROR < 0.5
+
+
+def test_a_layer_with_no_candidate_faster_than_it_gets_a_row_without_a_scoring():
+    from types import SimpleNamespace
+
+    from onnx_cp.ranks.drop import _sensitivity
+    from onnx_cp.report import sensitivity_table
+
+    def layer(key, costs, before):
+        return SimpleNamespace(site=SimpleNamespace(key=key, name=key, weight_source=None), ranks=[4, 8],
+                               costs=costs, before=before, middle=1, errors=[0.5, 0.2], weight=1.0,
+                               kind=lambda k: "svd", label=lambda k: 8)
+
+    auto = [layer("slow", [1.2, 1.5], 1.0), layer("fast", [0.4, 0.7], 1.0)]
+    problem = SimpleNamespace(auto=auto, total=10.0, plan=SimpleNamespace(notes=[]))
+    calls = []
+
+    def scorer(picks, full=False):
+        calls.append(list(picks))
+        return 0.89, 0.01
+
+    scorer.target = SimpleNamespace(split=SimpleNamespace(selection={"x": np.zeros((512, 1))}))
+    rows = _sensitivity(problem, scorer, scorer, None, None)
+    assert calls == [[2, 1]]  # only "fast" is scored, at its candidate of error 0.2
+    assert [(r.layer, r.drop) for r in rows] == [("slow", None), ("fast", 0.01)]
+    assert rows[0].ms_saved == pytest.approx(-0.5) and auto[0].weight == 1.0
+    table = sensitivity_table([dict(r.to_dict(), decision="kept") for r in rows])
+    assert table.rows[0][4] == "-" and table.rows[1][4] == "0.01"

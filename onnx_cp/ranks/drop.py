@@ -83,7 +83,9 @@ class Sensitivity:
     decomposition: str
     rank: object
     ms_saved: float
-    drop: float  # the metric's drop with this layer alone rewritten (choosing part; max_drop's units)
+    # the metric's drop with this layer alone rewritten (choosing part; max_drop's units); None where
+    # no candidate is faster than the layer, so none could be chosen, and it was not scored
+    drop: float | None
     decision: str = ""  # filled in by the report: rewritten, kept, given back
     # where several nodes read one weight (an RNN unrolled over its steps): all of them, scored
     # together as one row (``layer`` is the first), and given back together
@@ -205,6 +207,13 @@ def _sensitivity(problem: BudgetProblem, quick: _Scorer, whole: _Scorer, deadlin
                                                           if len(members) > 1 else ""), g, len(groups))
         layers = [problem.auto[i] for i in members]
         scored = [_scored(l) for l in layers]
+        if all(c >= l.before for l in layers for c in l.costs):
+            # no candidate is faster than the Conv: the knapsack never takes one, so its drop
+            # could change no decision; the row says so instead of spending a scoring on it
+            rows.append(Sensitivity(first.site.name, first.kind(scored[0]), first.label(scored[0]),
+                                    sum(l.before - l.costs[k] for l, k in zip(layers, scored)), None,
+                                    nodes=tuple(l.site.name for l in layers) if len(layers) > 1 else ()))
+            continue
         picks = list(keep)
         for i, k in zip(members, scored):
             picks[i] = k

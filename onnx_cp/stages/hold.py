@@ -80,7 +80,7 @@ def _worst_first(rw: Rewrite) -> list[list[LayerRecord]]:
 
     def badness(unit: list[LayerRecord]) -> float:
         row = rows.get(unit[0].site.name)
-        return -1.0 if row is None else row.drop / max(row.ms_saved, 1e-9)
+        return -1.0 if row is None or row.drop is None else row.drop / max(row.ms_saved, 1e-9)
 
     return sorted(units.values(), key=badness, reverse=True)
 
