@@ -98,7 +98,7 @@ def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], measurement)
     # is the whole time less theirs, and profiled runs are slower. Unscaled, on a CNN + LSTM
     # captcha reader that rest came out at 0 to 3% of the model where the profile showed 10% or
     # more, and the search's allocations timed 0.64 to 0.81 of the speed-ups it predicted; scaled,
-    # 0.98 to 1.10 in two runs (one allocation of eight, at 0.76).
+    # 0.90 to 1.23 in five runs (16 of 18 allocations; the slowest of two runs, 0.73 and 0.76).
     scale = total / profiled if profiled else 1.0
     original, affine = {}, {}
     for site, forms in probes:
