@@ -106,8 +106,7 @@ def _next_allocation(problem: BudgetProblem, rounds: list[MeasuredRound], timed:
     short = rounds[-1].measured_speedup < speedup
     # predicted speed-ups of the rounds on the far side of the target: the next aim stays within them
     far = [r.predicted_speedup for r in rounds if (r.measured_speedup >= speedup) == short]
-    cheapest = problem.fixed + sum(min(*l.costs, l.before) for l in problem.auto)  # a layer may keep its Conv
-    aim = min(_aim(rounds, speedup), problem.total / cheapest)  # no further than the smallest ranks go
+    aim = min(_aim(rounds, speedup), problem.total / problem.cheapest())  # no further than the smallest ranks go
     steps = round(math.log(speedup / aim) / math.log(CORRECTION_STEP))
     for _ in range(NUDGES + 1):
         aim = speedup / CORRECTION_STEP ** steps

@@ -207,28 +207,33 @@ def _sensitivity(problem: BudgetProblem, quick: _Scorer, whole: _Scorer, deadlin
                                                           if len(members) > 1 else ""), g, len(groups))
         layers = [problem.auto[i] for i in members]
         scored = [_scored(l) for l in layers]
-        if all(c >= l.before for l in layers for c in l.costs):
-            # no candidate is faster than the Conv: the knapsack never takes one, so its drop
-            # could change no decision; the row says so instead of spending a scoring on it
-            rows.append(Sensitivity(first.site.name, first.kind(scored[0]), first.label(scored[0]),
-                                    sum(l.before - l.costs[k] for l, k in zip(layers, scored)), None,
-                                    nodes=tuple(l.site.name for l in layers) if len(layers) > 1 else ()))
-            continue
-        picks = list(keep)
-        for i, k in zip(members, scored):
-            picks[i] = k
-        stake = sum(l.before - min(l.costs) for l in layers) / max(problem.total, 1e-12)
-        scorer = whole if stake >= STAKE else quick
-        _, drop = scorer(picks)
-        floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
-        squared = sum(l.errors[k] ** 2 for l, k in zip(layers, scored))
-        if squared > 0:
-            for layer in layers:
-                layer.weight = max(drop, floor) / squared
+        drop = None  # no candidate faster than the Conv: the knapsack never takes one, so its drop
+        # could change no decision, and the row says so instead of spending a scoring on it
+        if any(c < l.before for l in layers for c in l.costs):
+            drop = _scale(problem, members, scored, keep, quick, whole)
         saved = sum(l.before - l.costs[k] for l, k in zip(layers, scored))
         rows.append(Sensitivity(first.site.name, first.kind(scored[0]), first.label(scored[0]), saved, drop,
                                 nodes=tuple(l.site.name for l in layers) if len(layers) > 1 else ()))
     return rows
+
+
+def _scale(problem: BudgetProblem, members: list[int], scored: list[int], keep: list[int], quick: _Scorer,
+           whole: _Scorer) -> float:
+    """The drop of the layers ``members`` alone at their ``scored`` candidates, scored by ``whole``
+    where they can save ``STAKE`` of the time, else by ``quick``; their proxy curves scaled to it."""
+    layers = [problem.auto[i] for i in members]
+    picks = list(keep)
+    for i, k in zip(members, scored):
+        picks[i] = k
+    stake = sum(l.before - min(l.costs) for l in layers) / max(problem.total, 1e-12)
+    scorer = whole if stake >= STAKE else quick
+    _, drop = scorer(picks)
+    floor = 0.25 / max(1, len(next(iter(scorer.target.split.selection.values()))))
+    squared = sum(l.errors[k] ** 2 for l, k in zip(layers, scored))
+    if squared > 0:
+        for layer in layers:
+            layer.weight = max(drop, floor) / squared
+    return drop
 
 
 def _scored(layer) -> int:

@@ -161,3 +161,7 @@ class BudgetProblem:
 
     def spent(self, picks: list[int]) -> float:
         return self.fixed + sum(o[0][k] for o, k in zip(self.options(), picks))
+
+    def cheapest(self) -> float:
+        """The least the model can cost: every layer at its cheapest option (a layer may keep its Conv)."""
+        return self.fixed + sum(min(*l.costs, l.before) for l in self.auto)

@@ -46,7 +46,7 @@ def assign_costs(problem: BudgetProblem, progress: Progress | None, refuse: bool
     summary.total_before, summary.fixed, summary.target_total = total, problem.fixed, problem.target
     if by_latency and problem.mixed and selection.target_speedup and selection.measure:
         scale_to_measured(problem, progress)
-    cheapest = problem.fixed + sum(min(*l.costs, l.before) for l in auto)  # a layer may keep its Conv
+    cheapest = problem.cheapest()
     if refuse and problem.target < cheapest:
         raise OnnxCpError(
             f"{selection.describe()} is out of reach: the layers not rewritten cost {problem.fixed / total:.0%} of "
