@@ -27,8 +27,12 @@ def calib(tmp_path_factory) -> str:
 
 
 class Int8Pays:
-    """Computed timing: a Conv, Gemm or MatMul costs its multiply-adds, a third of them when it
-    runs in int8 (both its operands dequantized), and a model's time is its nodes' sum."""
+    """Computed timing: a Conv, Gemm or MatMul costs its multiply-adds, ``int8`` times them (a
+    third by default) when it runs in int8 (both its operands dequantized), and a model's time is
+    its nodes' sum."""
+
+    def __init__(self, int8: float = 1 / 3):
+        self.int8 = int8
 
     def layers(self, models):
         return [self._per_node(m) for m in models]
@@ -36,8 +40,7 @@ class Int8Pays:
     def whole(self, models):
         return [sum(self._per_node(m).values()) for m in models]
 
-    @staticmethod
-    def _per_node(model):
+    def _per_node(self, model):
         shapes = _shapes(model, {"input": (1, 1, 28, 28)})
         sizes = {t.name: tuple(t.dims) for t in model.graph.initializer}
         producers = {o: n for n in model.graph.node for o in n.output}
@@ -48,7 +51,7 @@ class Int8Pays:
                 weight = producers.get(node.input[1])  # a quantized weight comes through its DequantizeLinear
                 known = dict(sizes, **({node.input[1]: sizes[weight.input[0]]} if weight is not None else {}))
                 int8 = all(t in dequantized for t in node.input[:2])
-                times[node.output[0]] = 1e-6 * _macs(node, shapes, known) * (1 / 3 if int8 else 1.0) + 1e-3
+                times[node.output[0]] = 1e-6 * _macs(node, shapes, known) * (self.int8 if int8 else 1.0) + 1e-3
         return times
 
 
@@ -117,3 +120,17 @@ def test_a_target_with_quantize_counts_the_quantized_model(calib):
     assert summary["end_gain"] == pytest.approx(3.0, rel=0.05)  # every node a third as long in int8
     # the float plan asked for about 4 / 3, and the measured rounds timed quantized variants
     assert summary["rounds"] and summary["measured"]["measured_speedup"] > summary["predicted_speedup"]
+
+
+def test_rounds_time_the_float_rewrite_where_int8_is_slower_on_it(calib):
+    selection = RankSelection(target_speedup=2.0, candidates=3, calib_count=4)
+    config = RewriteConfig(selection=selection, quantize="int8", calib=calib, max_iter=10, stabilize="never",
+                           recover=False, realize="cp4")
+    result = rewrite_with_report(str(MODELS / "mnist_cnn.onnx"), config, timer=Int8Pays(int8=2.0))
+    summary = result.report.rank_selection
+    end = summary["end_form"]
+    assert end["timed"] == "float" and end["int8_ms"] > end["float_ms"]
+    # the rounds timed the float variants: what the quantize stage writes when int8 does not pay
+    assert summary["measured"]["measured_speedup"] >= 2.0 * (1 - 0.03)
+    assert not result.report.quantization["quantized"]
+    assert any("ran slower in INT8" in str(note) for note in result.report.notes)

@@ -6,7 +6,8 @@
    factors), the fixed rest of the model, the target; an unreachable target fails here;
 3. curves (curves.py): every candidate fitted briefly in worker processes;
 4. damages (damages.py): each candidate's error at the layer's output on the proxy's inputs,
-   weighted by how much of it reaches the model's outputs;
+   weighted by how much of it reaches the model's outputs; with quantize='int8', the error of
+   each candidate and of the Conv kept in INT8 (int8_damages.py);
 5. allocation (allocation.py): the best of the knapsack, uniform-error and uniform-rank starts
    (refined by optuna with --search), re-allocated when the measured speed-up misses the target;
 6. final fits (curves.py): only the kept candidates are fitted in full, each going on from its
@@ -25,6 +26,7 @@ from onnx_cp.progress import Progress
 from onnx_cp.ranks.allocation import best_allocation, meet_measured
 from onnx_cp.ranks.curves import fit_curves, fit_kept
 from onnx_cp.ranks.damages import measure_damages
+from onnx_cp.ranks.int8_damages import measure_int8_damages
 from onnx_cp.ranks.grid import choose_candidates, macs_share
 from onnx_cp.ranks.latency import latency_share
 from onnx_cp.ranks.problem import BudgetProblem
@@ -63,6 +65,8 @@ def by_budget(problem: BudgetProblem, progress: Progress | None) -> None:
     fit_curves(problem, progress)
     lap("curves")
     measure_damages(problem, progress)
+    if problem.quantized:
+        measure_int8_damages(problem, progress)
     lap("damages")
     picks = best_allocation(problem, problem.target - problem.fixed, progress)
     if selection.target_speedup and selection.measure:

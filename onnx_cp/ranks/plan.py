@@ -98,6 +98,7 @@ def _end_form(problem: BudgetProblem, progress: Progress | None) -> None:
     if progress:
         progress("latency probe: timing the input in INT8", 0, 1)
     problem.finished = lambda model: quantize_int8(model, calibration)
+    problem.quantized = True
     problem.plan.int8_input = problem.finished(problem.model)
     base, int8 = problem.measurement.whole([problem.model, problem.plan.int8_input])
     problem.end_gain = max(1.0, base.median / int8.median)

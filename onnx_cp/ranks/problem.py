@@ -34,11 +34,12 @@ class BudgetLayer:
     costs: list[float] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)  # layer output error per candidate
     weight: float = 1.0  # sensitivity of the final outputs to this layer's output error
+    keep_error: float = 0.0  # the layer's output error with its Conv kept (quantize='int8': the Conv in INT8)
     uniform: object = 0  # this layer's rank in the one-rank-for-all allocation
 
     def options(self) -> tuple[list[float], list[float]]:
         """Costs and damages of every option: each candidate, then the Conv kept as it is."""
-        return self.costs + [self.before], [self.weight * e * e for e in self.errors] + [0.0]
+        return self.costs + [self.before], [self.weight * e * e for e in self.errors + [self.keep_error]]
 
     @property
     def middle(self) -> int:
@@ -103,6 +104,7 @@ class BudgetProblem:
     latency: costs.LatencyModel | None = None  # per-layer latency, once measured
     # the end form of a variant (quantize='int8': quantized), what the measured rounds time
     finished: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
+    quantized: bool = False  # whether that end form is INT8 (the damages then count it, int8_damages.py)
     # how much faster that end form made the input (quantize='int8'): the float model needs
     # --target-speedup / this, and the measured rounds correct what the factor misses
     end_gain: float = 1.0

@@ -48,6 +48,8 @@ class SelectionSummary:
     latency_scale: float | None = None
     # quantize='int8': how much faster INT8 alone made the input, which the float plan started from
     end_gain: float | None = None
+    # quantize='int8': the first round's rewrite in float and in INT8 (ms), and which the rounds timed
+    end_form: dict | None = None
     # max_drop: the original's score on the choosing part, and every allocation the search scored
     baseline: float | None = None
     trials: list[dict] | None = None
