@@ -244,3 +244,27 @@ def test_profiled_layer_times_are_scaled_to_the_whole_model_time():
     assert timing.option_cost(sites["conv_a"], "cp", 8) == pytest.approx(3.2)
     assert timing.option_cost(sites["conv_b"], "svd", 12) == pytest.approx(6.4)
     assert timing.total_ms - sum(timing.original_ms.values()) == pytest.approx(16.0)  # 20 of 50, as profiled
+
+
+def test_in_int8_each_layer_is_found_in_the_profile_under_the_relu_it_is_fused_with():
+    """onnxruntime profiles a quantized Conv + Relu as one int8 node under the Relu's output; the
+    probe still gives every Conv its time (real onnxruntime profiles of the model in INT8)."""
+    from onnx_cp.measure import Measurement
+    from onnx_cp.quantize import quantize_int8
+    from onnx_cp.ranks.cost import measure_probes
+    from onnx_cp.shapes import infer_shapes
+    from onnx_cp.sites import find_convs
+
+    model = mixed_model(size=24)
+    shapes, _ = infer_shapes(model, {})
+    sites = {s.name: s for s in find_convs(model, shapes, "auto")}
+    x = np.random.default_rng(0).standard_normal((4, 4, 24, 24)).astype(np.float32)
+    measurement = Measurement.onnxruntime(model, 1, "all", {"x": (1, 4, 24, 24)})
+    int8 = quantize_int8(model, x)
+    assert any(n.op_type == "DequantizeLinear" for n in int8.graph.node)
+    profile = measurement.layers([int8])[0]
+    assert "conv_a_out" not in profile and "conv_a_relu" in profile  # fused, under the Relu's output
+    probes = [(sites["conv_a"], [("cp4", 4, 8)]), (sites["conv_b"], [("svd", 8, 16)])]
+    timing = measure_probes(model, probes, measurement, lambda m: quantize_int8(m, x))
+    assert timing.original_ms["conv_a_out"] > 0 and timing.original_ms["conv_b_out"] > 0
+    assert all(b >= 0 and a + b > 0 for lines in timing.affine.values() for a, b in lines.values())

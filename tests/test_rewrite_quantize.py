@@ -134,3 +134,16 @@ def test_rounds_time_the_float_rewrite_where_int8_is_slower_on_it(calib):
     assert summary["measured"]["measured_speedup"] >= 2.0 * (1 - 0.03)
     assert not result.report.quantization["quantized"]
     assert any("ran slower in INT8" in str(note) for note in result.report.notes)
+
+
+def test_the_latency_probe_times_the_layers_in_int8(calib):
+    selection = RankSelection(target_speedup=4.0, candidates=3, calib_count=4, cost="latency")
+    config = RewriteConfig(selection=selection, quantize="int8", calib=calib, max_iter=10, stabilize="never",
+                           recover=False, realize="cp4")
+    result = rewrite_with_report(str(MODELS / "mnist_cnn.onnx"), config, timer=Int8Pays())
+    summary = result.report.rank_selection
+    # the model the costs add up to is the input in INT8, a kept Conv at its int8 time
+    model = onnx.load(MODELS / "mnist_cnn.onnx")
+    as_int8, as_float = Int8Pays().whole([quantize_int8(model, np.load(calib)[:4]), model])
+    assert summary["cost"] == "latency" and as_int8 < 0.5 * as_float
+    assert summary["total_before"] == pytest.approx(as_int8, rel=1e-6)

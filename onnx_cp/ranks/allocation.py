@@ -77,7 +77,7 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
         variant = problem.variant(picks)
         if attempt == 0 and problem.quantized:
             _settle_end_form(problem, variant)
-        check = problem.measurement.compare(problem.model, problem.finished(variant))
+        check = problem.measurement.compare(problem.model, problem.timed(variant))
         spent = problem.spent(picks)
         rounds.append(MeasuredRound(problem.total / spent, check.speedup, check.original_ms, check.rewritten_ms,
                                     check.spread, summary.output_error))
@@ -104,11 +104,11 @@ def _settle_end_form(problem: BudgetProblem, variant) -> None:
     one), so the rounds time the float variants from then on and steer by what will be written.
     (nudenet's rewrite at --target-speedup 2: rounds timed in INT8 at 1.43x and 1.45x, float kept
     at 2.27x, past the target by 14%.)"""
-    as_float, as_int8 = problem.measurement.whole([variant, problem.finished(variant)])
+    as_float, as_int8 = problem.measurement.whole([variant, problem.timed(variant)])
     problem.plan.summary.end_form = {"float_ms": as_float.median, "int8_ms": as_int8.median,
                                      "timed": "int8" if as_int8.median < as_float.median else "float"}
     if as_int8.median >= as_float.median:
-        problem.finished = lambda model: model
+        problem.finished = problem.timed_form = lambda model: model
         problem.plan.notes.append(f"{param('quantize', repr('int8'), cli='int8')}: the first measured round's rewrite "
                                   f"ran slower in INT8 ({as_int8.median:.3f} ms) than in float ({as_float.median:.3f} "
                                   "ms), so the rounds timed it in float, as it will likely be written")

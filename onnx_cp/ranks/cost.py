@@ -85,15 +85,16 @@ class LatencyModel:
 Probe = tuple[Site, Sequence[tuple[str, object, object]]]
 
 
-def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], measurement) -> LatencyModel:
+def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], measurement, finish=None) -> LatencyModel:
     """Time the model as it is, then two variants per slot: the i-th slot puts every site in
     its i-th form, at that form's low rank and then at its high rank (a site with fewer forms stays
-    as it is there), placeholder factors throughout (``measurement``: a measure.Measurement)."""
+    as it is there), placeholder factors throughout (``measurement``: a measure.Measurement).
+    With ``finish``, every model is timed in the form it makes (quantize='int8': in INT8)."""
     slots = max((len(forms) for _, forms in probes), default=0)
     variants = [[(site, forms[slot][0], forms[slot][1 + end]) for site, forms in probes if slot < len(forms)]
                 for slot in range(slots) for end in (0, 1)]
-    (profiled, base), *timed = measurement.profile_variants(model, variants)
-    total = measurement.whole([model])[0].median
+    (profiled, base), *timed = measurement.profile_variants(model, variants, finish)
+    total = measurement.whole([finish(model) if finish else model])[0].median
     # the layers' profiled times at the scale of the whole-model time: the time no layer can save
     # is the whole time less theirs, and profiled runs are slower. Unscaled, on a CNN + LSTM
     # captcha reader that rest came out at 0 to 3% of the model where the profile showed 10% or
@@ -103,11 +104,34 @@ def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], measurement)
     original, affine = {}, {}
     for site, forms in probes:
         out = site.node.output[0]
-        original[out] = scale * base.get(out, 0.0)
+        fused = activation_after(model, out)
+        original[out] = scale * layer_time(base, out, fused)
         affine[out] = {}
         for k, (form, r0, r1) in enumerate(forms):
             x0, x1 = form_macs(site, form, r0), form_macs(site, form, r1)
-            t0, t1 = (scale * timed[2 * k][1].get(out, 0.0), scale * timed[2 * k + 1][1].get(out, 0.0))
+            t0, t1 = (scale * layer_time(timed[2 * k][1], out, fused),
+                      scale * layer_time(timed[2 * k + 1][1], out, fused))
             slope = max(0.0, (t1 - t0) / (x1 - x0)) if x1 != x0 else 0.0
             affine[out][form] = (max(0.0, t0 - slope * x0), slope)
     return LatencyModel(total, original, affine)
+
+
+# Activations INT8 fuses into the layer before them: onnxruntime's quantizer puts no
+# quantize/dequantize pair between a Conv and its Relu or Clip, and the fused int8 node is then
+# profiled under the activation's output, not the Conv's.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def activation_after(model: onnx.ModelProto, output: str) -> str | None:
+    """The output of the activation that alone reads ``output``, where it is one INT8 fuses."""
+    readers = [n for n in model.graph.node if output in n.input]
+    if len(readers) == 1 and readers[0].op_type in FUSED_ACTIVATIONS:
+        return readers[0].output[0]
+    return None
+
+
+def layer_time(profile: Mapping[str, float], output: str, fused: str | None) -> float:
+    """A layer's time in a per-layer profile: under its output, else under the activation INT8 fused it with."""
+    if output in profile:
+        return profile[output]
+    return profile.get(fused, 0.0) if fused else 0.0

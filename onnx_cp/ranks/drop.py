@@ -306,8 +306,8 @@ def _fastest_timed(problem: BudgetProblem, scorer: _Scorer, best: list[int], pro
         return best
     if progress:
         progress(f"drop search: timing the {len(within)} allocations found within the drop", 0, 1)
-    base, *times = problem.measurement.whole([problem.finished(problem.model)]
-                                             + [problem.finished(problem.variant(p)) for p in within])
+    base, *times = problem.measurement.whole([problem.timed(problem.model)]
+                                             + [problem.timed(problem.variant(p)) for p in within])
     speedups = [base.median / t.median for t in times]
     for picks, speedup in zip(within, speedups):
         i = scorer.tried[tuple(picks)]

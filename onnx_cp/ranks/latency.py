@@ -83,7 +83,7 @@ def latency_model(problem: BudgetProblem, probes: dict, progress: Progress | Non
     for s in problem.ruled:
         rank = plan.choices[s.key].rank
         slots.append((s, [(f, rank, rank) for f in decompositions.get(problem.ruled_kind(s)).forms_for(config.realize)]))
-    problem.latency = measure_probes(problem.model, slots, problem.measurement)
+    problem.latency = measure_probes(problem.model, slots, problem.measurement, problem.timed_form)
     return problem.latency
 
 
@@ -104,7 +104,7 @@ def scale_to_measured(problem: BudgetProblem, progress: Progress | None) -> None
     placed = [(l.site, problem.form(l.site, l.ranks[k], l.kind(k)), l.ranks[k])
               for l, k in zip(problem.auto, picks) if k < len(l.ranks)]
     measurement = problem.measurement
-    base, new = measurement.whole([problem.model, measurement.variant(problem.model, placed)])
+    base, new = measurement.whole([problem.timed(problem.model), problem.timed(measurement.variant(problem.model, placed))])
     measured = base.median / new.median
     rewritten = sum(l.costs[k] for l, k in zip(problem.auto, picks) if k < len(l.ranks))
     kept = problem.fixed + sum(l.before for l, k in zip(problem.auto, picks) if k == len(l.ranks))

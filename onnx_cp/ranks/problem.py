@@ -105,6 +105,9 @@ class BudgetProblem:
     # the end form of a variant (quantize='int8': quantized), what the measured rounds time
     finished: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
     quantized: bool = False  # whether that end form is INT8 (the damages then count it, int8_damages.py)
+    # the end form as the latency probe and the measured rounds time it (INT8 calibrated on a few
+    # samples: only its time is read); None: ``finished``
+    timed_form: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
     # how much faster that end form made the input (quantize='int8'): the float model needs
     # --target-speedup / this, and the measured rounds correct what the factor misses
     end_gain: float = 1.0
@@ -154,6 +157,10 @@ class BudgetProblem:
     def threads(self) -> int:
         """Threads for the proxy's onnxruntime runs: every core (they are computed, not timed)."""
         return self.config.worker_count()
+
+    def timed(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` in the form the probe and the rounds time."""
+        return (self.timed_form or self.finished)(model)
 
     def output_error(self, picks: list[int]) -> float:
         return proxy.output_error(proxy.run(self.variant(picks), self.feeds, self.threads), self.reference)

@@ -48,7 +48,9 @@ def assign_costs(problem: BudgetProblem, progress: Progress | None, refuse: bool
         scale_to_measured(problem, progress)
     cheapest = problem.cheapest()
     if refuse and problem.target < cheapest:
+        # with quantize='int8' the costs are INT8 times, and the reach is over the float input
+        int8 = f" in INT8 (which alone makes it {problem.end_gain:.2f}x faster)" if problem.quantized else ""
         raise OnnxCpError(
             f"{selection.describe()} is out of reach: the layers not rewritten cost {problem.fixed / total:.0%} of "
-            f"the model, so the smallest candidate ranks reach at most {total / cheapest:.2f}x "
+            f"the model{int8}, so the smallest candidate ranks reach at most {problem.end_gain * total / cheapest:.2f}x "
             f"({cheapest:.4g} of {total:.4g} {plan.summary.cost}); ask for less or select more layers")
