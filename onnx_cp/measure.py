@@ -177,16 +177,12 @@ class Measurement:
         form costs in onnxruntime, before anything is fitted."""
         return splice(model, [Replacement.placeholder(site, form, rank, seed) for site, form, rank in placements])[0]
 
-    def time_variants(self, model: onnx.ModelProto, variants: Sequence[Sequence[Placement]]
-                      ) -> list[dict[str, float]]:
-        """Per-layer times of ``model`` itself, then of each variant (placeholder factors)."""
-        return [per_layer for _, per_layer in self.profile_variants(model, variants)]
-
     def profile_variants(self, model: onnx.ModelProto, variants: Sequence[Sequence[Placement]],
                          finish: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None
                          ) -> list[tuple[float | None, dict[str, float]]]:
-        """``time_variants`` with each profiled run's own median total (None where the timer has
-        none): profiled runs take longer than plain ones, by the profiler's cost per node. With
+        """Per-layer times of ``model`` itself, then of each variant (placeholder factors), with each
+        profiled run's own median total (None where the timer has none): profiled runs take longer
+        than plain ones, by the profiler's cost per node. With
         ``finish``, each model is timed as it makes it (quantized: the end form of --quantize)."""
         models = [model] + [self.variant(model, v) for v in variants]
         return self._profiles([finish(m) for m in models] if finish else models)

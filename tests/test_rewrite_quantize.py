@@ -147,3 +147,17 @@ def test_the_latency_probe_times_the_layers_in_int8(calib):
     as_int8, as_float = Int8Pays().whole([quantize_int8(model, np.load(calib)[:4]), model])
     assert summary["cost"] == "latency" and as_int8 < 0.5 * as_float
     assert summary["total_before"] == pytest.approx(as_int8, rel=1e-6)
+
+
+def test_the_forms_are_timed_in_int8(calib):
+    """Each layer's form is chosen by its time in INT8, the form it will be written in."""
+    config = RewriteConfig(ranks=(8,), quantize="int8", calib=calib, max_iter=10, stabilize="never", recover=False)
+    result = rewrite_with_report(str(MODELS / "mnist_cnn.onnx"), config, timer=Int8Pays())
+    model = onnx.load(MODELS / "mnist_cnn.onnx")
+    as_float = Int8Pays()._per_node(model)
+    output = {n.name: n.output[0] for n in model.graph.node}
+    rows = [r for r in result.report.to_dict()["layers"] if r["timings_ms"]]
+    assert rows
+    for row in rows:
+        in_float = as_float[output[row["node"]]]
+        assert row["timings_ms"]["original"] == pytest.approx((in_float - 1e-3) / 3 + 1e-3)  # the Conv in int8
