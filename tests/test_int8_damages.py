@@ -77,3 +77,27 @@ def test_a_target_with_quantize_counts_each_options_int8_error(monkeypatch, tmp_
         # int8 never makes a low-rank candidate much closer to the float layer than it was
         assert all(q >= 0.9 * f for q, f in zip(layer.errors, float_errors))
         assert layer.errors != float_errors
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_a_linear_layer_gets_its_int8_damages(monkeypatch, tmp_path, op):
+    """A Gemm's or MatMul's layer alone takes its own 2-D input (not the 1x1 Conv it is costed as)."""
+    from test_auto_budget import faster_everywhere, linear_model
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((16, 4, 8, 8)).astype(np.float32))
+    seen = {}
+    measure = int8_damages.measure_int8_damages
+
+    def recorded(problem, progress):
+        measure(problem, progress)
+        seen["layers"] = problem.auto
+
+    monkeypatch.setattr("onnx_cp.ranks.budget.measure_int8_damages", recorded)
+    selection = RankSelection(target_speedup=2.0, candidates=3, calib_count=4)
+    config = RewriteConfig(selection=selection, decomposition="auto", quantize="int8", calib=str(calib), max_iter=10,
+                           stabilize="never", recover=False)
+    result = rewrite_with_report(linear_model(op), config, timer=faster_everywhere)
+    onnx.checker.check_model(result.model, full_check=True)
+    fc = next(l for l in seen["layers"] if l.site.name == "fc")
+    assert 0.0 < fc.keep_error < 0.05 and len(fc.errors) == len(fc.ranks)

@@ -3,6 +3,8 @@ int8 weights, uint8 MinMax activations) as often as needed: the activation range
 the first call and cached in the folder, so leaving other nodes float costs no second calibration."""
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -39,11 +41,12 @@ class StaticRun:
         out = self._folder / f"int8_{self._runs}.onnx"
         reader = None if self._ranges.exists() else _Reader(feeds)
         try:
-            quantize_static(str(self._input), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude),
-                            op_types_to_quantize=list(op_types),
-                            use_external_data_format=self._large, calibration_cache_path=str(self._ranges))
+            with _quiet():
+                quantize_static(str(self._input), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(nodes_to_exclude),
+                                op_types_to_quantize=list(op_types),
+                                use_external_data_format=self._large, calibration_cache_path=str(self._ranges))
         except Exception as exc:  # onnxruntime raises its own types, and ValueError, op by op
             raise OnnxCpError(f"onnxruntime's quantize_static fails on the model ({first_line(exc)}); check that "
                               "onnxruntime runs the float model") from None
@@ -58,3 +61,17 @@ class _Reader:
 
     def get_next(self) -> dict | None:
         return next(self._feeds, None)
+
+
+@contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs a warning on the root logger per node it would rather have
+    excluded (a captcha reader's 80 unrolled Gemms with computed biases: 220 lines); the decision
+    to keep a node float is made by measurement here, so they are held back."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

@@ -30,29 +30,26 @@ def measure_int8_damages(problem: BudgetProblem, progress: Progress | None) -> N
     done = 0
     for layer in auto:
         node = layer.site.node
-        alone = layer_alone(model, node, layer.site.in_shape, layer.site.out_shape)
-        if alone is None:  # its weight is computed from the input: the float damages stand
-            done += len(layer.ranks) + 1
-            continue
+        if progress:
+            progress(f"int8 damages: {layer.site.name}", done, steps)
+        done += len(layer.ranks) + 1
         x, runs = got[node.input[0]], len(problem.feeds)  # each feed's part along the first axis
+        alone = layer_alone(model, node, problem.shapes.get(node.input[0]), problem.shapes.get(node.output[0]))
+        if alone is None:  # its weight is computed from the input: the float damages stand
+            continue
         feeds = [{node.input[0]: part} for part in np.split(x, runs)]
         reference = [[part] for part in np.split(got[node.output[0]], runs)]
 
         def error(variant: onnx.ModelProto) -> float:
-            try:
-                quantized = quantize_int8(variant, feeds, chain_aware=True)
-            except OnnxCpError:  # the quantizer cannot take this layer alone: count it as float
-                quantized = variant
-            return proxy.output_error(proxy.run(quantized, feeds, threads), reference)
+            return proxy.output_error(proxy.run(quantize_int8(variant, feeds, chain_aware=True), feeds, threads),
+                                      reference)
 
-        if progress:
-            progress(f"int8 damages: {layer.site.name}", done, steps)
-        layer.keep_error = error(alone)
-        errors = []
-        for k in range(len(layer.ranks)):
-            errors.append(error(_candidate(problem, alone, layer, k)))
-        layer.errors = errors
-        done += len(layer.ranks) + 1
+        try:
+            keep = error(alone)
+            errors = [error(_candidate(problem, alone, layer, k)) for k in range(len(layer.ranks))]
+        except (OnnxCpError, RuntimeError, ValueError):  # the layer alone does not quantize or run: float damages stand
+            continue
+        layer.keep_error, layer.errors = keep, errors
 
 
 def layer_alone(model: onnx.ModelProto, node: onnx.NodeProto, in_shape, out_shape) -> onnx.ModelProto | None:
@@ -93,5 +90,6 @@ def _candidate(problem: BudgetProblem, alone: onnx.ModelProto, layer: BudgetLaye
     return splice(alone, [Replacement(site, form, rank, layer.factors(k))])[0]
 
 
-def _free(shape) -> list:
-    return ["N", *shape[1:]]
+def _free(shape) -> list | None:
+    """``shape`` with its first axis free; None (no shape) where it is unknown."""
+    return None if shape is None else ["N", *shape[1:]]

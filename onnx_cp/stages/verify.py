@@ -15,11 +15,14 @@ SHORTFALL = 0.1
 def verify(rw: Rewrite) -> None:
     config, measurement = rw.config, rw.measurement
     speed = _measured_by_selection(rw)
-    if speed is None and measurement is not None and config.measure and rw.rewritten():
+    # a model in INT8 is timed too where no layer kept a low-rank form (--quantize alone, or every
+    # form slower than its Conv in int8): it is still not the input
+    quantized = rw.quantization is not None and rw.quantization.quantized
+    if speed is None and measurement is not None and config.measure and (rw.rewritten() or quantized):
         if rw.progress:
             rw.progress("verify: timing the rewritten model against the input", 0, 1)
         speed = measurement.compare(rw.model, rw.final)
-        if speed.speedup < 1.0 and config.realize == "auto":
+        if speed.speedup < 1.0 and config.realize == "auto" and rw.rewritten():
             rw.notes.append(f"the rewritten model measured {speed.speedup:.2f}x the input's speed "
                             f"({speed.original_ms:.3f} -> {speed.rewritten_ms:.3f} ms); every layer keeps its Conv")
             for r in rw.rewritten():
