@@ -185,5 +185,30 @@ class Measurement:
         than plain ones, by the profiler's cost per node. With
         ``finish``, each model is timed as it makes it (quantized: the end form of --quantize)."""
         models = [model] + [self.variant(model, v) for v in variants]
-        return self._profiles([finish(m) for m in models] if finish else models)
+        if not finish:
+            return self._profiles(models)
+        fused = fused_activations(model)
+        return [(total, _keyed_as_float(times, fused)) for total, times in self._profiles([finish(m) for m in models])]
 
+
+
+# Activations onnxruntime's quantizer folds into the layer before them: in QDQ it puts no
+# quantize/dequantize pair between a Conv and its Relu or Clip, the uint8 range does the clipping,
+# and the layer is then profiled under the activation's output, not its own.
+FUSED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def fused_activations(model: onnx.ModelProto) -> dict[str, str]:
+    """Activation output -> the output of the layer it alone reads (the layer INT8 fuses it into)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return {nodes[0].output[0]: name for name, nodes in readers.items()
+            if len(nodes) == 1 and nodes[0].op_type in FUSED_ACTIVATIONS}
+
+
+def _keyed_as_float(times: dict[str, float], fused: Mapping[str, str]) -> dict[str, float]:
+    """A profile of a model in INT8 keyed as the float model's: a layer found under the activation
+    it was fused with is put back under its own output."""
+    return {(fused[key] if key in fused and fused[key] not in times else key): ms for key, ms in times.items()}

@@ -21,11 +21,11 @@ from onnx_cp.quantize.fastest import MIN_GAIN, QUANTIZABLE, quantize_fastest
 from onnx_cp.quantize.feeds import CalibrationInputs, calibration_feeds, split_held_back
 from onnx_cp.quantize.refusal import refusal
 from onnx_cp.quantize.result import FLOAT, INT8, Int8Result, NodeForm
-from onnx_cp.quantize.static import OP_TYPES, Quantizer, int8_quantizer, quantize_int8
+from onnx_cp.quantize.static import OP_TYPES, Quantizer, int8_for_timing, int8_quantizer, quantize_int8
 from onnx_cp.quantize.timing import Timing, onnxruntime_timing, per_node_view
 
 __all__ = [
     "FLOAT", "INT8", "MIN_GAIN", "OP_TYPES", "QUANTIZABLE", "CalibrationInputs", "Int8Result", "NodeForm",
-    "Quantizer", "Timing", "calibration_feeds", "int8_error", "int8_quantizer", "onnxruntime_timing",
+    "Quantizer", "Timing", "calibration_feeds", "int8_error", "int8_for_timing", "int8_quantizer", "onnxruntime_timing",
     "per_node_view", "quantize_fastest", "quantize_int8", "refusal", "split_held_back",
 ]

@@ -75,9 +75,8 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
         if progress:
             progress(f"measured rounds: round {attempt + 1}", attempt, count)
         variant = problem.variant(picks)
-        if attempt == 0 and problem.quantized:
-            _settle_end_form(problem, variant)
-        check = problem.measurement.compare(problem.model, problem.timed(variant))
+        timed = _settle_end_form(problem, variant) if attempt == 0 and problem.quantized else problem.timed(variant)
+        check = problem.measurement.compare(problem.model, timed)
         spent = problem.spent(picks)
         rounds.append(MeasuredRound(problem.total / spent, check.speedup, check.original_ms, check.rewritten_ms,
                                     check.spread, summary.output_error))
@@ -98,13 +97,14 @@ def meet_measured(problem: BudgetProblem, picks: list[int], progress: Progress |
     return picks
 
 
-def _settle_end_form(problem: BudgetProblem, variant) -> None:
+def _settle_end_form(problem: BudgetProblem, variant):
     """With quantize='int8', the first round's rewrite timed in float and in INT8 together: where
     INT8 is the slower, the quantize stage will write the float model (it never writes a slower
     one), so the rounds time the float variants from then on and steer by what will be written.
     (nudenet's rewrite at --target-speedup 2: rounds timed in INT8 at 1.43x and 1.45x, float kept
-    at 2.27x, past the target by 14%.)"""
-    as_float, as_int8 = problem.measurement.whole([variant, problem.timed(variant)])
+    at 2.27x, past the target by 14%.) Returns the variant in the form the rounds time."""
+    quantized = problem.timed(variant)
+    as_float, as_int8 = problem.measurement.whole([variant, quantized])
     problem.plan.summary.end_form = {"float_ms": as_float.median, "int8_ms": as_int8.median,
                                      "timed": "int8" if as_int8.median < as_float.median else "float"}
     if as_int8.median >= as_float.median:
@@ -112,6 +112,8 @@ def _settle_end_form(problem: BudgetProblem, variant) -> None:
         problem.plan.notes.append(f"{param('quantize', repr('int8'), cli='int8')}: the first measured round's rewrite "
                                   f"ran slower in INT8 ({as_int8.median:.3f} ms) than in float ({as_float.median:.3f} "
                                   "ms), so the rounds timed it in float, as it will likely be written")
+        return variant
+    return quantized
 
 
 def _next_allocation(problem: BudgetProblem, rounds: list[MeasuredRound], timed: list[list[int]],

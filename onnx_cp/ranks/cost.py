@@ -104,34 +104,12 @@ def measure_probes(model: onnx.ModelProto, probes: Sequence[Probe], measurement,
     original, affine = {}, {}
     for site, forms in probes:
         out = site.node.output[0]
-        fused = activation_after(model, out)
-        original[out] = scale * layer_time(base, out, fused)
+        original[out] = scale * base.get(out, 0.0)
         affine[out] = {}
         for k, (form, r0, r1) in enumerate(forms):
             x0, x1 = form_macs(site, form, r0), form_macs(site, form, r1)
-            t0, t1 = (scale * layer_time(timed[2 * k][1], out, fused),
-                      scale * layer_time(timed[2 * k + 1][1], out, fused))
+            t0, t1 = (scale * timed[2 * k][1].get(out, 0.0), scale * timed[2 * k + 1][1].get(out, 0.0))
             slope = max(0.0, (t1 - t0) / (x1 - x0)) if x1 != x0 else 0.0
             affine[out][form] = (max(0.0, t0 - slope * x0), slope)
     return LatencyModel(total, original, affine)
 
-
-# Activations INT8 fuses into the layer before them: onnxruntime's quantizer puts no
-# quantize/dequantize pair between a Conv and its Relu or Clip, and the fused int8 node is then
-# profiled under the activation's output, not the Conv's.
-FUSED_ACTIVATIONS = ("Relu", "Clip")
-
-
-def activation_after(model: onnx.ModelProto, output: str) -> str | None:
-    """The output of the activation that alone reads ``output``, where it is one INT8 fuses."""
-    readers = [n for n in model.graph.node if output in n.input]
-    if len(readers) == 1 and readers[0].op_type in FUSED_ACTIVATIONS:
-        return readers[0].output[0]
-    return None
-
-
-def layer_time(profile: Mapping[str, float], output: str, fused: str | None) -> float:
-    """A layer's time in a per-layer profile: under its output, else under the activation INT8 fused it with."""
-    if output in profile:
-        return profile[output]
-    return profile.get(fused, 0.0) if fused else 0.0

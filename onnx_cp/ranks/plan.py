@@ -89,23 +89,17 @@ def plan_ranks(model: onnx.ModelProto, sites: list[Site], chosen: set[str], shap
     return plan
 
 
-# Calibration samples of the INT8 models that are only timed (the latency probe's, the measured
-# rounds'): an int8 kernel's time does not depend on its ranges, and on a VGG-16 quantizing took
-# 14.3 s on 64 samples, 1.9 s on 4.
-TIMING_SAMPLES = 4
-
-
 def _end_form(problem: BudgetProblem, progress: Progress | None) -> None:
     """With quantize='int8' the target is the quantized model's: the latency probe and the measured
     rounds time each variant quantized (a kept Conv costs its INT8 time, a chain its stages'), and
     the float plan starts from the target over what int8 gains on the input."""
-    from onnx_cp.quantize import quantize_int8
+    from onnx_cp.quantize import int8_for_timing, quantize_int8
 
     calibration = problem.data.int8_inputs
     if progress:
         progress("latency probe: timing the input in INT8", 0, 1)
     problem.finished = lambda model: quantize_int8(model, calibration)
-    problem.timed_form = lambda model: quantize_int8(model, calibration[:TIMING_SAMPLES])
+    problem.timed_form = int8_for_timing(calibration)
     problem.quantized = True
     problem.plan.int8_input = problem.finished(problem.model)
     base, int8 = problem.measurement.whole([problem.model, problem.plan.int8_input])

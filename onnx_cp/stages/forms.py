@@ -16,8 +16,6 @@ from onnx_cp import decompositions
 from onnx_cp.conv import Cost
 from onnx_cp.decision import Decision
 from onnx_cp.errors import OnnxCpError
-from onnx_cp.ranks.cost import activation_after, layer_time
-from onnx_cp.ranks.plan import TIMING_SAMPLES
 from onnx_cp.sites import Site
 from onnx_cp.stages.context import Candidate, Rewrite
 
@@ -88,10 +86,8 @@ def time_candidates(rw: Rewrite, layers: Sequence[tuple[Site, Sequence[Candidate
     timed = {}
     for site, offered in layers:
         out = site.node.output[0]
-        fused = activation_after(rw.model, out) if finish else None
         names = ["original"] + [c.form for c in offered]
-        timed[site.key] = {name: layer_time(times, out, fused) for name, times in zip(names, per_model)
-                           if out in times or fused in times}
+        timed[site.key] = {name: times[out] for name, times in zip(names, per_model) if out in times}
     return timed
 
 
@@ -106,7 +102,6 @@ def end_form(rw: Rewrite):
     settled = getattr(rw.selection, "end_form", None)
     if settled and settled["timed"] == "float":
         return None
-    from onnx_cp.quantize import quantize_int8
+    from onnx_cp.quantize import int8_for_timing
 
-    calibration = rw.data.int8_inputs[:TIMING_SAMPLES]
-    return lambda model: quantize_int8(model, calibration)
+    return int8_for_timing(rw.data.int8_inputs)
