@@ -97,6 +97,36 @@ def test_distillation_that_raises_the_held_back_error_is_not_kept(case, monkeypa
     assert result.model.SerializeToString() == recovered.model.SerializeToString()
 
 
+def test_distillation_whose_training_loss_climbs_stops_after_its_first_epoch(case, monkeypatch):
+    model, x, path = case
+    monkeypatch.setattr(session, "DistillOptions", functools.partial(session.DistillOptions, lr=3.0))
+    result = rewrite_with_report(model, _config(path, distill_epochs=8))
+    entry = result.report.calibration["distillation"]
+    assert entry["epochs"] == 1 and entry["steps"] == 3 and not entry["kept"], entry  # 48 samples, batches of 16
+    assert "training stopped after epoch 1, whose mean loss" in entry["note"], entry["note"]
+
+
+def test_distillation_stops_on_an_epoch_mean_past_twice_the_first_batch_loss(monkeypatch):
+    """The rule alone, on the losses a diverging run reports: each epoch's running mean."""
+    from onnx_cp.calibrate import distill
+    from onnx_cp.finetune.report import Step
+
+    seen = []
+
+    def fake_finetune(student, batches, *, callback, **kwargs):
+        for epoch, losses in enumerate([[1.0, 1.5, 1.9], [1.2, 2.0, 2.1], [9.0, 9.0, 9.0]], start=1):
+            for k, loss in enumerate(losses, start=1):
+                seen.append((epoch, k))
+                if callback(Step("train", epoch, 3, k, 3, loss, None, None, 1e-4)):
+                    raise StopIteration
+
+    monkeypatch.setattr("onnx_cp.finetune.finetune_with_report", fake_finetune)
+    with pytest.raises(StopIteration):
+        distill.distill_layers(None, onnx.ModelProto(), [], np.zeros((48, 1), np.float32),
+                               distill.DistillOptions(epochs=3, max_time=None))
+    assert seen[-1] == (2, 3)  # epoch 1 ends at 1.9 < 2 x 1.0; epoch 2 at 2.1 stops
+
+
 def test_distillation_that_cannot_run_leaves_the_recovered_model_and_says_why(case, monkeypatch):
     model, x, path = case
     recovered = rewrite_with_report(model, _config(path, distill_epochs=0))

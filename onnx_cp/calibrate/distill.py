@@ -28,6 +28,12 @@ from onnx_cp.progress import Progress
 # recognizers 3e-4 raised the held-back output error and 1e-4 lowered it (docs/results/calibration.md).
 LEARNING_RATE = 1e-4
 BATCH = 16
+# An epoch whose mean training loss ends above this many times the first batch's stops the
+# training: it is moving away from recovery's optimum even on its own samples, and a decaying rate
+# does not bring it back within the epochs left. On a trained VGG-16's Tucker-2 rewrite (64 images),
+# Adam's first step at 1e-4 took the loss from 0.0015 to 1.23 and the 10 epochs ended 5x above
+# the start (220 s, not kept); the stop ends it after one epoch.
+DIVERGED = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class DistillResult:
     steps: int = 0
     epochs: int = 0
     seconds: float = 0.0
+    first_loss: float | None = None  # the first batch's
+    diverged_loss: float | None = None  # the epoch mean that stopped the training (DIVERGED), if one did
 
 
 def distill_layers(teacher: onnx.ModelProto, student: onnx.ModelProto, nodes: Iterable[str], x: np.ndarray,
@@ -71,6 +79,11 @@ def distill_layers(teacher: onnx.ModelProto, student: onnx.ModelProto, nodes: It
         result.steps += 1
         if progress:
             progress(f"epoch {step.epoch}/{step.epochs}, loss {step.loss:.4g}", result.steps, total)
+        if result.first_loss is None:
+            result.first_loss = step.loss
+        if step.batch == step.batches and step.loss > DIVERGED * result.first_loss:
+            result.diverged_loss = step.loss
+            return True
         return options.max_time is not None and time.perf_counter() - begin > options.max_time
 
     with _all_cores():

@@ -20,7 +20,7 @@ import onnx
 
 from onnx_cp.calibrate.activations import batched_outputs, output_error
 from onnx_cp.calibrate.data import CalibrationData, calib_param
-from onnx_cp.calibrate.distill import DistillOptions, distill_layers, transplant
+from onnx_cp.calibrate.distill import DIVERGED, DistillOptions, distill_layers, transplant
 from onnx_cp.calibrate.layerwise import LayerRecovery, apply, recover_layers, set_biases
 from onnx_cp.calibrate.observe import Observation, observe
 from onnx_cp.calibrate.recovery import RecoveryOptions
@@ -180,6 +180,10 @@ class Calibration:
         kept = before is None or after < before
         training = self._training_error(model, tuned)
         note = None if kept else "not kept: the output error on held-back inputs rose"
+        if result.diverged_loss is not None:
+            stop = (f"training stopped after epoch {result.epochs}, whose mean loss {result.diverged_loss:.3g} rose "
+                    f"past {DIVERGED:g}x the first batch's ({result.first_loss:.3g})")
+            note = f"{note}; {stop}" if note else stop
         self.distillation = DistillSummary(result.epochs, result.steps, time.perf_counter() - begin, before, after,
                                            kept, note, training)
         self.seconds += self.distillation.seconds
