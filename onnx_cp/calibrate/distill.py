@@ -29,11 +29,13 @@ from onnx_cp.progress import Progress
 LEARNING_RATE = 1e-4
 BATCH = 16
 # An epoch whose mean training loss ends above this many times the first batch's stops the
-# training: it is moving away from recovery's optimum even on its own samples, and a decaying rate
-# does not bring it back within the epochs left. On a trained VGG-16's Tucker-2 rewrite (64 images),
-# Adam's first step at 1e-4 took the loss from 0.0015 to 1.23 and the 10 epochs ended 5x above
-# the start (220 s, not kept); the stop ends it after one epoch.
-DIVERGED = 2.0
+# training: it has moved far from recovery's optimum on its own samples, and the decaying rate does
+# not bring it back within the epochs left. On a trained VGG-16's Tucker-2 rewrite (64 images),
+# Adam's first step at 1e-4 took the loss from 0.0015 to 1.23 (the first epoch's mean: 117x to
+# 267x the first batch's) and the 10 epochs ended with the held-back error 5x its start (220 s, not
+# kept). A CRNN's first epoch rises to 3.2x its first batch and then falls below it, to a model
+# kept (held-back error 0.0395 -> 0.0356), so the bound is well above that.
+DIVERGED = 10.0
 
 
 @dataclass(frozen=True)
