@@ -17,6 +17,8 @@ given onnxruntime's own ``<OpType>_<k>`` names first, so they can be left float 
 the model's ``metadata_props`` as they were (the ``onnx_cp`` provenance entry included).
 onnxruntime's graph optimizations are not run before quantizing: they would rename and merge
 nodes, and the node names are what per-node decisions and profiles are keyed by.
+A Conv or Gemm left float reads a per-channel DequantizeLinear of its own, so that onnxruntime
+runs it in float and not in per-tensor int8 (keep_float.py).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from onnx_cp.errors import OnnxCpError
 from onnx_cp.model_io import load_model
 from onnx_cp.quantize.chain_quant import ChainQuantization
 from onnx_cp.quantize.feeds import CalibrationInputs, calibration_feeds
+from onnx_cp.quantize.keep_float import keep_float
 from onnx_cp.quantize.opset import with_min_opset
 from onnx_cp.quantize.ort_static import StaticRun
 from onnx_cp.quantize.refusal import refusal
@@ -100,6 +103,8 @@ class Quantizer:
         self.op_types = op_types
         self.prepared = with_min_opset(_named(source))
         self.notes: list[str] = []
+        # Nodes left float that onnxruntime runs in per-tensor int8 all the same (keep_float.py).
+        self.per_tensor: set[str] = set()
         self._feeds = feeds
         self._plain = StaticRun(self.prepared, folder / "plain")
         self._chains = ChainQuantization.of(self.prepared, feeds, folder / "chains") if chain_aware else None
@@ -117,12 +122,16 @@ class Quantizer:
             self._use_chains = self._chains_pay()
         if not nodes_to_exclude and self._unexcluded is not None:
             quantized, self._unexcluded = self._unexcluded, None
-        elif self._use_chains:
-            quantized = self._chains.quantize(self._feeds, nodes_to_exclude, self.op_types)
         else:
-            quantized = self._plain.quantize(self._feeds, nodes_to_exclude, self.op_types)
+            quantized = self._run(self._chains if self._use_chains else self._plain, nodes_to_exclude)
         del quantized.metadata_props[:]  # quantize_static adds its own entries
         quantized.metadata_props.extend(self.source.metadata_props)
+        return quantized
+
+    def _run(self, way: StaticRun | ChainQuantization, nodes_to_exclude: Sequence[str]) -> onnx.ModelProto:
+        """``way``'s INT8 of the model, its float Convs and Gemms kept float in onnxruntime."""
+        quantized = way.quantize(self._feeds, nodes_to_exclude, self.op_types)
+        self.per_tensor.update(keep_float(quantized))
         return quantized
 
     def _chains_pay(self) -> bool:
@@ -130,8 +139,7 @@ class Quantizer:
         the calibration inputs than onnxruntime's plain quantization (measured, not assumed)."""
         feeds = self._feeds[:CHECK_FEEDS]
         reference = run_feeds(self.prepared, feeds)
-        plain_model = self._plain.quantize(self._feeds, (), self.op_types)
-        tuned_model = self._chains.quantize(self._feeds, (), self.op_types)
+        plain_model, tuned_model = self._run(self._plain, ()), self._run(self._chains, ())
         plain = output_error(run_feeds(plain_model, feeds), reference)
         tuned = output_error(run_feeds(tuned_model, feeds), reference)
         pays = tuned < plain
