@@ -8,7 +8,9 @@ Calibrates on the first ``--calib-samples`` inputs of ``--calib`` (``quantize_in
 quantize stage does), then measures the relative L2 error over every float output on the first
 ``--count`` of them, the reference being the float model run with optimizations off. The last row
 runs level basic without onnxruntime's ``WeightBiasQuantization`` rewrite, which quantizes a float
-Conv/Gemm between a DequantizeLinear and a QuantizeLinear to per-tensor int8 (docs/results/int8.md).
+Conv/Gemm read from a per-tensor DequantizeLinear to per-tensor int8; ``quantize_int8`` keeps the
+node out of its reach (onnx_cp/quantize/keep_float.py), so that row is the control: the node's
+figure there should be the one at level basic (docs/results/int8.md).
 """
 from __future__ import annotations
 
