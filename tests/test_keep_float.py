@@ -3,6 +3,8 @@ level (onnx_cp.quantize.keep_float): not rewritten to per-tensor int8 by onnxrun
 WeightBiasQuantization, its outputs those of the same model with optimizations off."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -13,6 +15,8 @@ from onnx_cp.quantize.keep_float import keep_float
 from onnx_cp.runtime import OPT_LEVELS, open_session, session_options
 
 from test_quantize import CHAIN, FakeTiming, inputs, outputs, relative, tiny_model
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def optimized(model: onnx.ModelProto, level: str, tmp_path) -> onnx.ModelProto:
@@ -99,3 +103,18 @@ def test_nothing_changes_where_nothing_is_left_float():
     int8 = quantize_int8(tiny_model(), inputs(16))
     before = int8.SerializeToString()
     assert keep_float(int8) == [] and int8.SerializeToString() == before
+
+
+def test_a_trained_cnn_keeps_every_other_conv_float(tmp_path):
+    """models/mnist_cnn.onnx (Conv, Relu, MaxPool, Gemm), every other Conv left float: each one
+    stays a float op with its float weight in onnxruntime's graph at level extended, the others
+    run as QLinearConv, and the model passes full_check."""
+    model = onnx.load(MODELS / "mnist_cnn.onnx")
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    left = convs[1::2]
+    x = np.load(MODELS / "mnist_test.npz")["x"][:16].astype(np.float32)
+    int8 = quantize_int8(model, x, nodes_to_exclude=left)
+    onnx.checker.check_model(int8, full_check=True)
+    seen = optimized(int8, "extended", tmp_path)
+    assert left and [n for n in left if not float_weight(seen, n)] == []
+    assert sum(n.op_type == "QLinearConv" for n in seen.graph.node) == len(convs) - len(left)
