@@ -26,6 +26,7 @@ import onnx
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.quantize.error import int8_error
 from onnx_cp.quantize.feeds import CalibrationInputs
+from onnx_cp.quantize.keep_float import per_tensor_floats
 from onnx_cp.quantize.result import FLOAT, INT8, Int8Result, NodeForm
 from onnx_cp.quantize.static import Quantizer, int8_quantizer
 from onnx_cp.quantize.timing import Timing, per_node_view
@@ -69,7 +70,8 @@ def quantize_fastest(model: onnx.ModelProto | str | os.PathLike, calibration: Ca
         nodes = [_float_after_all(n) for n in nodes]
         chosen, is_int8 = source, False
     if is_int8:
-        nodes = [_per_tensor(n) if n.form == FLOAT and n.node in quantizer.per_tensor else n for n in nodes]
+        per_tensor = set(per_tensor_floats(chosen))
+        nodes = [_per_tensor(n) if n.form == FLOAT and n.node in per_tensor else n for n in nodes]
     kept_float = [n.node for n in nodes if n.form == FLOAT]
     if is_int8 and kept_float:
         notes.append(f"{len(kept_float)} of {len(nodes)} Conv/Gemm/MatMul node(s) stay float: "

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_cp.conv import attributes
+from onnx_cp.graph import NameAllocator, all_names
 
 # The ops onnxruntime's WeightBiasQuantization rewrites.
 REWRITTEN = ("Conv", "ConvTranspose", "Gemm")
@@ -28,52 +29,53 @@ REWRITTEN = ("Conv", "ConvTranspose", "Gemm")
 def keep_float(model: onnx.ModelProto) -> list[str]:
     """In place: each float node of ``REWRITTEN`` that reads a per-tensor DequantizeLinear reads a
     per-channel copy of it instead (a DequantizeLinear left unread is removed). Returns the names of
-    the nodes that could not be kept float so (a data input of one channel)."""
+    the nodes that could not be kept float so (``per_tensor_floats``: a data input of one channel)."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    taken = {out for node in graph.node for out in node.output} | set(inits) | {i.name for i in graph.input}
-    names = {node.name for node in graph.node}
+    names = NameAllocator(all_names(model))
     before: dict[int, onnx.NodeProto] = {}  # a new DequantizeLinear, by the index of the node it feeds
-    per_tensor = []
-    for index, node in enumerate(graph.node):
-        dq = producers.get(node.input[0]) if node.input else None
-        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
-        if (node.op_type not in REWRITTEN or dq is None or dq.op_type != "DequantizeLinear"
-                or (weight is not None and weight.op_type == "DequantizeLinear") or not _scalar(dq, inits)):
-            continue
-        place = _channels(node, inits)
-        if place is None:
-            continue  # a weight onnxruntime's rewrite does not take (computed, not an initializer)
-        axis, channels = place
+    for index, node, dq, (axis, channels) in _rewritten(model):
         if channels < 2:
-            per_tensor.append(node.name)
             continue
-        name = _unique(f"{dq.output[0]}/per_channel/{node.name}", taken | names)
-        taken.add(name)
-        names.add(name)
+        name = names.fresh(f"{dq.output[0]}/per_channel/{node.name}")
         params = []
-        for k, source in enumerate(dq.input[1:3]):
-            if not source:
-                continue
-            value = numpy_helper.to_array(inits[source]).reshape(-1)
-            param = _unique(f"{name}/{('scale', 'zero_point')[k]}", taken)
-            taken.add(param)
-            graph.initializer.append(numpy_helper.from_array(np.full(channels, value[0], dtype=value.dtype), param))
-            params.append(param)
+        for role, source in zip(("scale", "zero_point"), dq.input[1:3]):
+            if source:
+                value = numpy_helper.to_array(inits[source]).reshape(-1)
+                params.append(names.fresh(f"{name}/{role}"))
+                graph.initializer.append(numpy_helper.from_array(np.full(channels, value[0], value.dtype), params[-1]))
         before[index] = helper.make_node("DequantizeLinear", [dq.input[0], *params], [name], name=name, axis=axis)
         node.input[0] = name
     if before:
-        nodes = []
-        for index, node in enumerate(graph.node):
-            if index in before:
-                nodes.append(before[index])
-            nodes.append(node)
+        nodes = [n for index, node in enumerate(graph.node) for n in ([before[index]] if index in before else []) + [node]]
         read = {t for node in nodes for t in node.input} | {o.name for o in graph.output}
         kept = [n for n in nodes if n.op_type != "DequantizeLinear" or any(t in read for t in n.output)]
         del graph.node[:]
         graph.node.extend(kept)
-    return per_tensor
+    return per_tensor_floats(model)
+
+
+def per_tensor_floats(model: onnx.ModelProto) -> list[str]:
+    """The float nodes of ``model`` that onnxruntime's rewrite still quantizes per tensor."""
+    return [node.name for _, node, _, _ in _rewritten(model)]
+
+
+def _rewritten(model: onnx.ModelProto):
+    """(index, node, its data input's DequantizeLinear, (channel axis, channels)) of each float node
+    that onnxruntime's WeightBiasQuantization would quantize."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    for index, node in enumerate(graph.node):
+        if node.op_type not in REWRITTEN or len(node.input) < 2:
+            continue
+        dq, weight = producers.get(node.input[0]), producers.get(node.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or not _scalar(dq, inits) \
+                or (weight is not None and weight.op_type == "DequantizeLinear"):
+            continue
+        place = _channels(node, inits)
+        if place is not None:  # else a weight the rewrite does not take (computed, not an initializer)
+            yield index, node, dq, place
 
 
 def _scalar(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
@@ -93,11 +95,3 @@ def _channels(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple
         return 1, dims[0]
     inner = dims[1] if attrs.get("transB", 0) else dims[0]  # Gemm: A (M x K), or A^T with transA
     return (0 if attrs.get("transA", 0) else 1), inner
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, k = name, 1
-    while out in taken:
-        k += 1
-        out = f"{name}_{k}"
-    return out

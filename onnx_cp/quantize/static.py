@@ -103,8 +103,6 @@ class Quantizer:
         self.op_types = op_types
         self.prepared = with_min_opset(_named(source))
         self.notes: list[str] = []
-        # Nodes left float that onnxruntime runs in per-tensor int8 all the same (keep_float.py).
-        self.per_tensor: set[str] = set()
         self._feeds = feeds
         self._plain = StaticRun(self.prepared, folder / "plain")
         self._chains = ChainQuantization.of(self.prepared, feeds, folder / "chains") if chain_aware else None
@@ -131,7 +129,7 @@ class Quantizer:
     def _run(self, way: StaticRun | ChainQuantization, nodes_to_exclude: Sequence[str]) -> onnx.ModelProto:
         """``way``'s INT8 of the model, its float Convs and Gemms kept float in onnxruntime."""
         quantized = way.quantize(self._feeds, nodes_to_exclude, self.op_types)
-        self.per_tensor.update(keep_float(quantized))
+        keep_float(quantized)
         return quantized
 
     def _chains_pay(self) -> bool:
