@@ -9,9 +9,9 @@
 Modules, one job each: ``refusal`` (models that are quantized already), ``feeds`` (calibration
 inputs), ``opset`` (opset 13 for per-channel weights), ``ort_static`` (quantize_static on one
 model in a folder), ``static`` (the quantizer: onnxruntime's INT8, or the chains' where it
-measures closer to float), ``chains`` (a low-rank rewrite's links and pointwise stages),
+measures closer to float), ``chains`` (a low-rank rewrite's links and stages),
 ``chain_stats`` (their ranges and input moments on the calibration inputs), ``equalize``
-(cross-layer equalization of the links), ``rounding`` (GPTQ for the pointwise stages'
+(cross-layer equalization of the links), ``rounding`` (GPTQ for the stages'
 int8 weights), ``chain_quant`` (the three together), ``timing`` (node-by-node timing),
 ``fastest`` (each node's form by measurement), ``error`` (output error on held-back inputs),
 ``result`` (what the decision returns). onnxruntime loads on first use.

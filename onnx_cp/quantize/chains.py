@@ -1,5 +1,6 @@
 """The parts of a low-rank rewrite's chains that INT8 treats apart: the tensors between two of a
-chain's Convs (``links``) and the chain's pointwise stages (1x1 Convs without padding).
+chain's Convs (``links``) and the chain's Convs whose int8 weights are rounded for their outputs
+(``stages``: those with weights of their own and explicit padding).
 
 A chain (``<layer>/cp/reduce|vertical|horizontal|expand``, ``<layer>/tucker2/...``, ...) is read
 from the model's ``onnx_cp`` metadata entry, or from its nodes' names (provenance.read_cp_layers). A link is a Conv feeding the next
@@ -29,14 +30,14 @@ class Link:
 @dataclass(frozen=True)
 class Chains:
     links: tuple[Link, ...]
-    pointwise: tuple[str, ...]  # the chains' 1x1 Convs (names), whose rounding sees their inputs
+    stages: tuple[str, ...]  # the chains' Convs (names) whose rounding sees their inputs
 
     def __bool__(self) -> bool:
-        return bool(self.links or self.pointwise)
+        return bool(self.links or self.stages)
 
 
 def find_chains(model: onnx.ModelProto) -> Chains:
-    """The links and pointwise stages of ``model``'s low-rank chains (none without the metadata)."""
+    """The links and rounded stages of ``model``'s low-rank chains (none without the metadata)."""
     graph = model.graph
     nodes = {node.name: node for node in graph.node if node.name}
     readers: dict[str, int] = {}
@@ -51,21 +52,23 @@ def find_chains(model: onnx.ModelProto) -> Chains:
         return node.op_type == "Conv" and len(node.input) >= 2 and \
             all(t in dims and readers.get(t) == 1 for t in params)
 
-    links, pointwise = [], []
+    links, stages = [], []
     for layer in read_cp_layers(model)[0].values():
         chain = [nodes[name] for name in layer.nodes if name in nodes]
         for node in chain:
-            if own_weights(node) and _pointwise(node, dims[node.input[1]]):
-                pointwise.append(node.name)
+            if own_weights(node) and _explicit(node, dims[node.input[1]]):
+                stages.append(node.name)
         for producer, consumer in zip(chain, chain[1:]):
             tensor = producer.output[0]
             if (own_weights(producer) and own_weights(consumer) and consumer.input[0] == tensor
                     and readers.get(tensor) == 1 and tensor not in outputs):
                 links.append(Link(producer.name, consumer.name, tensor))
-    return Chains(tuple(links), tuple(dict.fromkeys(pointwise)))
+    return Chains(tuple(links), tuple(dict.fromkeys(stages)))
 
 
-def _pointwise(node: onnx.NodeProto, weight_dims: tuple[int, ...]) -> bool:
-    """A 1x1 Conv without padding: each output a weighted sum of one input pixel's channels of its
-    group (strides only skip pixels)."""
-    return len(weight_dims) == 4 and weight_dims[2:] == (1, 1) and not any(attributes(node).get("pads", ()))
+def _explicit(node: onnx.NodeProto, weight_dims: tuple[int, ...]) -> bool:
+    """A Conv whose input patches can be read off its attributes: a spatial kernel, and padding
+    given as numbers (``auto_pad`` unset), so that each output is a weighted sum of one patch of
+    its group's input channels."""
+    auto_pad = attributes(node).get("auto_pad", b"NOTSET")
+    return len(weight_dims) >= 3 and auto_pad in (b"NOTSET", "NOTSET")

@@ -95,14 +95,18 @@ def _scale_inputs(weight: np.ndarray, group: int, factor: np.ndarray) -> None:
 def equalized_moments(moments: Mapping[str, Sequence[np.ndarray]], inputs: Mapping[str, str],
                       scales: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     """Per-group input second moments (``moments`` by node, ``inputs`` its input tensor) as they
-    are after the scales: E[(c x)(c x)^T] = (c c^T) * E[x x^T]."""
+    are after the scales: E[(c x)(c x)^T] = (c c^T) * E[x x^T], each channel's scale repeated
+    over the kernel positions of its patch."""
     out = {}
     for name, blocks in moments.items():
         c = scales.get(inputs[name])
         if c is None:
             out[name] = list(blocks)
             continue
-        width = blocks[0].shape[0]
-        out[name] = [m * np.outer(c[g * width:(g + 1) * width], c[g * width:(g + 1) * width])
-                     for g, m in enumerate(blocks)]
+        channels = len(c) // len(blocks)  # per group
+        area = blocks[0].shape[0] // channels
+        out[name] = []
+        for g, m in enumerate(blocks):
+            cg = np.repeat(c[g * channels:(g + 1) * channels], area)
+            out[name].append(m * np.outer(cg, cg))
     return out
