@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from builders import conv_model, cp_kernel, run
 from onnx_cp.calibrate.follow import following
-from onnx_cp.calibrate.layerwise import set_biases, waves
-from onnx_cp.calibrate.patches import conv_outputs, extract, pixels, sample_positions
+from onnx_cp.calibrate.layerwise import LR_RANK, rank_scaled_lr, set_biases, waves
+from onnx_cp.calibrate.patches import conv_outputs, extract, output_hw, pixels, sample_positions
 from onnx_cp import decompositions
 from onnx_cp.calibrate.recovery import Pairs, RecoveryOptions, output_error, recover
 from onnx_cp.calibrate.statistics import MomentAccumulator
@@ -66,6 +66,7 @@ def test_patches_give_the_conv_output_onnxruntime_computes(attrs):
     model = conv_model(x.shape, weight, bias, **attrs)
     y = run(model, {"x": x})[0]
     spec = conv_spec(model.graph.node[0], weight.shape)
+    assert output_hw(spec, x.shape[2:]) == y.shape[2:]
     positions = sample_positions(rng, range(3), y.shape[2:], 40)
     patches = extract(x, 0, positions, spec, y.shape[2:])
     got = conv_outputs(patches, weight, bias, spec.group)
@@ -73,6 +74,14 @@ def test_patches_give_the_conv_output_onnxruntime_computes(attrs):
     # A batch that starts later sees only its own samples' positions.
     later = extract(x[1:], 1, positions, spec, y.shape[2:])
     np.testing.assert_allclose(later, patches[positions.sample >= 1])
+
+
+def test_recovery_rate_falls_with_the_terms_a_chain_adds_up():
+    assert decompositions.get("cp").terms(64) == 64 and decompositions.get("svd").terms(32) == 32
+    assert decompositions.get("tucker2").terms((64, 256)) == 128  # the geometric mean of its two ranks
+    assert decompositions.get("lrcp").terms((24, 8)) is None  # not a number of terms: the rate stays
+    assert rank_scaled_lr(1e-2, LR_RANK) == rank_scaled_lr(1e-2, 4) == rank_scaled_lr(1e-2, None) == 1e-2
+    assert rank_scaled_lr(1e-2, decompositions.get("tucker2").terms((256, 256))) == pytest.approx(2.5e-3)
 
 
 def test_following_finds_relu_silu_and_nothing_behind_a_second_consumer():

@@ -13,13 +13,15 @@ from onnx import helper, numpy_helper
 
 from onnx_cp import provenance
 from onnx_cp.bench import profile_nodes
+from onnx_cp.calibrate.patches import extract, sample_positions
+from onnx_cp.conv import conv_spec
 from onnx_cp.errors import OnnxCpError
 from onnx_cp.evaluate import load_dataset
 from onnx_cp.measure import Measurement
 from onnx_cp.quantize import (FLOAT, INT8, QUANTIZABLE, calibration_feeds, int8_error, int8_quantizer,
                               per_node_view, quantize_fastest, quantize_int8, refusal, split_held_back)
 from onnx_cp.quantize import chain_stats, rounding
-from onnx_cp.quantize.chain_stats import Window, chain_statistics
+from onnx_cp.quantize.chain_stats import chain_statistics
 from onnx_cp.quantize.chains import find_chains
 from onnx_cp.quantize.equalize import equalize_links, equalized_moments, fill_scales
 from onnx_cp.quantize.rounding import gptq_levels
@@ -455,37 +457,6 @@ def test_equalized_chain_computes_what_the_original_does(group):
     assert np.any(scales["t1"] < 0)  # the negative channels were flipped
 
 
-@pytest.mark.parametrize("kernel,pads,strides,dilations,group", [
-    ((1, 1), (0, 0, 0, 0), (2, 2), (1, 1), 1),
-    ((3, 3), (1, 1, 1, 1), (1, 1), (1, 1), 1),
-    ((3, 1), (1, 0, 2, 0), (2, 1), (1, 1), 4),
-    ((2, 3), (0, 2, 1, 1), (1, 2), (2, 1), 2),
-])
-def test_window_patches_times_the_weight_give_the_conv_outputs(kernel, pads, strides, dilations, group):
-    rng = np.random.default_rng(0)
-    channels, out = 4, 6 if group != 4 else 4
-    weight = rng.standard_normal((out, channels // group, *kernel)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="stage", kernel_shape=list(kernel), pads=list(pads),
-                            strides=list(strides), dilations=list(dilations), group=group)
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    x = rng.standard_normal((2, channels, 9, 11)).astype(np.float32)
-    y = open_session(model, session_options(threads=1)).run(None, {"x": x})[0]
-    window = Window.of(node, kernel)
-    padded = window.padded(x)
-    assert window.output_shape(padded.shape) == list(y.shape[2:])
-    positions = window.positions(padded.shape, 40)
-    assert 20 <= len(positions) <= 40 and len(set(positions)) == len(positions)
-    rows = window.patches(padded, positions)
-    per, width = out // group, rows.shape[1] // group
-    got = np.concatenate([rows[:, g * width:(g + 1) * width] @ weight[g * per:(g + 1) * per].reshape(per, -1).T
-                          for g in range(group)], axis=1)
-    expected = np.moveaxis(y, 1, -1).reshape(-1, out)[positions]  # (sample, position) flat, as positions count
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-
-
 def test_equalized_moments_are_those_of_the_equalized_chain():
     model, x = chain_model(), chain_inputs()
     chains = find_chains(model)
@@ -544,9 +515,9 @@ def test_a_core_stage_rounded_for_its_patches_beats_nearest_rounding():
     scale = np.abs(weight).max(1) / 127
     levels = gptq_levels(weight, moment[0], scale)
     t1 = np.einsum("oc,nchw->nohw", inits["wr"][:, :, 0, 0], x[32:])  # the core's held-back inputs
-    window = Window.of(core, (3, 3))
-    padded = window.padded(t1)
-    patches = window.patches(padded, window.positions(padded.shape, 10 ** 6)).astype(np.float64)
+    spec = conv_spec(core, (6, 4, 3, 3))
+    everywhere = sample_positions(np.random.default_rng(0), range(len(t1)), (HW, HW), len(t1) * HW * HW)
+    patches = extract(t1, 0, everywhere, spec, (HW, HW)).reshape(len(everywhere), -1).astype(np.float64)
 
     def error(q):
         return np.linalg.norm(patches @ (weight - q * scale[:, None]).T) / np.linalg.norm(patches @ weight.T)

@@ -74,16 +74,19 @@ def waves(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, int]:
     return wave
 
 
-# Adam's learning rate is set for a chain of this rank and falls as 1/sqrt(rank) above it: the
-# output moves by the sum of R terms' steps. On charcnn36's 128x24x9x9 layer at rank 48 the
+# Adam's learning rate is set for a chain of this many terms and falls as 1/sqrt(terms) above it:
+# the output moves by the sum of the terms' steps. On charcnn36's 128x24x9x9 layer at rank 48 the
 # recovered model read 89.4% of held-out crops at lr 1e-2, 91.0% at 5e-3 and 90.8% at 2e-3
-# (tools/recovery_lr.py).
+# (tools/recovery_lr.py). A Tucker-2 chain counts the geometric mean of its ranks
+# (Decomposition.terms): left unscaled, a VGG-16 rewrite's 128x128 and 256x256 layers came out of
+# Adam no better than fitted, and the model's held-back error was 0.0437; scaled, 0.0215
+# (docs/results/int8.md).
 LR_RANK = 16
 
 
-def rank_scaled_lr(lr: float, rank) -> float:
-    """``lr`` for a chain of ``rank`` terms (a rank that is not a number keeps ``lr``)."""
-    return lr * min(1.0, math.sqrt(LR_RANK / rank)) if isinstance(rank, int) and rank > 0 else lr
+def rank_scaled_lr(lr: float, terms: int | None) -> float:
+    """``lr`` for a chain whose outputs sum ``terms`` terms (None keeps ``lr``)."""
+    return lr * min(1.0, math.sqrt(LR_RANK / terms)) if terms else lr
 
 
 def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], observed: dict[str, Observation],
@@ -111,7 +114,7 @@ def recover_layers(model: onnx.ModelProto, replacements: Sequence[Replacement], 
         prefix = apply(model, done, fixed)
         inputs = _prefix_patches(prefix, layer_reps, observed, x, threads)
         for rep in layer_reps:
-            options = replace(base, lr=rank_scaled_lr(base.lr, rep.rank))
+            options = replace(base, lr=rank_scaled_lr(base.lr, for_form(rep.form).terms(rep.rank)))
             if progress:
                 progress(rep.site.name, len(done), len(replacements))
             left = None if max_time is None else max(0.0, max_time - (time.perf_counter() - start))

@@ -42,6 +42,15 @@ def sample_positions(rng: np.random.Generator, samples: Sequence[int], out_hw: t
     return Positions(sample, flat // width, flat % width)
 
 
+def output_hw(spec: ConvSpec, in_hw: tuple[int, ...]) -> tuple[int, int]:
+    """The Conv's output height and width for an input of ``in_hw``."""
+    if spec.auto_pad.startswith("SAME"):
+        return tuple(-(-size // s) for size, s in zip(in_hw, spec.strides))
+    top, left, bottom, right = spec.pads
+    return tuple((size + begin + end - d * (k - 1) - 1) // s + 1 for size, begin, end, k, s, d in
+                 zip(in_hw, (top, left), (bottom, right), spec.kernel, spec.strides, spec.dilations))
+
+
 def effective_pads(spec: ConvSpec, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) as run, SAME_* auto padding resolved for this input size."""
     if not spec.auto_pad.startswith("SAME"):

@@ -129,6 +129,11 @@ class Decomposition(ABC):
             return rank
         return "x".join(map(str, rank)) if isinstance(rank, tuple) else str(rank)
 
+    def terms(self, rank) -> int | None:
+        """How many terms a chain at ``rank`` adds up in each output, which layer-wise recovery
+        scales Adam's rate by (an int rank: that many; None: not scaled)."""
+        return int(rank) if isinstance(rank, (int, np.integer)) else None
+
     def forms_for(self, realize: str) -> tuple[str, ...]:
         """The forms timed against the Conv for ``--realize`` (auto: all), or the one it forces."""
         if realize == "auto":

@@ -8,6 +8,8 @@ statistics the input side is whitened first (calibration.py), so the output erro
 """
 from __future__ import annotations
 
+import math
+
 import re
 import time
 from dataclasses import dataclass
@@ -102,6 +104,12 @@ class Tucker2(Decomposition):
 
     def max_rank(self, spec: ConvSpec) -> int:
         return min(spec.in_per_group, spec.out_per_group)
+
+    def terms(self, rank) -> int:
+        """The geometric mean of the two ranks: an output sums r2 expand terms of r1-wide core sums.
+        Unscaled, Adam's rate left the larger layers of a VGG-16 Tucker-2 rewrite as fitted
+        (docs/results/int8.md)."""
+        return max(1, round(math.sqrt(rank[0] * rank[1])))
 
     def concrete(self, value, spec, groups=None, factor_rank=None, shapes=None) -> tuple[int, int]:
         r_in, r_out = self.parse_rank(value)

@@ -31,9 +31,11 @@ class ChainQuantization:
         self._levels: dict[str, np.ndarray] = {}
 
     @classmethod
-    def of(cls, model: onnx.ModelProto, feeds: list[dict], folder: Path) -> "ChainQuantization | None":
-        """``model``'s chains measured on ``feeds`` and equalized; None when it has no chains."""
-        chains = find_chains(model)
+    def of(cls, model: onnx.ModelProto, feeds: list[dict], folder: Path,
+           chains: Chains | None = None) -> "ChainQuantization | None":
+        """``model``'s chains (``find_chains``, or those given) measured on ``feeds`` and equalized;
+        None when it has no chains."""
+        chains = find_chains(model) if chains is None else chains
         if not chains:
             return None
         stats = chain_statistics(model, feeds, chains)

@@ -1,6 +1,6 @@
 """The parts of a low-rank rewrite's chains that INT8 treats apart: the tensors between two of a
 chain's Convs (``links``) and the chain's Convs whose int8 weights are rounded for their outputs
-(``stages``: those with weights of their own and explicit padding).
+(``stages``: those with weights of their own).
 
 A chain (``<layer>/cp/reduce|vertical|horizontal|expand``, ``<layer>/tucker2/...``, ...) is read
 from the model's ``onnx_cp`` metadata entry, or from its nodes' names (provenance.read_cp_layers). A link is a Conv feeding the next
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnx_cp.conv import attributes
 from onnx_cp.provenance import read_cp_layers
 
 
@@ -56,7 +55,7 @@ def find_chains(model: onnx.ModelProto) -> Chains:
     for layer in read_cp_layers(model)[0].values():
         chain = [nodes[name] for name in layer.nodes if name in nodes]
         for node in chain:
-            if own_weights(node) and _explicit(node, dims[node.input[1]]):
+            if own_weights(node):
                 stages.append(node.name)
         for producer, consumer in zip(chain, chain[1:]):
             tensor = producer.output[0]
@@ -64,11 +63,3 @@ def find_chains(model: onnx.ModelProto) -> Chains:
                     and readers.get(tensor) == 1 and tensor not in outputs):
                 links.append(Link(producer.name, consumer.name, tensor))
     return Chains(tuple(links), tuple(dict.fromkeys(stages)))
-
-
-def _explicit(node: onnx.NodeProto, weight_dims: tuple[int, ...]) -> bool:
-    """A Conv whose input patches can be read off its attributes: a spatial kernel, and padding
-    given as numbers (``auto_pad`` unset), so that each output is a weighted sum of one patch of
-    its group's input channels."""
-    auto_pad = attributes(node).get("auto_pad", b"NOTSET")
-    return len(weight_dims) >= 3 and auto_pad in (b"NOTSET", "NOTSET")
