@@ -551,6 +551,18 @@ def test_the_quantized_chain_rounds_its_core_unless_it_is_too_wide(monkeypatch):
     assert not np.array_equal(core_levels(rounded), core_levels(plain))
 
 
+def test_gptq_in_blocks_gives_the_levels_of_gptq_column_by_column(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 6)) @ rng.standard_normal((6, 3000)) + 0.1 * rng.standard_normal((40, 3000))
+    weight = rng.standard_normal((5, 40))
+    scale = np.abs(weight).max(1) / 127
+    blocked = gptq_levels(weight, x @ x.T / x.shape[1], scale)  # BLOCK (128) > 40 columns: one block
+    monkeypatch.setattr(rounding, "BLOCK", 7)  # blocks that do not divide the 40 columns
+    assert np.array_equal(gptq_levels(weight, x @ x.T / x.shape[1], scale), blocked)
+    monkeypatch.setattr(rounding, "BLOCK", 1)  # column by column
+    assert np.array_equal(gptq_levels(weight, x @ x.T / x.shape[1], scale), blocked)
+
+
 def test_gptq_rounds_to_the_nearest_level_for_uncorrelated_inputs():
     rng = np.random.default_rng(0)
     weight, scale = rng.standard_normal((5, 7)), np.full(5, 0.01)

@@ -16,9 +16,9 @@ from onnx_cp.conv import conv_spec
 from onnx_cp.quantize.chains import Chains
 from onnx_cp.runtime import open_session, session_options
 
-# Patches that enter a stage's second moment, spread evenly over the feeds (sampled positions): GPTQ needs H's
-# correlations, not every pixel, and the products x x^T are what the pass costs (a trained
-# VGG-16's 24 CP pointwise stages over 64 calibration images: 45 s with every pixel).
+# Patches that enter a stage's second moment, spread evenly over the feeds (positions sampled,
+# seeded): GPTQ needs H's correlations, not every pixel, and the products x x^T are what the pass
+# costs (a trained VGG-16's 24 CP pointwise stages over 64 calibration images: 45 s with every pixel).
 SAMPLES = 1 << 15
 # A stage whose patch is wider than this (input channels per group x kernel area) keeps
 # onnxruntime's rounding: H is COLUMNS^2 float64 (170 MB at 4608, a 512-channel 3x3 core) and

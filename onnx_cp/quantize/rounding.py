@@ -61,7 +61,8 @@ def round_stages(quantized: onnx.ModelProto, float_model: onnx.ModelProto, names
                     moments: Mapping[str, Sequence[np.ndarray]], cache: dict[str, np.ndarray] | None = None,
                     ) -> list[str]:
     """Replace, in ``quantized`` (QDQ, in place), the int8 weights of the Convs ``names`` by
-    GPTQ's levels for ``float_model``'s weights and their input patches' ``moments`` (per group). A node whose weight is not per-channel symmetric int8 behind a DequantizeLinear of
+    GPTQ's levels for ``float_model``'s weights and their input patches' ``moments`` (per group).
+    A node whose weight is not per-channel symmetric int8 behind a DequantizeLinear of
     initializers keeps onnxruntime's rounding. ``cache`` keeps each node's levels between calls
     on the same float model. Returns the names of the nodes rounded."""
     float_inits = {i.name: i for i in float_model.graph.initializer}
